@@ -1,0 +1,1 @@
+"""hk clients: the scriptable command line and the Textual operator console."""
