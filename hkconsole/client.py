@@ -1,0 +1,142 @@
+"""ZeroMQ clients of hkservice: a blocking one for the command line, an asyncio one for the TUI.
+
+Both follow the lazy-pirate pattern: a request that gets no reply within the timeout
+closes the socket, so a late reply can never be taken for the answer to the next request.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from hkservice.protocol import ProtocolError, default_endpoint, pack, request, unpack
+
+DEFAULT_TIMEOUT = 5.0
+
+
+class ServiceError(ProtocolError):
+    """The service answered with an error, or could not be reached (code EHOSTDOWN)."""
+
+
+def resolve_endpoint(endpoint: str | None = None) -> str:
+    return endpoint or os.environ.get("HK_ENDPOINT") or default_endpoint()
+
+
+def _check_reachable(endpoint: str) -> None:
+    # An ipc endpoint with no socket file means no service: say so at once instead of
+    # letting the request time out.
+    if endpoint.startswith("ipc://"):
+        path = Path(endpoint[len("ipc://") :])
+        if not path.exists():
+            raise ServiceError(
+                "EHOSTDOWN",
+                f"no hk service at {endpoint} (is hkservice running? "
+                "set --endpoint or HK_ENDPOINT)",
+            )
+
+
+def _result(reply: Any, endpoint: str) -> dict[str, Any]:
+    if not isinstance(reply, dict):
+        raise ServiceError("EPROTO", f"malformed reply from {endpoint}")
+    if "error" in reply:
+        error = reply["error"] or {}
+        raise ServiceError(str(error.get("code", "EPROTO")), str(error.get("message", "")))
+    result = reply.get("result")
+    return result if isinstance(result, dict) else {}
+
+
+def _timeout_error(endpoint: str, timeout: float) -> ServiceError:
+    return ServiceError(
+        "EHOSTDOWN", f"hk service at {endpoint} did not answer within {timeout:g} s"
+    )
+
+
+class Client:
+    """Blocking request/reply client."""
+
+    def __init__(self, endpoint: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.endpoint = resolve_endpoint(endpoint)
+        self.timeout = timeout
+        self._context = zmq.Context.instance()
+        self._socket: zmq.Socket[bytes] | None = None
+        self._ids = itertools.count(1)
+
+    def _connect(self) -> zmq.Socket[bytes]:
+        if self._socket is None:
+            _check_reachable(self.endpoint)
+            sock = self._context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.endpoint)
+            self._socket = sock
+        return self._socket
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        sock = self._connect()
+        req_id = next(self._ids)
+        sock.send(pack(request(method, params, req_id)))
+        deadline_ms = int(self.timeout * 1000)
+        while sock.poll(deadline_ms, zmq.POLLIN):
+            reply = unpack(sock.recv())
+            if isinstance(reply, dict) and reply.get("id") not in (req_id, 0):
+                continue
+            return _result(reply, self.endpoint)
+        self.close()
+        raise _timeout_error(self.endpoint, self.timeout)
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """asyncio request/reply client; calls are serialised so replies cannot cross."""
+
+    def __init__(self, endpoint: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+        import asyncio
+
+        self.endpoint = resolve_endpoint(endpoint)
+        self.timeout = timeout
+        self._context = zmq.asyncio.Context.instance()
+        self._socket: zmq.asyncio.Socket | None = None
+        self._ids = itertools.count(1)
+        self._lock = asyncio.Lock()
+
+    def _connect(self) -> zmq.asyncio.Socket:
+        if self._socket is None:
+            _check_reachable(self.endpoint)
+            sock = self._context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.endpoint)
+            self._socket = sock
+        return self._socket
+
+    async def call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        async with self._lock:
+            sock = self._connect()
+            req_id = next(self._ids)
+            await sock.send(pack(request(method, params, req_id)))
+            deadline_ms = int(self.timeout * 1000)
+            while await sock.poll(deadline_ms, zmq.POLLIN):
+                reply = unpack(await sock.recv())
+                if isinstance(reply, dict) and reply.get("id") not in (req_id, 0):
+                    continue
+                return _result(reply, self.endpoint)
+            self.close()
+            raise _timeout_error(self.endpoint, self.timeout)
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None

@@ -1,0 +1,5 @@
+import sys
+
+from hkservice.main import main
+
+sys.exit(main())

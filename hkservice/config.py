@@ -1,0 +1,142 @@
+"""The service's TOML configuration (spec §10), checked strictly at start."""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hkservice.cluster import Cluster
+from hkservice.fsd import parse_duration
+from hkservice.protocol import default_endpoint, events_endpoint_for
+
+DEFAULT_KILL_GRACE = 90.0
+
+# table -> key -> (type name shown in errors, required)
+SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
+    "cluster": {"hostlist": ("string", True)},
+    "housekeeping": {
+        "command": ("array of strings", True),
+        "release-after": ("duration", False),
+        "timeout": ("duration", False),
+        "kill-grace": ("duration", False),
+    },
+    "service": {
+        "endpoint": ("string", False),
+        "events-endpoint": ("string", False),
+        "state-dir": ("string", False),
+    },
+}
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Config:
+    cluster: Cluster
+    command: list[str]
+    release_after: float | None
+    timeout: float | None
+    kill_grace: float
+    endpoint: str
+    events_endpoint: str
+    state_dir: Path
+    path: Path | None = None
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "hk"
+
+
+def _duration(table: dict[str, Any], key: str, where: str) -> float | None:
+    if key not in table:
+        return None
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ConfigError(f"{where}.{key}: expected a duration string such as \"30s\"")
+    try:
+        return parse_duration(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{where}.{key}: {exc}") from None
+
+
+def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
+    for table_name, table in data.items():
+        if table_name not in SCHEMA:
+            raise ConfigError(
+                f"unknown table [{table_name}] (known: {', '.join(sorted(SCHEMA))})"
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(f"{table_name}: expected a table")
+        for key in table:
+            if key not in SCHEMA[table_name]:
+                known = ", ".join(SCHEMA[table_name])
+                raise ConfigError(f"{table_name}.{key}: unknown key (known: {known})")
+    for table_name, keys in SCHEMA.items():
+        for key, (_, required) in keys.items():
+            if required and key not in data.get(table_name, {}):
+                raise ConfigError(f"{table_name}.{key}: required key is missing")
+
+    cluster_table = data["cluster"]
+    hostlist_text = cluster_table["hostlist"]
+    if not isinstance(hostlist_text, str):
+        raise ConfigError("cluster.hostlist: expected a string such as \"node[0-127]\"")
+    try:
+        cluster = Cluster(hostlist_text)
+    except ValueError as exc:
+        raise ConfigError(f"cluster.hostlist: {exc}") from None
+
+    hk = data["housekeeping"]
+    command = hk["command"]
+    if (
+        not isinstance(command, list)
+        or not command
+        or not all(isinstance(a, str) and a for a in command)
+    ):
+        raise ConfigError("housekeeping.command: expected a non-empty array of strings")
+    release_after = _duration(hk, "release-after", "housekeeping")
+    if release_after is not None and math.isinf(release_after):
+        release_after = None
+    timeout = _duration(hk, "timeout", "housekeeping")
+    if timeout is not None and (math.isinf(timeout) or timeout == 0):
+        timeout = None
+    kill_grace = _duration(hk, "kill-grace", "housekeeping")
+
+    service = data.get("service", {})
+    for key in ("endpoint", "events-endpoint", "state-dir"):
+        if key in service and not isinstance(service[key], str):
+            raise ConfigError(f"service.{key}: expected a string")
+    endpoint = service.get("endpoint") or default_endpoint()
+    try:
+        events_endpoint = service.get("events-endpoint") or events_endpoint_for(endpoint)
+    except ValueError as exc:
+        raise ConfigError(f"service.endpoint: {exc}") from None
+    state_dir = Path(service["state-dir"]) if "state-dir" in service else _default_state_dir()
+    return Config(
+        cluster=cluster,
+        command=list(command),
+        release_after=release_after,
+        timeout=timeout,
+        kill_grace=DEFAULT_KILL_GRACE if kill_grace is None else kill_grace,
+        endpoint=endpoint,
+        events_endpoint=events_endpoint,
+        state_dir=state_dir,
+        path=path,
+    )
+
+
+def load_config(path: Path) -> Config:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return parse_config(data, path)

@@ -1,0 +1,530 @@
+"""The housekeeping state machine: units, pending and allocated rank sets, release
+batching, drain decisions, kill selection and escalation.
+
+Pure: no sockets, processes, files or clock. Every entry point takes `now` and returns
+the list of actions the adapters must carry out, in order. Drains always come before
+the release of the same ranks, so a scheduler can never pick up a failed node in between.
+The service calls `next_deadline()` after each entry point and `tick(now)` when it passes.
+"""
+
+from __future__ import annotations
+
+import math
+import signal as signal_module
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from hkservice.errors import HkError
+from hkservice.fsd import format_duration_config
+from hkservice.idset import format_idset
+from hkservice.jobid import encode_jobid
+
+SIGTERM = int(signal_module.SIGTERM)
+SIGKILL = int(signal_module.SIGKILL)
+
+
+def signal_name(signum: int) -> str:
+    """`TERM` for 15: the form Flux's drain reasons use."""
+    try:
+        return signal_module.Signals(signum).name.removeprefix("SIG")
+    except ValueError:
+        return str(signum)
+
+
+def job_label(jobid: int) -> str:
+    # Reasons and errors use the ASCII f58 form: they end up in logs and drain lists
+    # read in any locale.
+    return encode_jobid(jobid, "f58plain")
+
+
+# ---------------------------------------------------------------------------
+# Outcomes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one rank's command ended.
+
+    kind: "exit" (code), "signal" (signal), "core" (signal, dumped core), "launch"
+    (could not start; text is the error), "lost" (the service lost track of it; text says
+    why), "timeout" (outlived the timeout; code/signal tell how it finally ended).
+    """
+
+    kind: str
+    code: int | None = None
+    signal: int | None = None
+    text: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "exit" and self.code == 0
+
+    def describe(self) -> str:
+        if self.kind == "exit":
+            return f"exited {self.code}"
+        if self.kind == "signal":
+            return f"killed {signal_name(self.signal or 0)}"
+        if self.kind == "core":
+            return f"dumped {signal_name(self.signal or 0)}"
+        if self.kind == "timeout":
+            ended = Outcome("signal", signal=self.signal) if self.signal else None
+            how = ended.describe() if ended else f"exited {self.code}"
+            return f"{how} after {self.text}" if self.text else how
+        return self.text
+
+    def drain_reason(self, jobid: int) -> str:
+        label = {
+            "exit": "exit-code",
+            "signal": "signal",
+            "core": "core-dump",
+            "launch": "launch",
+            "timeout": "timeout",
+            "lost": "lost",
+        }.get(self.kind, "failure")
+        return f"housekeeping@{job_label(jobid)} {label}: {self.describe()}"
+
+    def to_wire(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "code": self.code,
+            "signal": self.signal,
+            "text": self.describe(),
+        }
+
+
+# ---------------------------------------------------------------------------
+# Actions: what the adapters must do, in order
+
+
+@dataclass(frozen=True)
+class UnitStarted:
+    jobid: int
+
+
+@dataclass(frozen=True)
+class Launch:
+    jobid: int
+    userid: int
+    ranks: tuple[int, ...]
+    all_ranks: str
+
+
+@dataclass(frozen=True)
+class Signal:
+    jobid: int
+    ranks: tuple[int, ...]
+    signum: int
+
+
+@dataclass(frozen=True)
+class RankFinished:
+    jobid: int
+    rank: int
+    outcome: Outcome
+    t_end: float
+
+
+@dataclass(frozen=True)
+class Drained:
+    ranks: tuple[int, ...]
+    reason: str
+    t: float
+
+
+@dataclass(frozen=True)
+class Undrained:
+    ranks: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Released:
+    jobid: int
+    ranks: tuple[int, ...]
+    final: bool
+
+
+@dataclass(frozen=True)
+class UnitEnded:
+    jobid: int
+    t_end: float
+
+
+@dataclass(frozen=True)
+class TimerArmed:
+    """The release-after timer of a unit was armed: persisted so a restart keeps it."""
+
+    jobid: int
+    deadline: float
+
+
+Action = (
+    UnitStarted
+    | Launch
+    | Signal
+    | RankFinished
+    | Drained
+    | Undrained
+    | Released
+    | UnitEnded
+    | TimerArmed
+)
+
+
+# ---------------------------------------------------------------------------
+# Units
+
+
+@dataclass
+class RankRecord:
+    rank: int
+    t_start: float
+    t_end: float | None = None
+    outcome: Outcome | None = None
+    released: bool = False
+    # Why the rank was signalled ("operator" or "timeout"), so its outcome can be told
+    # as what it was rather than as a plain crash.
+    kill_cause: str | None = None
+    kill_signal: int | None = None
+    escalate_at: float | None = None
+
+    @property
+    def state(self) -> str:
+        if self.released:
+            return "released"
+        return "running" if self.outcome is None else "done"
+
+
+@dataclass
+class Unit:
+    jobid: int
+    userid: int
+    t_start: float
+    ranks: tuple[int, ...]
+    records: dict[int, RankRecord]
+    allocated: set[int]
+    pending: set[int]
+    failed: set[int] = field(default_factory=set)
+    timer_deadline: float | None = None
+    timer_expired: bool = False
+    timeout_at: float | None = None
+    releases: int = 0
+    _wire: dict[str, object] | None = None
+
+    def touch(self) -> None:
+        self._wire = None
+
+    def to_wire(self) -> dict[str, object]:
+        # Cached: `list` with a thousand units must not re-encode unchanged idsets.
+        if self._wire is None:
+            self._wire = {
+                "jobid": self.jobid,
+                "userid": self.userid,
+                "t_start": self.t_start,
+                "ranks": format_idset(self.ranks),
+                "allocated": format_idset(self.allocated),
+                "pending": format_idset(self.pending),
+                "failed": format_idset(self.failed),
+            }
+        return self._wire
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Release, timeout and kill settings; seconds, None meaning unset."""
+
+    release_after: float | None = None
+    timeout: float | None = None
+    kill_grace: float = 90.0
+
+    @property
+    def partial(self) -> bool:
+        return self.release_after is not None and not math.isinf(self.release_after)
+
+
+@dataclass(frozen=True)
+class KillResult:
+    units: int
+    ranks: int
+    signum: int
+    actions: list[Action]
+
+
+class Housekeeping:
+    """All units in progress and every node's drain state."""
+
+    def __init__(self, size: int, policy: Policy) -> None:
+        self.size = size
+        self.policy = policy
+        self.units: dict[int, Unit] = {}
+        self.drains: dict[int, tuple[str, float]] = {}
+        # How many units hold each rank: nodes may be shared by several units at once.
+        self._holders: dict[int, int] = {}
+        # (jobid, rank) -> when SIGKILL follows the SIGTERM it was sent; kept apart so
+        # finding the next deadline never walks every pending rank.
+        self._escalations: dict[tuple[int, int], float] = {}
+
+    # -- queries ------------------------------------------------------------
+
+    def housekeeping_ranks(self) -> set[int]:
+        return set(self._holders)
+
+    def unit(self, jobid: int) -> Unit:
+        unit = self.units.get(jobid)
+        if unit is None:
+            raise HkError("ENOENT", f"no housekeeping running for job {job_label(jobid)}")
+        return unit
+
+    def next_deadline(self) -> float | None:
+        deadlines: list[float] = []
+        for unit in self.units.values():
+            if unit.timer_deadline is not None and not unit.timer_expired:
+                deadlines.append(unit.timer_deadline)
+            if unit.timeout_at is not None:
+                deadlines.append(unit.timeout_at)
+        if self._escalations:
+            deadlines.append(min(self._escalations.values()))
+        return min(deadlines, default=None)
+
+    # -- start --------------------------------------------------------------
+
+    def _check_ranks(self, ranks: Iterable[int]) -> None:
+        outside = [r for r in ranks if r < 0 or r >= self.size]
+        if outside:
+            raise HkError(
+                "EINVAL",
+                f"ranks {format_idset(outside)} are not in the cluster "
+                f"({format_idset(range(self.size))})",
+            )
+
+    def start(self, jobid: int, userid: int, ranks: Iterable[int], now: float) -> list[Action]:
+        if jobid in self.units:
+            raise HkError("EEXIST", f"job {job_label(jobid)} is already in housekeeping")
+        ordered = tuple(sorted(set(ranks)))
+        if not ordered:
+            raise HkError("EINVAL", "a housekeeping unit needs at least one rank")
+        self._check_ranks(ordered)
+        unit = Unit(
+            jobid=jobid,
+            userid=userid,
+            t_start=now,
+            ranks=ordered,
+            records={r: RankRecord(r, now) for r in ordered},
+            allocated=set(ordered),
+            pending=set(ordered),
+        )
+        if self.policy.timeout is not None and not math.isinf(self.policy.timeout):
+            unit.timeout_at = now + self.policy.timeout
+        self._add(unit)
+        return [UnitStarted(jobid), Launch(jobid, userid, ordered, format_idset(ordered))]
+
+    def _add(self, unit: Unit) -> None:
+        self.units[unit.jobid] = unit
+        for r in unit.allocated:
+            self._holders[r] = self._holders.get(r, 0) + 1
+
+    def restore(self, unit: Unit) -> None:
+        """Put back a unit read from persistent state after a restart."""
+        self._add(unit)
+
+    def restore_drain(self, rank: int, reason: str, t: float) -> None:
+        self.drains[rank] = (reason, t)
+
+    # -- completion ---------------------------------------------------------
+
+    def finished(
+        self, jobid: int, results: Iterable[tuple[int, Outcome]], now: float
+    ) -> list[Action]:
+        """One batch of ranks of one unit whose commands ended."""
+        unit = self.units.get(jobid)
+        if unit is None:
+            return []
+        actions: list[Action] = []
+        failed_now: dict[str, list[int]] = {}
+        for rank, raw in results:
+            if rank not in unit.pending:
+                continue
+            record = unit.records[rank]
+            outcome = self._classify(record, raw)
+            unit.pending.discard(rank)
+            record.outcome = outcome
+            record.t_end = now
+            record.escalate_at = None
+            self._escalations.pop((jobid, rank), None)
+            actions.append(RankFinished(jobid, rank, outcome, now))
+            if not outcome.ok:
+                unit.failed.add(rank)
+                if rank not in self.drains:
+                    failed_now.setdefault(outcome.drain_reason(jobid), []).append(rank)
+        for reason, ranks in failed_now.items():
+            for r in ranks:
+                self.drains[r] = (reason, now)
+            actions.append(Drained(tuple(ranks), reason, now))
+        unit.touch()
+        actions.extend(self._after_completion(unit, now))
+        return actions
+
+    def _classify(self, record: RankRecord, raw: Outcome) -> Outcome:
+        if record.kill_cause == "timeout" and raw.kind in ("exit", "signal", "core"):
+            return Outcome(
+                "timeout",
+                code=raw.code,
+                signal=raw.signal,
+                text=format_duration_config(self.policy.timeout),
+            )
+        if record.kill_cause == "operator" and raw.ok:
+            # The command caught the operator's signal and exited 0: its cleanup was
+            # still cut short, so it counts as a failure (spec §5).
+            return Outcome("signal", signal=record.kill_signal)
+        return raw
+
+    def _after_completion(self, unit: Unit, now: float) -> list[Action]:
+        release_after = self.policy.release_after
+        if not unit.pending:
+            return self._release(unit, now)
+        if release_after == 0 or unit.timer_expired:
+            return self._release(unit, now)
+        if self.policy.partial and unit.timer_deadline is None:
+            assert release_after is not None
+            unit.timer_deadline = now + release_after
+            return [TimerArmed(unit.jobid, unit.timer_deadline)]
+        return []
+
+    def _release(self, unit: Unit, now: float) -> list[Action]:
+        done = unit.allocated - unit.pending
+        if not done:
+            return []
+        final = not unit.pending
+        for r in done:
+            unit.records[r].released = True
+            count = self._holders.get(r, 0) - 1
+            if count > 0:
+                self._holders[r] = count
+            else:
+                self._holders.pop(r, None)
+        unit.allocated -= done
+        unit.releases += 1
+        unit.touch()
+        actions: list[Action] = [Released(unit.jobid, tuple(sorted(done)), final)]
+        if final:
+            del self.units[unit.jobid]
+            actions.append(UnitEnded(unit.jobid, now))
+        return actions
+
+    # -- time ---------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for unit in list(self.units.values()):
+            if (
+                unit.timer_deadline is not None
+                and not unit.timer_expired
+                and now >= unit.timer_deadline
+            ):
+                unit.timer_expired = True
+                actions.extend(self._release(unit, now))
+            if unit.timeout_at is not None and now >= unit.timeout_at:
+                unit.timeout_at = None
+                running = sorted(unit.pending)
+                if running:
+                    for r in running:
+                        self._mark_signalled(unit, r, SIGTERM, "timeout", now)
+                    actions.append(Signal(unit.jobid, tuple(running), SIGTERM))
+        due: dict[int, list[int]] = {}
+        for (jobid, rank), at in list(self._escalations.items()):
+            if now >= at:
+                del self._escalations[(jobid, rank)]
+                self.units[jobid].records[rank].escalate_at = None
+                due.setdefault(jobid, []).append(rank)
+        for jobid, ranks in due.items():
+            actions.append(Signal(jobid, tuple(sorted(ranks)), SIGKILL))
+        return actions
+
+    # -- kill ---------------------------------------------------------------
+
+    def _mark_signalled(
+        self, unit: Unit, rank: int, signum: int, cause: str, now: float
+    ) -> None:
+        record = unit.records[rank]
+        # A timeout stays the cause even if an operator signals the rank afterwards.
+        if record.kill_cause != "timeout":
+            record.kill_cause = cause
+        record.kill_signal = signum
+        if signum == SIGTERM and record.escalate_at is None:
+            record.escalate_at = now + self.policy.kill_grace
+            self._escalations[(unit.jobid, rank)] = record.escalate_at
+
+    def kill(
+        self,
+        signum: int,
+        now: float,
+        *,
+        jobid: int | None = None,
+        ranks: set[int] | None = None,
+        all_units: bool = False,
+    ) -> KillResult:
+        if all_units and jobid is not None:
+            raise HkError("EINVAL", "do not specify --jobid with --all")
+        if not all_units and jobid is None and ranks is None:
+            raise HkError("EINVAL", "specify at least one of --targets, --jobid, or --all")
+        if signum <= 0 or signum >= signal_module.NSIG:
+            raise HkError("EINVAL", f"invalid signal number {signum}")
+        if ranks is not None:
+            self._check_ranks(ranks)
+        if jobid is not None:
+            units = [self.unit(jobid)]
+        else:
+            units = list(self.units.values())
+        actions: list[Action] = []
+        nranks = 0
+        for unit in units:
+            selected = sorted(unit.pending if ranks is None else unit.pending & ranks)
+            if not selected:
+                continue
+            for r in selected:
+                self._mark_signalled(unit, r, signum, "operator", now)
+            actions.append(Signal(unit.jobid, tuple(selected), signum))
+            nranks += len(selected)
+        if not actions:
+            where = f" on ranks {format_idset(ranks)}" if ranks is not None else ""
+            if jobid is not None:
+                raise HkError(
+                    "ENOENT", f"no housekeeping running{where} for job {job_label(jobid)}"
+                )
+            raise HkError("ENOENT", f"no housekeeping running{where}")
+        return KillResult(len(actions), nranks, signum, actions)
+
+    # -- drain --------------------------------------------------------------
+
+    def drain(self, ranks: set[int], reason: str, now: float) -> tuple[list[Action], set[int]]:
+        """Drain ranks; those already drained keep their first reason (returned apart)."""
+        if not ranks:
+            raise HkError("EINVAL", "no ranks to drain")
+        self._check_ranks(ranks)
+        already = {r for r in ranks if r in self.drains}
+        fresh = sorted(ranks - already)
+        for r in fresh:
+            self.drains[r] = (reason, now)
+        actions: list[Action] = [Drained(tuple(fresh), reason, now)] if fresh else []
+        return actions, already
+
+    def undrain(self, ranks: set[int]) -> list[Action]:
+        if not ranks:
+            raise HkError("EINVAL", "no ranks to undrain")
+        self._check_ranks(ranks)
+        not_drained = sorted(r for r in ranks if r not in self.drains)
+        if not_drained:
+            noun = "rank" if len(not_drained) == 1 else "ranks"
+            verb = "is" if len(not_drained) == 1 else "are"
+            raise HkError("EINVAL", f"{noun} {format_idset(not_drained)} {verb} not drained")
+        for r in ranks:
+            del self.drains[r]
+        return [Undrained(tuple(sorted(ranks)))]
+
+    def recover(self, now: float) -> list[Action]:
+        """After restore: release what a crash left done-but-held, fire due timers."""
+        actions: list[Action] = []
+        for unit in list(self.units.values()):
+            if not unit.pending or unit.timer_expired or self.policy.release_after == 0:
+                actions.extend(self._release(unit, now))
+        actions.extend(self.tick(now))
+        return actions

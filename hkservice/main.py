@@ -1,0 +1,55 @@
+"""`hkservice --config FILE`: run the housekeeping service in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from hkservice import __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hkservice",
+        description="Run the hk housekeeping service in the foreground (logs to stderr).",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--config", "-c", required=True, type=Path, help="TOML config file")
+    parser.add_argument(
+        "--stop-commands-on-exit",
+        action="store_true",
+        help="SIGKILL every running housekeeping command when the service stops "
+        "(by default they keep running and a restarted service adopts them)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"hkservice {__version__}")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s hkservice %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Imported here so `--help` stays fast and a config error is reported before the
+    # heavier modules load.
+    from hkservice.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"hkservice: ERROR: {exc}", file=sys.stderr)
+        return 1
+    from hkservice.server import run_service
+
+    try:
+        return run_service(config, stop_commands_on_exit=args.stop_commands_on_exit)
+    except KeyboardInterrupt:
+        return 0
+    except (OSError, RuntimeError) as exc:
+        print(f"hkservice: ERROR: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

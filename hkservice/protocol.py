@@ -1,0 +1,65 @@
+"""The wire format shared by the service and its clients (see docs/protocol.md)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from hkservice import PROTOCOL_VERSION
+from hkservice.errors import HkError
+
+MAX_MESSAGE_BYTES = 1 << 20
+
+EVENT_STARTED = "housekeeping.started"
+EVENT_FINISHED = "housekeeping.finished"
+EVENT_RELEASED = "housekeeping.released"
+EVENT_ENDED = "housekeeping.ended"
+EVENT_DRAINED = "resource.drained"
+EVENT_UNDRAINED = "resource.undrained"
+EVENT_HEARTBEAT = "service.heartbeat"
+HEARTBEAT_SECONDS = 2.0
+
+
+# Errors travel back to the client as {"code", "message"}.
+ProtocolError = HkError
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    # strict_map_key=False: ints as keys are legitimate in our maps' values.
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def request(method: str, params: dict[str, Any] | None = None, req_id: int = 0) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "id": req_id, "method": method, "params": params or {}}
+
+
+def reply_ok(req_id: int, result: dict[str, Any]) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "id": req_id, "result": result}
+
+
+def reply_error(req_id: int, code: str, message: str) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "id": req_id, "error": {"code": code, "message": message}}
+
+
+def default_endpoint() -> str:
+    """A private ipc endpoint: only the service's user can enter its directory."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) / "hk" if runtime else Path(f"/tmp/hk-{os.getuid()}")
+    return f"ipc://{base}/hk.sock"
+
+
+def events_endpoint_for(endpoint: str) -> str:
+    if endpoint.startswith("ipc://"):
+        return endpoint + "-events"
+    if endpoint.startswith("tcp://"):
+        host, _, port = endpoint.rpartition(":")
+        if port.isdigit():
+            return f"{host}:{int(port) + 1}"
+    raise ValueError(f"cannot derive an events endpoint from '{endpoint}': set events-endpoint")

@@ -1,0 +1,528 @@
+"""The service: wires the core to ZeroMQ, the runner and the store.
+
+One asyncio loop does everything. Each change goes the same way: the core decides and
+returns actions, the store writes them in one transaction, then events are published
+and the runner acts. Exits that arrive within 10 ms are handed to the core as one batch,
+so a unit finishing on many nodes at once makes one release, not thousands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal as signal_module
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from hkservice import PROTOCOL_VERSION, __version__, core
+from hkservice.cluster import Cluster
+from hkservice.config import Config
+from hkservice.errors import HkError
+from hkservice.idset import IdsetError, format_idset, parse_idset
+from hkservice.protocol import (
+    EVENT_DRAINED,
+    EVENT_ENDED,
+    EVENT_FINISHED,
+    EVENT_HEARTBEAT,
+    EVENT_RELEASED,
+    EVENT_STARTED,
+    EVENT_UNDRAINED,
+    HEARTBEAT_SECONDS,
+    MAX_MESSAGE_BYTES,
+    pack,
+    reply_error,
+    reply_ok,
+    unpack,
+)
+from hkservice.runner import LaunchSpec, LocalRunner, Runner
+from hkservice.store import Store
+
+log = logging.getLogger("hkservice")
+
+BATCH_SECONDS = 0.010
+OUTPUT_TAIL_MAX = 1000
+
+
+def _ipc_path(endpoint: str) -> Path | None:
+    return Path(endpoint[len("ipc://") :]) if endpoint.startswith("ipc://") else None
+
+
+def _prepare_ipc(endpoint: str) -> None:
+    path = _ipc_path(endpoint)
+    if path is None:
+        return
+    # Only the service's user may enter the socket's directory: that is what gives
+    # kill, drain and start their operator rights on a local ipc endpoint.
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.exists():
+        path.unlink()
+
+
+# -- parameter checking ------------------------------------------------------
+
+
+def _param(params: dict[str, Any], key: str, kind: type | tuple[type, ...], required: bool) -> Any:
+    if key not in params or params[key] is None:
+        if required:
+            raise HkError("EPROTO", f"missing parameter '{key}'")
+        return None
+    value = params[key]
+    if isinstance(value, bool) and kind is not bool:
+        raise HkError("EPROTO", f"parameter '{key}' has the wrong type")
+    if not isinstance(value, kind):
+        raise HkError("EPROTO", f"parameter '{key}' has the wrong type")
+    return value
+
+
+def _jobid(params: dict[str, Any], required: bool = True) -> int | None:
+    value = _param(params, "jobid", int, required)
+    if value is not None and not 0 <= value < 1 << 64:
+        raise HkError("EINVAL", f"jobid {value} is out of range")
+    return value
+
+
+def _ranks(params: dict[str, Any], required: bool = True) -> set[int] | None:
+    text = _param(params, "ranks", str, required)
+    if text is None:
+        return None
+    try:
+        return parse_idset(text, allow_empty=False)
+    except IdsetError as exc:
+        raise HkError("EINVAL", str(exc)) from None
+
+
+class Service:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        runner: Runner | None = None,
+        clock: Callable[[], float] = time.time,
+        stop_commands_on_exit: bool = False,
+    ) -> None:
+        self.config = config
+        self.cluster: Cluster = config.cluster
+        self.clock = clock
+        self.stop_commands_on_exit = stop_commands_on_exit
+        self.hk = core.Housekeeping(
+            self.cluster.size,
+            core.Policy(config.release_after, config.timeout, config.kill_grace),
+        )
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(config.state_dir)
+        self.runner: Runner = runner or LocalRunner(
+            config.command, config.state_dir / "run", self.cluster.hostname
+        )
+        self.runner.set_exit_callback(self._on_exit)
+        self._ctx = zmq.asyncio.Context()
+        self._router: zmq.asyncio.Socket | None = None
+        self._pub: zmq.asyncio.Socket | None = None
+        self._seq = 0
+        self._batch: dict[int, list[tuple[int, core.Outcome]]] = {}
+        self._batch_handle: asyncio.TimerHandle | None = None
+        self._deadline_handle: asyncio.TimerHandle | None = None
+        self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "service.config": self._service_config,
+            "housekeeping.start": self._start,
+            "housekeeping.list": self._list,
+            "housekeeping.unit": self._unit,
+            "housekeeping.kill": self._kill,
+            "housekeeping.output": self._output,
+            "housekeeping.history": self._history,
+            "resource.status": self._status,
+            "resource.drain": self._drain,
+            "resource.undrain": self._undrain,
+        }
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal_module.SIGTERM, signal_module.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, self.stop)
+        self._bind()
+        self._recover()
+        log.info(
+            "serving %s (events %s) for %s, %d nodes",
+            self.config.endpoint,
+            self.config.events_endpoint,
+            self.cluster.text,
+            self.cluster.size,
+        )
+        serve = asyncio.create_task(self._serve())
+        heartbeat = asyncio.create_task(self._heartbeat())
+        await self._stopping.wait()
+        serve.cancel()
+        heartbeat.cancel()
+        for task in (serve, heartbeat):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._shutdown()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _bind(self) -> None:
+        for endpoint in (self.config.endpoint, self.config.events_endpoint):
+            _prepare_ipc(endpoint)
+        router = self._ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.bind(self.config.endpoint)
+        pub = self._ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.LINGER, 0)
+        pub.bind(self.config.events_endpoint)
+        self._router, self._pub = router, pub
+
+    def _shutdown(self) -> None:
+        if self.stop_commands_on_exit:
+            kill_all = getattr(self.runner, "kill_all", None)
+            if kill_all is not None:
+                kill_all()
+        self.runner.close()
+        for sock in (self._router, self._pub):
+            if sock is not None:
+                sock.close(linger=0)
+        for endpoint in (self.config.endpoint, self.config.events_endpoint):
+            path = _ipc_path(endpoint)
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        self._ctx.term()
+        self.store.close()
+        log.info("stopped")
+
+    def _recover(self) -> None:
+        units = self.store.load_units()
+        for rank, reason, t in self.store.load_drains():
+            self.hk.restore_drain(rank, reason, t)
+        if not units:
+            return
+        for unit in units:
+            self.hk.restore(unit)
+            for rank in sorted(unit.pending):
+                self.runner.adopt(unit.jobid, rank)
+        log.info("recovered %d units in progress", len(units))
+        self._apply(self.hk.recover(self.clock()))
+
+    # -- applying core actions ----------------------------------------------
+
+    def _apply(self, actions: list[core.Action]) -> None:
+        if actions:
+            self.store.apply(actions, self.hk)
+        for action in actions:
+            self._effect(action)
+        self._schedule_deadline()
+
+    def _publish(self, topic: str, body: dict[str, Any]) -> None:
+        if self._pub is None:
+            return
+        self._seq += 1
+        body = {"v": PROTOCOL_VERSION, "seq": self._seq, "t": self.clock(), **body}
+        with contextlib.suppress(zmq.ZMQError):
+            self._pub.send_multipart([topic.encode(), pack(body)], flags=zmq.NOBLOCK)
+
+    def _effect(self, action: core.Action) -> None:
+        match action:
+            case core.UnitStarted(jobid):
+                unit = self.hk.units[jobid]
+                log.info(
+                    "housekeeping: %s started on %s",
+                    core.job_label(jobid),
+                    self.cluster.nodelist(unit.ranks),
+                )
+                self._publish(EVENT_STARTED, unit.to_wire())
+            case core.Launch(jobid, userid, ranks, all_ranks):
+                self._spawn(self.runner_launch(LaunchSpec(jobid, userid, ranks, all_ranks)))
+            case core.Signal(jobid, ranks, signum):
+                self.runner.signal(jobid, ranks, signum)
+            case core.RankFinished(jobid, rank, outcome, _):
+                if not outcome.ok:
+                    log.error(
+                        "housekeeping: %s (rank %d) %s: %s",
+                        self.cluster.hostname(rank),
+                        rank,
+                        core.job_label(jobid),
+                        outcome.describe(),
+                    )
+                self._publish(
+                    EVENT_FINISHED, {"jobid": jobid, "rank": rank, "outcome": outcome.to_wire()}
+                )
+            case core.Drained(ranks, reason, t):
+                log.error("drained %s: %s", self.cluster.nodelist(ranks), reason)
+                self._publish(
+                    EVENT_DRAINED, {"ranks": format_idset(ranks), "reason": reason, "t": t}
+                )
+            case core.Undrained(ranks):
+                log.info("undrained %s", self.cluster.nodelist(ranks))
+                self._publish(EVENT_UNDRAINED, {"ranks": format_idset(ranks)})
+            case core.Released(jobid, ranks, final):
+                self._publish(
+                    EVENT_RELEASED,
+                    {"jobid": jobid, "ranks": format_idset(ranks), "final": final},
+                )
+            case core.UnitEnded(jobid, _):
+                log.info("housekeeping: %s complete", core.job_label(jobid))
+                self.runner.forget(jobid)
+                self._publish(EVENT_ENDED, {"jobid": jobid})
+            case _:
+                pass
+
+    async def runner_launch(self, spec: LaunchSpec) -> None:
+        await self.runner.launch(spec)
+        # A kill that came while the unit was still starting missed the ranks launched
+        # after it: send it again now that every command exists.
+        unit = self.hk.units.get(spec.jobid)
+        if unit is None:
+            return
+        by_signal: dict[int, list[int]] = {}
+        for r in unit.pending:
+            signum = unit.records[r].kill_signal
+            if signum is not None:
+                by_signal.setdefault(signum, []).append(r)
+        for signum, ranks in by_signal.items():
+            self.runner.signal(spec.jobid, ranks, signum)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("internal error: %r", task.exception())
+
+    def _on_exit(self, jobid: int, rank: int, outcome: core.Outcome) -> None:
+        self._batch.setdefault(jobid, []).append((rank, outcome))
+        if self._batch_handle is None:
+            loop = asyncio.get_running_loop()
+            self._batch_handle = loop.call_later(BATCH_SECONDS, self._flush_batch)
+
+    def _flush_batch(self) -> None:
+        self._batch_handle = None
+        batch, self._batch = self._batch, {}
+        now = self.clock()
+        for jobid, results in batch.items():
+            self._apply(self.hk.finished(jobid, results, now))
+
+    def _schedule_deadline(self) -> None:
+        deadline = self.hk.next_deadline()
+        if self._deadline_handle is not None:
+            self._deadline_handle.cancel()
+            self._deadline_handle = None
+        if deadline is None:
+            return
+        delay = max(0.0, deadline - self.clock())
+        loop = asyncio.get_running_loop()
+        self._deadline_handle = loop.call_later(delay, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._deadline_handle = None
+        self._apply(self.hk.tick(self.clock()))
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self._publish(EVENT_HEARTBEAT, {})
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    # -- requests -----------------------------------------------------------
+
+    async def _serve(self) -> None:
+        assert self._router is not None
+        while True:
+            frames = await self._router.recv_multipart(copy=True)
+            if len(frames) < 2:
+                continue
+            identity, body = frames[0], frames[-1]
+            reply = self.handle_bytes(body)
+            with contextlib.suppress(zmq.ZMQError):
+                await self._router.send_multipart([identity, pack(reply)])
+
+    def handle_bytes(self, body: bytes) -> dict[str, Any]:
+        if len(body) > MAX_MESSAGE_BYTES:
+            return reply_error(
+                0, "E2BIG", f"message of {len(body)} bytes is over the {MAX_MESSAGE_BYTES} limit"
+            )
+        try:
+            message = unpack(body)
+        except Exception:
+            return reply_error(0, "EPROTO", "undecodable message: expected one msgpack map")
+        if not isinstance(message, dict):
+            return reply_error(0, "EPROTO", "malformed message: expected a msgpack map")
+        req_id = message.get("id", 0)
+        if not isinstance(req_id, int) or isinstance(req_id, bool):
+            req_id = 0
+        try:
+            return reply_ok(req_id, self.handle(message))
+        except HkError as exc:
+            return reply_error(req_id, exc.code, exc.message)
+        except Exception as exc:  # a bug must cost one request, never the service
+            log.exception("internal error handling %r", message.get("method"))
+            return reply_error(req_id, "EINTERNAL", f"internal error: {exc}")
+
+    def handle(self, message: dict[str, Any]) -> dict[str, Any]:
+        version = message.get("v")
+        if version != PROTOCOL_VERSION:
+            raise HkError(
+                "EPROTO", f"protocol version {version!r} not supported (this is {PROTOCOL_VERSION})"
+            )
+        method = message.get("method")
+        if not isinstance(method, str):
+            raise HkError("EPROTO", "missing method")
+        handler = self.handlers.get(method)
+        if handler is None:
+            raise HkError("ENOSYS", f"unknown method '{method}'")
+        params = message.get("params", {})
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise HkError("EPROTO", "params must be a map")
+        result = handler(params)
+        return result if result is not None else {}
+
+    def _service_config(self, params: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "hostlist": self.cluster.text,
+            "size": self.cluster.size,
+            "command": cfg.command,
+            "release-after": cfg.release_after,
+            "timeout": cfg.timeout,
+            "kill-grace": cfg.kill_grace,
+            "endpoint": cfg.endpoint,
+            "events-endpoint": cfg.events_endpoint,
+            "state-dir": str(cfg.state_dir),
+            "t_now": self.clock(),
+        }
+
+    def _start(self, params: dict[str, Any]) -> dict[str, Any]:
+        jobid = _jobid(params)
+        assert jobid is not None
+        ranks = _ranks(params)
+        assert ranks is not None
+        userid = _param(params, "userid", int, False)
+        if userid is None:
+            userid = os.getuid()
+        self._apply(self.hk.start(jobid, userid, ranks, self.clock()))
+        return {"jobid": jobid}
+
+    def _list(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"t_now": self.clock(), "units": [u.to_wire() for u in self.hk.units.values()]}
+
+    def _unit(self, params: dict[str, Any]) -> dict[str, Any]:
+        jobid = _jobid(params)
+        assert jobid is not None
+        unit = self.hk.unit(jobid)
+        detail = [
+            {
+                "rank": rec.rank,
+                "hostname": self.cluster.hostname(rec.rank),
+                "state": rec.state,
+                "t_start": rec.t_start,
+                "t_end": rec.t_end,
+                "outcome": rec.outcome.to_wire() if rec.outcome else None,
+            }
+            for rec in (unit.records[r] for r in unit.ranks)
+        ]
+        return {**unit.to_wire(), "rank_detail": detail}
+
+    def _kill(self, params: dict[str, Any]) -> dict[str, Any]:
+        signum = _param(params, "signum", int, False)
+        if signum is None:
+            signum = core.SIGTERM
+        jobid = _jobid(params, required=False)
+        ranks = _ranks(params, required=False)
+        all_units = bool(_param(params, "all", bool, False))
+        result = self.hk.kill(
+            signum, self.clock(), jobid=jobid, ranks=ranks, all_units=all_units
+        )
+        log.info(
+            "kill: signalled %d ranks of %d units with SIG%s",
+            result.ranks,
+            result.units,
+            core.signal_name(signum),
+        )
+        self._apply(result.actions)
+        return {"units": result.units, "ranks": result.ranks, "signum": signum}
+
+    def _output(self, params: dict[str, Any]) -> dict[str, Any]:
+        jobid = _jobid(params)
+        assert jobid is not None
+        rank = _param(params, "rank", int, False)
+        tail = _param(params, "tail", int, False) or 20
+        tail = max(1, min(tail, OUTPUT_TAIL_MAX))
+        unit = self.hk.units.get(jobid)
+        if unit is None:
+            run_dir = getattr(self.runner, "unit_dir", None)
+            if run_dir is None or not run_dir(jobid).exists():
+                raise HkError(
+                    "ENOENT", f"no output kept for job {core.job_label(jobid)}"
+                )
+            ranks: list[int] = sorted(
+                int(p.stem) for p in run_dir(jobid).glob("*.status") if p.stem.isdigit()
+            )
+        else:
+            ranks = list(unit.ranks)
+        if rank is not None:
+            if rank not in ranks:
+                raise HkError(
+                    "ENOENT", f"job {core.job_label(jobid)} has no rank {rank}"
+                )
+            ranks = [rank]
+        return {"lines": self.runner.output(jobid, ranks, tail)}
+
+    def _history(self, params: dict[str, Any]) -> dict[str, Any]:
+        limit = _param(params, "limit", int, False) or 100
+        return {"units": self.store.history(max(1, min(limit, 10_000)))}
+
+    def _status(self, params: dict[str, Any]) -> dict[str, Any]:
+        groups: dict[tuple[str, float], list[int]] = {}
+        for rank, (reason, t) in self.hk.drains.items():
+            groups.setdefault((reason, t), []).append(rank)
+        return {
+            "hostlist": self.cluster.text,
+            "size": self.cluster.size,
+            "housekeeping": format_idset(self.hk.housekeeping_ranks()),
+            "drained": [
+                {"ranks": format_idset(ranks), "reason": reason, "t": t}
+                for (reason, t), ranks in sorted(groups.items(), key=lambda g: min(g[1]))
+            ],
+            "offline": "",
+        }
+
+    def _drain(self, params: dict[str, Any]) -> dict[str, Any]:
+        ranks = _ranks(params)
+        assert ranks is not None
+        reason = _param(params, "reason", str, False) or ""
+        actions, already = self.hk.drain(ranks, reason, self.clock())
+        self._apply(actions)
+        return {
+            "drained": format_idset(ranks - already),
+            "already": format_idset(already),
+        }
+
+    def _undrain(self, params: dict[str, Any]) -> dict[str, Any]:
+        ranks = _ranks(params)
+        assert ranks is not None
+        self._apply(self.hk.undrain(ranks))
+        return {"undrained": format_idset(ranks)}
+
+
+def run_service(config: Config, *, stop_commands_on_exit: bool = False) -> int:
+    service = Service(config, stop_commands_on_exit=stop_commands_on_exit)
+    asyncio.run(service.run())
+    return 0
+
+

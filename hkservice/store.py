@@ -1,0 +1,233 @@
+"""What the service must not forget, in SQLite (WAL) under state-dir.
+
+Units in progress with every rank's outcome and release, the drains, and the history of
+finished units. The service writes each batch of core actions in one transaction before it
+publishes them, so after a crash the state on disk is never behind what clients were told.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+from hkservice import core
+from hkservice.core import Outcome, RankRecord, Unit
+from hkservice.idset import format_idset, parse_idset
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS units (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    jobid INTEGER UNIQUE NOT NULL,
+    userid INTEGER NOT NULL,
+    t_start REAL NOT NULL,
+    ranks TEXT NOT NULL,
+    timer_deadline REAL,
+    timer_expired INTEGER NOT NULL DEFAULT 0,
+    timeout_at REAL,
+    releases INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS ranks (
+    jobid INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    t_end REAL,
+    kind TEXT,
+    code INTEGER,
+    signal INTEGER,
+    text TEXT,
+    released INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (jobid, rank)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS drains (
+    rank INTEGER PRIMARY KEY,
+    reason TEXT NOT NULL,
+    t REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    jobid INTEGER NOT NULL,
+    userid INTEGER NOT NULL,
+    t_start REAL NOT NULL,
+    t_end REAL NOT NULL,
+    ranks TEXT NOT NULL,
+    failed TEXT NOT NULL,
+    releases INTEGER NOT NULL
+);
+"""
+
+HISTORY_KEEP = 10_000
+# Uint64 jobids do not fit SQLite's signed 64-bit integers: store them shifted.
+_OFFSET = 1 << 63
+
+
+def _db(jobid: int) -> int:
+    return jobid - _OFFSET
+
+
+def _job(value: int) -> int:
+    return value + _OFFSET
+
+
+class Store:
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / "hk.db"
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a process crash (our case); only a power cut could
+        # lose the last transactions, and the wrappers' status files cover those ranks.
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- writing ------------------------------------------------------------
+
+    def apply(self, actions: Iterable[core.Action], hk: core.Housekeeping) -> None:
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            for action in actions:
+                self._apply_one(action, hk)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _apply_one(self, action: core.Action, hk: core.Housekeeping) -> None:
+        db = self.db
+        match action:
+            case core.UnitStarted(jobid):
+                unit = hk.units[jobid]
+                db.execute(
+                    "INSERT INTO units (jobid, userid, t_start, ranks, timeout_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (_db(jobid), unit.userid, unit.t_start, format_idset(unit.ranks),
+                     unit.timeout_at),
+                )
+                db.executemany(
+                    "INSERT INTO ranks (jobid, rank) VALUES (?, ?)",
+                    ((_db(jobid), r) for r in unit.ranks),
+                )
+            case core.RankFinished(jobid, rank, outcome, t_end):
+                db.execute(
+                    "UPDATE ranks SET t_end=?, kind=?, code=?, signal=?, text=?"
+                    " WHERE jobid=? AND rank=?",
+                    (t_end, outcome.kind, outcome.code, outcome.signal, outcome.text,
+                     _db(jobid), rank),
+                )
+            case core.TimerArmed(jobid, deadline):
+                db.execute(
+                    "UPDATE units SET timer_deadline=? WHERE jobid=?", (deadline, _db(jobid))
+                )
+            case core.Released(jobid, ranks, final):
+                db.executemany(
+                    "UPDATE ranks SET released=1 WHERE jobid=? AND rank=?",
+                    ((_db(jobid), r) for r in ranks),
+                )
+                unit = hk.units.get(jobid)
+                expired = 1 if unit is not None and unit.timer_expired else 0
+                db.execute(
+                    "UPDATE units SET releases=releases+1, timer_expired=? WHERE jobid=?",
+                    (expired, _db(jobid)),
+                )
+            case core.UnitEnded(jobid, t_end):
+                self._end_unit(jobid, t_end)
+            case core.Drained(ranks, reason, t):
+                db.executemany(
+                    "INSERT OR IGNORE INTO drains (rank, reason, t) VALUES (?, ?, ?)",
+                    ((r, reason, t) for r in ranks),
+                )
+            case core.Undrained(ranks):
+                db.executemany("DELETE FROM drains WHERE rank=?", ((r,) for r in ranks))
+            case _:
+                pass
+
+    def _end_unit(self, jobid: int, t_end: float) -> None:
+        db = self.db
+        row = db.execute(
+            "SELECT userid, t_start, ranks, releases FROM units WHERE jobid=?", (_db(jobid),)
+        ).fetchone()
+        if row is None:
+            return
+        failed = [
+            r
+            for (r,) in db.execute(
+                "SELECT rank FROM ranks WHERE jobid=? AND NOT (kind='exit' AND code=0)",
+                (_db(jobid),),
+            )
+        ]
+        db.execute(
+            "INSERT INTO history (jobid, userid, t_start, t_end, ranks, failed, releases)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (_db(jobid), row[0], row[1], t_end, row[2], format_idset(failed), row[3]),
+        )
+        db.execute("DELETE FROM ranks WHERE jobid=?", (_db(jobid),))
+        db.execute("DELETE FROM units WHERE jobid=?", (_db(jobid),))
+        db.execute(
+            "DELETE FROM history WHERE seq <= (SELECT MAX(seq) FROM history) - ?",
+            (HISTORY_KEEP,),
+        )
+
+    # -- reading ------------------------------------------------------------
+
+    def load_units(self) -> list[Unit]:
+        units: list[Unit] = []
+        rows = self.db.execute(
+            "SELECT jobid, userid, t_start, ranks, timer_deadline, timer_expired,"
+            " timeout_at, releases FROM units ORDER BY seq"
+        ).fetchall()
+        for jobid_db, userid, t_start, ranks_text, deadline, expired, timeout_at, rel in rows:
+            ranks = tuple(sorted(parse_idset(ranks_text)))
+            records: dict[int, RankRecord] = {}
+            for rank, t_end, kind, code, signal, text, released in self.db.execute(
+                "SELECT rank, t_end, kind, code, signal, text, released FROM ranks"
+                " WHERE jobid=?",
+                (jobid_db,),
+            ):
+                outcome = Outcome(kind, code, signal, text or "") if kind else None
+                records[rank] = RankRecord(rank, t_start, t_end, outcome, bool(released))
+            for r in ranks:
+                records.setdefault(r, RankRecord(r, t_start))
+            units.append(
+                Unit(
+                    jobid=_job(jobid_db),
+                    userid=userid,
+                    t_start=t_start,
+                    ranks=ranks,
+                    records=records,
+                    allocated={r for r, rec in records.items() if not rec.released},
+                    pending={r for r, rec in records.items() if rec.outcome is None},
+                    failed={
+                        r for r, rec in records.items() if rec.outcome and not rec.outcome.ok
+                    },
+                    timer_deadline=deadline,
+                    timer_expired=bool(expired),
+                    timeout_at=timeout_at,
+                    releases=rel,
+                )
+            )
+        return units
+
+    def load_drains(self) -> list[tuple[int, str, float]]:
+        return list(self.db.execute("SELECT rank, reason, t FROM drains ORDER BY rank"))
+
+    def history(self, limit: int) -> list[dict[str, object]]:
+        rows = self.db.execute(
+            "SELECT jobid, userid, t_start, t_end, ranks, failed, releases FROM history"
+            " ORDER BY seq DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [
+            {
+                "jobid": _job(jobid),
+                "userid": userid,
+                "t_start": t_start,
+                "t_end": t_end,
+                "ranks": ranks,
+                "failed": failed,
+                "releases": releases,
+            }
+            for jobid, userid, t_start, t_end, ranks, failed, releases in rows
+        ]

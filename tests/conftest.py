@@ -1,0 +1,217 @@
+"""Shared fixtures: a real hkservice process on a private ipc endpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hkconsole.client import Client, ServiceError
+
+START_TIMEOUT = 15.0
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return str(value)
+
+
+@dataclass
+class RunningService:
+    """One hkservice process; restartable on the same state directory."""
+
+    base: Path
+    hostlist: str
+    command: list[str]
+    options: dict[str, str] = field(default_factory=dict)
+    stop_commands_on_exit: bool = True
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"ipc://{self.base}/hk.sock"
+
+    @property
+    def events_endpoint(self) -> str:
+        return f"{self.endpoint}-events"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.base / "state"
+
+    @property
+    def config_path(self) -> Path:
+        return self.base / "hk.toml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base / "service.log"
+
+    def write_config(self) -> None:
+        lines = [
+            "[cluster]",
+            f"hostlist = {toml_value(self.hostlist)}",
+            "[housekeeping]",
+            f"command = {toml_value(self.command)}",
+            *(f"{k} = {toml_value(v)}" for k, v in self.options.items()),
+            "[service]",
+            f"endpoint = {toml_value(self.endpoint)}",
+            f"state-dir = {toml_value(str(self.state_dir))}",
+        ]
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def start(self) -> RunningService:
+        self.write_config()
+        argv = [sys.executable, "-m", "hkservice", "--config", str(self.config_path)]
+        if self.stop_commands_on_exit:
+            argv.append("--stop-commands-on-exit")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it from here
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hkservice exited at start:\n{self.log()}")
+            try:
+                with Client(self.endpoint, timeout=1.0) as client:
+                    client.call("service.config")
+                return self
+            except ServiceError:
+                time.sleep(0.05)
+        raise RuntimeError(f"hkservice did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def kill9(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def client(self, timeout: float = 5.0) -> Client:
+        return Client(self.endpoint, timeout=timeout)
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        with self.client() as client:
+            return client.call(method, params)
+
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """Poll housekeeping.list until predicate(result) holds."""
+        deadline = time.monotonic() + timeout
+        result: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            result = self.call("housekeeping.list")
+            if predicate(result):
+                return result
+            time.sleep(0.05)
+        raise AssertionError(f"condition not met within {timeout}s; last list: {result}")
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        self.wait_for(lambda r: not r["units"], timeout)
+
+    def kill_leftovers(self) -> None:
+        """Kill rank wrappers an abrupt stop left behind (found by their state dir)."""
+        marker = str(self.state_dir).encode()
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+                if b"hk-wrap.pl" in cmdline and marker in cmdline:
+                    os.killpg(int(entry.name), signal.SIGKILL)
+
+
+ServiceFactory = Callable[..., RunningService]
+
+
+@pytest.fixture
+def hk_service() -> Iterator[ServiceFactory]:
+    services: list[RunningService] = []
+    bases: list[Path] = []
+
+    def factory(
+        hostlist: str = "node[0-3]",
+        command: list[str] | None = None,
+        release_after: str | None = None,
+        timeout: str | None = None,
+        kill_grace: str | None = None,
+        stop_commands_on_exit: bool = True,
+        start: bool = True,
+    ) -> RunningService:
+        # ipc paths must stay under the ~107-byte socket path limit: pytest's tmp_path
+        # can be longer than that.
+        base = Path(tempfile.mkdtemp(prefix="hk-", dir="/tmp"))
+        bases.append(base)
+        options = {
+            key: value
+            for key, value in (
+                ("release-after", release_after),
+                ("timeout", timeout),
+                ("kill-grace", kill_grace),
+            )
+            if value is not None
+        }
+        svc = RunningService(
+            base,
+            hostlist,
+            command or ["true"],
+            options,
+            stop_commands_on_exit=stop_commands_on_exit,
+        )
+        services.append(svc)
+        return svc.start() if start else svc
+
+    yield factory
+    for svc in services:
+        svc.stop()
+        svc.kill_leftovers()
+    for base in bases:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Callable[[str], str]:
+    """Write an executable shell script and return its path."""
+    counter = iter(range(1000))
+
+    def make(body: str) -> str:
+        path = tmp_path / f"hk-script-{next(counter)}.sh"
+        path.write_text("#!/bin/sh\n" + body.strip() + "\n")
+        path.chmod(0o755)
+        return str(path)
+
+    return make

@@ -1,0 +1,411 @@
+"""The real service on ipc, running real commands."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from hkconsole.client import ServiceError
+from hkservice.jobid import encode_jobid
+from hkservice.protocol import pack, unpack
+from tests.conftest import RunningService, ServiceFactory
+
+Script = Callable[[str], str]
+
+
+class Events:
+    """A SUB socket on the service's event endpoint."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"housekeeping.")
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"resource.")
+        self.sock.connect(endpoint)
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def wait(
+        self, predicate: Callable[[str, dict[str, Any]], bool], timeout: float = 10.0
+    ) -> list[tuple[str, dict[str, Any]]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.sock.poll(50):
+                topic, body = self.sock.recv_multipart()
+                event = (topic.decode(), unpack(body))
+                self.seen.append(event)
+                if predicate(*event):
+                    return self.seen
+        raise AssertionError(f"event not seen within {timeout}s; seen: {self.seen}")
+
+    def releases(self, jobid: int) -> list[tuple[str, bool]]:
+        return [
+            (body["ranks"], body["final"])
+            for topic, body in self.seen
+            if topic == "housekeeping.released" and body["jobid"] == jobid
+        ]
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+@pytest.fixture
+def events() -> Iterator[Callable[[RunningService], Events]]:
+    opened: list[Events] = []
+
+    def subscribe(svc: RunningService) -> Events:
+        ev = Events(svc.events_endpoint)
+        opened.append(ev)
+        time.sleep(0.2)  # a SUB socket misses what is published before it has joined
+        return ev
+
+    yield subscribe
+    for ev in opened:
+        ev.close()
+
+
+def final_seen(jobid: int) -> Callable[[str, dict[str, Any]], bool]:
+    return lambda topic, body: (
+        topic == "housekeeping.released" and body["jobid"] == jobid and body["final"]
+    )
+
+
+def unit_of(result: dict[str, Any], jobid: int) -> dict[str, Any] | None:
+    return next((u for u in result["units"] if u["jobid"] == jobid), None)
+
+
+def drains(svc: RunningService) -> dict[str, str]:
+    return {d["ranks"]: d["reason"] for d in svc.call("resource.status")["drained"]}
+
+
+def test_command_runs_on_exactly_the_units_ranks_with_its_environment(
+    hk_service: ServiceFactory, script: Script, tmp_path: Path, events: Any
+) -> None:
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    cmd = script(f'env > "{flags}/$HK_RANK"')
+    svc = hk_service(hostlist="node[0-3]", command=[cmd])
+    ev = events(svc)
+    svc.call("housekeeping.start", {"jobid": 4242, "ranks": "1-2", "userid": 5001})
+    ev.wait(final_seen(4242))
+    assert sorted(p.name for p in flags.iterdir()) == ["1", "2"]
+    env = dict(
+        line.split("=", 1) for line in (flags / "2").read_text().splitlines() if "=" in line
+    )
+    assert env["HK_JOB_ID"] == env["FLUX_JOB_ID"] == "4242"
+    assert env["HK_JOB_USERID"] == env["FLUX_JOB_USERID"] == "5001"
+    assert env["HK_JOB_RANKS"] == env["FLUX_JOB_RANKS"] == "1-2"
+    assert env["HK_RANK"] == "2"
+    assert env["HK_HOSTNAME"] == "node2"
+    assert ev.releases(4242) == [("1-2", True)]
+
+
+def test_unset_release_after_releases_all_at_once(
+    hk_service: ServiceFactory, script: Script, events: Any
+) -> None:
+    cmd = script('[ "$HK_RANK" = 3 ] && sleep 1; exit 0')
+    svc = hk_service(command=[cmd])
+    ev = events(svc)
+    svc.call("housekeeping.start", {"jobid": 1, "ranks": "0-3"})
+    unit = svc.wait_for(lambda r: unit_of(r, 1) is not None and unit_of(r, 1)["pending"] == "3")
+    # #ACTIVE drops as ranks finish; NNODES stays until the release.
+    assert unit_of(unit, 1)["allocated"] == "0-3"
+    ev.wait(final_seen(1))
+    assert ev.releases(1) == [("0-3", True)]
+    assert svc.call("housekeeping.list")["units"] == []
+
+
+def test_zero_release_after_releases_each_rank_as_it_finishes(
+    hk_service: ServiceFactory, script: Script, events: Any
+) -> None:
+    cmd = script('sleep "0.$((HK_RANK * 3))"')
+    svc = hk_service(command=[cmd], release_after="0")
+    ev = events(svc)
+    svc.call("housekeeping.start", {"jobid": 2, "ranks": "0-3"})
+    ev.wait(final_seen(2))
+    released = ev.releases(2)
+    assert [r for r, _ in released] == ["0", "1", "2", "3"]
+    assert [f for _, f in released] == [False, False, False, True]
+
+
+def test_timed_release_after_holds_then_releases_the_finished_ranks_together(
+    hk_service: ServiceFactory, script: Script, events: Any
+) -> None:
+    cmd = script('[ "$HK_RANK" = 3 ] && sleep 2; exit 0')
+    svc = hk_service(command=[cmd], release_after="700ms")
+    ev = events(svc)
+    svc.call("housekeeping.start", {"jobid": 3, "ranks": "0-3"})
+    held = svc.wait_for(lambda r: unit_of(r, 3) is not None and unit_of(r, 3)["pending"] == "3")
+    assert unit_of(held, 3)["allocated"] == "0-3"
+    ev.wait(lambda t, b: t == "housekeeping.released" and b["jobid"] == 3)
+    assert ev.releases(3) == [("0-2", False)]
+    assert unit_of(svc.call("housekeeping.list"), 3)["allocated"] == "3"
+    ev.wait(final_seen(3))
+    assert ev.releases(3) == [("0-2", False), ("3", True)]
+
+
+def test_drain_reasons_for_exit_signal_launch_and_timeout(
+    hk_service: ServiceFactory, script: Script, events: Any
+) -> None:
+    fail = script('case "$HK_RANK" in 0) exit 1;; 1) sleep 600;; *) exit 0;; esac')
+    svc = hk_service(hostlist="node[0-3]", command=[fail], release_after="0")
+    ev = events(svc)
+    svc.call("housekeeping.start", {"jobid": 10, "ranks": "0-2"})
+    svc.wait_for(lambda r: unit_of(r, 10) is not None and unit_of(r, 10)["pending"] == "1")
+    svc.call("housekeeping.kill", {"jobid": 10, "signum": 15})
+    ev.wait(final_seen(10))
+    label = encode_jobid(10, "f58plain")
+    assert drains(svc) == {
+        "0": f"housekeeping@{label} exit-code: exited 1",
+        "1": f"housekeeping@{label} signal: killed TERM",
+    }
+    # Drained before released: the drain event comes first.
+    topics = [t for t, b in ev.seen if t in ("resource.drained", "housekeeping.released")]
+    assert topics.index("resource.drained") < topics.index("housekeeping.released")
+
+    missing = hk_service(hostlist="node[0-1]", command=["/no/such/cleanup"])
+    missing.call("housekeeping.start", {"jobid": 11, "ranks": "0"})
+    missing.wait_idle()
+    assert drains(missing) == {
+        "0": f"housekeeping@{encode_jobid(11, 'f58plain')} launch: No such file or directory"
+    }
+
+    slow = hk_service(hostlist="node[0-1]", command=["sleep", "600"], timeout="500ms")
+    slow.call("housekeeping.start", {"jobid": 12, "ranks": "0-1"})
+    slow.wait_idle()
+    assert drains(slow) == {
+        "0-1": f"housekeeping@{encode_jobid(12, 'f58plain')} timeout: killed TERM after 500ms"
+    }
+
+
+def test_kill_by_job_by_targets_and_all(hk_service: ServiceFactory) -> None:
+    svc = hk_service(hostlist="node[0-7]", command=["sleep", "600"], release_after="0")
+    for jobid, ranks in ((1, "0-1"), (2, "2-3"), (3, "4-5")):
+        svc.call("housekeeping.start", {"jobid": jobid, "ranks": ranks})
+    result = svc.call("housekeeping.kill", {"ranks": "1,2", "signum": 15})
+    assert result == {"units": 2, "ranks": 2, "signum": 15}
+    svc.wait_for(lambda r: [u["allocated"] for u in r["units"]] == ["0", "3", "4-5"])
+    assert svc.call("housekeeping.kill", {"jobid": 3, "signum": 9})["ranks"] == 2
+    svc.wait_for(lambda r: [u["jobid"] for u in r["units"]] == [1, 2])
+    assert svc.call("housekeeping.kill", {"all": True}) == {"units": 2, "ranks": 2, "signum": 15}
+    svc.wait_idle()
+    assert drains(svc)["5"].endswith("signal: killed KILL")
+    with pytest.raises(ServiceError, match="no housekeeping running for job") as err:
+        svc.call("housekeeping.kill", {"jobid": 3})
+    assert err.value.code == "ENOENT"
+
+
+def test_sigterm_ignored_escalates_to_sigkill_after_kill_grace(
+    hk_service: ServiceFactory, script: Script
+) -> None:
+    stubborn = script("trap '' TERM; sleep 600 & wait; sleep 600")
+    svc = hk_service(hostlist="node0", command=[stubborn], kill_grace="500ms")
+    svc.call("housekeeping.start", {"jobid": 5, "ranks": "0"})
+    time.sleep(0.3)
+    svc.call("housekeeping.kill", {"jobid": 5})
+    svc.wait_idle(timeout=5)
+    assert drains(svc)["0"].endswith("signal: killed KILL")
+
+
+def test_output_is_kept_line_by_line_per_rank(hk_service: ServiceFactory, script: Script) -> None:
+    cmd = script('echo "out of $HK_RANK"; echo "err of $HK_RANK" >&2; printf "a\\nb\\n"')
+    svc = hk_service(command=[cmd])
+    svc.call("housekeeping.start", {"jobid": 6, "ranks": "0-1"})
+    svc.wait_idle()
+    lines = svc.call("housekeeping.output", {"jobid": 6})["lines"]
+    assert lines == [
+        [0, "out", "out of 0"],
+        [0, "out", "a"],
+        [0, "out", "b"],
+        [0, "err", "err of 0"],
+        [1, "out", "out of 1"],
+        [1, "out", "a"],
+        [1, "out", "b"],
+        [1, "err", "err of 1"],
+    ]
+    tail = svc.call("housekeeping.output", {"jobid": 6, "rank": 1, "tail": 1})["lines"]
+    assert tail == [[1, "out", "b"], [1, "err", "err of 1"]]
+
+
+def test_recovery_after_kill_9(hk_service: ServiceFactory, script: Script, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    # rank 0 finishes at once; 1 and 2 wait for the gate (opened while the service is
+    # dead) and then succeed or fail; rank 3 keeps running across the restart.
+    cmd = script(
+        f"""
+        case "$HK_RANK" in
+          0) exit 0;;
+          1) while [ ! -e "{gate}" ]; do sleep 0.05; done; exit 0;;
+          2) while [ ! -e "{gate}" ]; do sleep 0.05; done; exit 7;;
+          3) while [ ! -e "{gate}.2" ]; do sleep 0.05; done; exit 0;;
+        esac
+        """
+    )
+    svc = hk_service(command=[cmd], release_after="0", stop_commands_on_exit=False)
+    svc.call("housekeeping.start", {"jobid": 77, "ranks": "0-3"})
+    svc.wait_for(lambda r: unit_of(r, 77) is not None and unit_of(r, 77)["allocated"] == "1-3")
+    svc.kill9()
+    gate.touch()
+    time.sleep(0.5)
+    svc.start()
+    label = encode_jobid(77, "f58plain")
+    after = svc.wait_for(lambda r: unit_of(r, 77) is not None and unit_of(r, 77)["pending"] == "3")
+    assert unit_of(after, 77)["allocated"] == "3"
+    assert drains(svc) == {"2": f"housekeeping@{label} exit-code: exited 7"}
+    Path(f"{gate}.2").touch()
+    svc.wait_idle()
+    history = svc.call("housekeeping.history")["units"]
+    assert history[0]["jobid"] == 77 and history[0]["failed"] == "2"
+    assert "adopted job 77 rank 3" in svc.log()
+
+
+def test_rank_lost_while_service_down_is_drained_with_a_reason(
+    hk_service: ServiceFactory,
+) -> None:
+    svc = hk_service(hostlist="node[0-1]", command=["sleep", "600"], stop_commands_on_exit=False)
+    svc.call("housekeeping.start", {"jobid": 88, "ranks": "0-1"})
+    time.sleep(0.3)
+    svc.kill9()
+    # Kill the whole process group of rank 1's wrapper: no status is left behind.
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if len(argv) > 3 and argv[1].endswith(b"hk-wrap.pl") and argv[3] == b"1":
+                if str(svc.state_dir).encode() in argv[2]:
+                    os.killpg(int(entry.name), 9)
+    time.sleep(0.3)
+    svc.start()
+    svc.wait_for(lambda r: unit_of(r, 88) is not None and unit_of(r, 88)["allocated"] == "0")
+    reason = drains(svc)["1"]
+    assert reason.startswith(f"housekeeping@{encode_jobid(88, 'f58plain')} lost: ")
+
+
+def test_clean_restart_adopts_running_commands(hk_service: ServiceFactory) -> None:
+    svc = hk_service(hostlist="node[0-1]", command=["sleep", "600"], stop_commands_on_exit=False)
+    svc.call("housekeeping.start", {"jobid": 99, "ranks": "0-1"})
+    time.sleep(0.2)
+    assert svc.stop() == 0
+    svc.start()
+    assert unit_of(svc.call("housekeeping.list"), 99)["pending"] == "0-1"
+    svc.call("housekeeping.kill", {"jobid": 99, "signum": 9})
+    svc.wait_idle()
+
+
+# -- bad input ---------------------------------------------------------------
+
+
+def raw_call(svc: RunningService, body: bytes) -> dict[str, Any]:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(svc.endpoint)
+    try:
+        sock.send(body)
+        assert sock.poll(5000), "no reply"
+        return unpack(sock.recv())
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "text"),
+    [
+        (b"\xc1\xff\x00garbage", "EPROTO", "undecodable"),
+        (pack([1, 2, 3]), "EPROTO", "expected a msgpack map"),
+        (pack({"v": 1, "id": 3}), "EPROTO", "missing method"),
+        (pack({"v": 1, "id": 4, "method": "housekeeping.explode"}), "ENOSYS", "unknown method"),
+        (pack({"v": 9, "id": 5, "method": "housekeeping.list"}), "EPROTO", "protocol version"),
+        (
+            pack({"v": 1, "id": 6, "method": "housekeeping.start", "params": {"jobid": "x"}}),
+            "EPROTO",
+            "parameter 'jobid' has the wrong type",
+        ),
+        (
+            pack({"v": 1, "id": 7, "method": "housekeeping.kill", "params": [1]}),
+            "EPROTO",
+            "params must be a map",
+        ),
+        (
+            pack({"v": 1, "id": 8, "method": "housekeeping.kill", "params": {"ranks": "3,1"}}),
+            "EINVAL",
+            "out of order",
+        ),
+        (
+            pack({"v": 1, "id": 9, "method": "housekeeping.start", "params": {"jobid": 1}}),
+            "EPROTO",
+            "missing parameter 'ranks'",
+        ),
+        (b"\x00" * (8 << 20), "E2BIG", "limit"),
+    ],
+)
+def test_bad_messages_get_clear_errors_and_service_keeps_serving(
+    hk_service: ServiceFactory, body: bytes, code: str, text: str
+) -> None:
+    svc = hk_service()
+    reply = raw_call(svc, body)
+    assert reply["error"]["code"] == code
+    assert text in reply["error"]["message"]
+    assert svc.call("service.config")["size"] == 4
+
+
+def test_bad_requests_are_rejected_without_losing_state(hk_service: ServiceFactory) -> None:
+    svc = hk_service(command=["sleep", "600"])
+    svc.call("housekeeping.start", {"jobid": 1, "ranks": "0-1"})
+    with pytest.raises(ServiceError, match="already in housekeeping") as err:
+        svc.call("housekeeping.start", {"jobid": 1, "ranks": "2"})
+    assert err.value.code == "EEXIST"
+    with pytest.raises(ServiceError, match=r"ranks 4-9 are not in the cluster \(0-3\)"):
+        svc.call("housekeeping.start", {"jobid": 2, "ranks": "2-9"})
+    with pytest.raises(ServiceError, match="no housekeeping running for job") as err:
+        svc.call("housekeeping.unit", {"jobid": 12345})
+    assert err.value.code == "ENOENT"
+    with pytest.raises(ServiceError, match="rank 3 is not drained"):
+        svc.call("resource.undrain", {"ranks": "3"})
+    units = svc.call("housekeeping.list")["units"]
+    assert [(u["jobid"], u["pending"]) for u in units] == [(1, "0-1")]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            '[cluster]\nhostlist="n[0-3]"\n[housekeeping]\ncommand=["true"]\nxyz=42\n',
+            "housekeeping.xyz: unknown key",
+        ),
+        (
+            '[cluster]\nhostlist="n[0-3]"\n[housekeeping]\ncommand="true"\n',
+            "housekeeping.command: expected a non-empty array of strings",
+        ),
+        (
+            '[cluster]\nhostlist="n[0-3]"\n[housekeeping]\ncommand=["true"]\n'
+            'release-after="foo"\n',
+            "housekeeping.release-after: ",
+        ),
+        ('[housekeeping]\ncommand=["true"]\n', "cluster.hostlist: required key is missing"),
+        ('[cluster]\nhostlist="n[0-3"\n[housekeeping]\ncommand=["true"]\n', "cluster.hostlist"),
+    ],
+)
+def test_bad_config_stops_the_start_naming_the_key(
+    tmp_path: Path, config: str, message: str
+) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "bad.toml"
+    path.write_text(config)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hkservice", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert proc.returncode == 1
+    assert f"hkservice: ERROR: {message}" in proc.stderr
+    assert "Traceback" not in proc.stderr
