@@ -59,7 +59,7 @@ def _duration(table: dict[str, Any], key: str, where: str) -> float | None:
         return None
     value = table[key]
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ConfigError(f"{where}.{key}: expected a duration string such as \"30s\"")
+        raise ConfigError(f'{where}.{key}: expected a duration string such as "30s"')
     try:
         return parse_duration(str(value))
     except ValueError as exc:
@@ -69,9 +69,7 @@ def _duration(table: dict[str, Any], key: str, where: str) -> float | None:
 def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
     for table_name, table in data.items():
         if table_name not in SCHEMA:
-            raise ConfigError(
-                f"unknown table [{table_name}] (known: {', '.join(sorted(SCHEMA))})"
-            )
+            raise ConfigError(f"unknown table [{table_name}] (known: {', '.join(sorted(SCHEMA))})")
         if not isinstance(table, dict):
             raise ConfigError(f"{table_name}: expected a table")
         for key in table:
@@ -86,7 +84,7 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
     cluster_table = data["cluster"]
     hostlist_text = cluster_table["hostlist"]
     if not isinstance(hostlist_text, str):
-        raise ConfigError("cluster.hostlist: expected a string such as \"node[0-127]\"")
+        raise ConfigError('cluster.hostlist: expected a string such as "node[0-127]"')
     try:
         cluster = Cluster(hostlist_text)
     except ValueError as exc:

@@ -441,9 +441,7 @@ class Housekeeping:
 
     # -- kill ---------------------------------------------------------------
 
-    def _mark_signalled(
-        self, unit: Unit, rank: int, signum: int, cause: str, now: float
-    ) -> None:
+    def _mark_signalled(self, unit: Unit, rank: int, signum: int, cause: str, now: float) -> None:
         record = unit.records[rank]
         # A timeout stays the cause even if an operator signals the rank afterwards.
         if record.kill_cause != "timeout":
@@ -470,10 +468,7 @@ class Housekeeping:
             raise HkError("EINVAL", f"invalid signal number {signum}")
         if ranks is not None:
             self._check_ranks(ranks)
-        if jobid is not None:
-            units = [self.unit(jobid)]
-        else:
-            units = list(self.units.values())
+        units = [self.unit(jobid)] if jobid is not None else list(self.units.values())
         actions: list[Action] = []
         nranks = 0
         for unit in units:

@@ -1,32 +1,35 @@
 """Runners: where each rank's housekeeping command runs.
 
 The core decides; a runner only launches, signals and reports how commands ended. The
-local runner runs every rank's command on this machine under `hk-wrap.pl`, which records
-the exit status in the state directory, so a service that crashed and came back can
-adopt commands still running and learn how the finished ones ended. A node-agent or a
-systemd runner implements the same `Runner` interface.
+local runner hands the commands to the local agent (hkservice.agent), which is their
+parent and keeps their exit statuses across a crash or restart of the service. A remote
+node agent or a systemd runner implements the same `Runner` interface.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
-import resource
 import shutil
-import signal as signal_module
+import subprocess
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+import zmq
+import zmq.asyncio
 
 from hkservice.core import Outcome
+from hkservice.protocol import pack, unpack
 
 log = logging.getLogger("hkservice.runner")
 
-WRAPPER = Path(__file__).with_name("hk-wrap.pl")
-LAUNCH_CHUNK = 256
+AGENT_START_TIMEOUT = 10.0
 
 ExitCallback = Callable[[int, int, Outcome], None]
 
@@ -42,45 +45,51 @@ class LaunchSpec:
 class Runner(Protocol):
     def set_exit_callback(self, callback: ExitCallback) -> None: ...
 
-    async def launch(self, spec: LaunchSpec) -> dict[int, int]:
-        """Start the command on every rank; return rank -> handle (pid) for persistence."""
+    async def start(self, expected: Iterable[tuple[int, int]]) -> None:
+        """Connect; `expected` are the (jobid, rank) the service believes are running.
+
+        Those that ended while the service was away are reported through the exit
+        callback, those nobody knows of are reported lost, the rest are adopted.
+        """
         ...
+
+    def launch(self, spec: LaunchSpec) -> None: ...
 
     def signal(self, jobid: int, ranks: Iterable[int], signum: int) -> None: ...
 
-    def adopt(self, jobid: int, rank: int) -> None:
-        """Follow a rank started before a restart; report its end like any other."""
-        ...
-
     def output(self, jobid: int, ranks: Iterable[int], tail: int) -> list[list[object]]: ...
+
+    def has_output(self, jobid: int) -> list[int] | None: ...
 
     def forget(self, jobid: int) -> None: ...
 
-    def close(self) -> None: ...
+    async def close(self, kill: bool) -> None: ...
 
 
 def parse_status(text: str) -> Outcome:
     kind, _, rest = text.strip().partition(" ")
-    if kind == "exit":
-        return Outcome("exit", code=int(rest))
-    if kind == "signal":
-        return Outcome("signal", signal=int(rest))
-    if kind == "core":
-        return Outcome("core", signal=int(rest))
+    try:
+        if kind == "exit":
+            return Outcome("exit", code=int(rest))
+        if kind == "signal":
+            return Outcome("signal", signal=int(rest))
+        if kind == "core":
+            return Outcome("core", signal=int(rest))
+    except ValueError:
+        pass
     if kind == "launch":
         return Outcome("launch", code=127, text=rest)
     return Outcome("lost", text=f"unreadable exit status '{text.strip()}'")
 
 
-def raise_fd_limit() -> None:
-    # One pidfd per running rank: a 16k-node unit needs more than the usual 1024.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+LOST_AFTER_RESTART = Outcome(
+    "lost",
+    text="the command was gone after a service restart and its exit status is unknown",
+)
 
 
 class LocalRunner:
-    """Every rank's command is a real process on this machine."""
+    """Every rank's command is a real process on this machine, child of the local agent."""
 
     def __init__(
         self,
@@ -90,22 +99,19 @@ class LocalRunner:
         base_env: Mapping[str, str] | None = None,
         keep_finished: int = 100,
     ) -> None:
-        perl = shutil.which("perl")
-        if perl is None:
-            raise RuntimeError("perl is needed by the local runner's rank wrapper; install perl")
-        self._perl = perl
         self.command = command
         self.run_dir = run_dir
         self.hostname = hostname
         self.base_env = dict(os.environ if base_env is None else base_env)
         self.keep_finished = keep_finished
+        self.endpoint = f"ipc://{run_dir}/agent.sock"
         self._callback: ExitCallback = lambda jobid, rank, outcome: None
-        # (jobid, rank) -> (pid, pidfd)
-        self._procs: dict[tuple[int, int], tuple[int, int]] = {}
+        self._ctx = zmq.asyncio.Context.instance()
+        self._sock: zmq.asyncio.Socket | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._hello: asyncio.Future[dict[str, Any]] | None = None
         self._finished_units: list[int] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._orphans: dict[tuple[int, int], int] | None = None
-        raise_fd_limit()
+        self._background: set[asyncio.Task[Any]] = set()
         run_dir.mkdir(parents=True, exist_ok=True)
 
     def set_exit_callback(self, callback: ExitCallback) -> None:
@@ -114,144 +120,130 @@ class LocalRunner:
     def unit_dir(self, jobid: int) -> Path:
         return self.run_dir / str(jobid)
 
-    # -- launch -------------------------------------------------------------
+    # -- the agent connection -----------------------------------------------
 
-    def _env(self, spec: LaunchSpec, rank: int) -> dict[str, str]:
-        env = dict(self.base_env)
-        env.update(
-            HK_JOB_ID=str(spec.jobid),
-            HK_JOB_USERID=str(spec.userid),
-            HK_JOB_RANKS=spec.all_ranks,
-            HK_RANK=str(rank),
-            HK_HOSTNAME=self.hostname(rank),
-            FLUX_JOB_ID=str(spec.jobid),
-            FLUX_JOB_USERID=str(spec.userid),
-            FLUX_JOB_RANKS=spec.all_ranks,
-        )
-        return env
+    async def start(self, expected: Iterable[tuple[int, int]]) -> None:
+        hello = await self._connect()
+        expected_set = set(expected)
+        running = {(int(j), int(r)) for j, r in hello["running"]}
+        ended: dict[tuple[int, int], str] = {}
+        acks: list[int] = []
+        for seq, jobid, rank, status in hello["exits"]:
+            ended[(int(jobid), int(rank))] = status
+            acks.append(seq)
+        for key in sorted(expected_set):
+            if key in ended:
+                self._callback(*key, parse_status(ended[key]))
+            elif key in running:
+                log.info("adopted job %d rank %d (still running)", *key)
+            else:
+                self._callback(*key, LOST_AFTER_RESTART)
+        if acks:
+            self._send({"op": "ack", "seqs": acks})
 
-    async def launch(self, spec: LaunchSpec) -> dict[int, int]:
-        self._loop = asyncio.get_running_loop()
-        unit_dir = self.unit_dir(spec.jobid)
-        unit_dir.mkdir(parents=True, exist_ok=True)
-        pids: dict[int, int] = {}
-        for i, rank in enumerate(spec.ranks):
-            if i and i % LAUNCH_CHUNK == 0:
-                # Let requests and exits be served while a large unit is starting.
-                await asyncio.sleep(0)
-            argv = [self._perl, str(WRAPPER), str(unit_dir), str(rank), *self.command]
+    async def _connect(self) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + AGENT_START_TIMEOUT
+        spawned = False
+        while True:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.endpoint)
+            self._sock = sock
+            self._hello = loop.create_future()
+            self._reader = loop.create_task(self._read())
+            self._send({"op": "hello"})
             try:
-                pid = os.posix_spawn(
-                    self._perl,
-                    argv,
-                    self._env(spec, rank),
-                    setsid=True,
-                    file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
-                )
-            except OSError as exc:
-                self._callback(spec.jobid, rank, Outcome("launch", code=127, text=exc.strerror))
-                continue
-            pids[rank] = pid
-            self._watch(spec.jobid, rank, pid)
-        return pids
+                return await asyncio.wait_for(asyncio.shield(self._hello), 0.5)
+            except TimeoutError:
+                pass
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            sock.close(linger=0)
+            if loop.time() > deadline:
+                raise RuntimeError(f"the local agent did not answer at {self.endpoint}")
+            if not spawned:
+                self._spawn_agent()
+                spawned = True
 
-    def _watch(self, jobid: int, rank: int, pid: int) -> bool:
-        loop = self._loop or asyncio.get_running_loop()
-        self._loop = loop
-        try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            return False
-        self._procs[(jobid, rank)] = (pid, pidfd)
-        loop.add_reader(pidfd, self._on_exit, jobid, rank)
-        return True
-
-    def _on_exit(self, jobid: int, rank: int) -> None:
-        entry = self._procs.pop((jobid, rank), None)
-        if entry is None:
-            return
-        pid, pidfd = entry
-        assert self._loop is not None
-        self._loop.remove_reader(pidfd)
-        os.close(pidfd)
-        wrapper_status: int | None = None
-        with contextlib.suppress(ChildProcessError):
-            _, wrapper_status = os.waitpid(pid, 0)
-        self._callback(jobid, rank, self._read_outcome(jobid, rank, wrapper_status))
-
-    def _read_outcome(self, jobid: int, rank: int, wrapper_status: int | None) -> Outcome:
-        path = self.unit_dir(jobid) / f"{rank}.status"
-        try:
-            return parse_status(path.read_text())
-        except (OSError, ValueError):
-            pass
-        # No status file: the wrapper died with its command, which happens when the whole
-        # process group got SIGKILL.
-        if wrapper_status is not None and os.WIFSIGNALED(wrapper_status):
-            return Outcome("signal", signal=os.WTERMSIG(wrapper_status))
-        return Outcome("lost", text="the rank's wrapper ended without recording a status")
-
-    # -- adoption after a restart -------------------------------------------
-
-    def adopt(self, jobid: int, rank: int) -> None:
-        self._loop = asyncio.get_running_loop()
-        if self._orphans is None:
-            self._orphans = self._find_wrappers()
-        pid = self._orphans.pop((jobid, rank), None)
-        if pid is not None and self._watch(jobid, rank, pid):
-            log.info("adopted job %d rank %d (pid %d)", jobid, rank, pid)
-            return
-        path = self.unit_dir(jobid) / f"{rank}.status"
-        outcome = (
-            self._read_outcome(jobid, rank, None)
-            if path.exists()
-            else Outcome(
-                "lost",
-                text="command was not running after a service restart "
-                "and left no exit status",
+    def _spawn_agent(self) -> None:
+        log_path = self.run_dir / "agent.log"
+        with open(log_path, "ab") as log_file:
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "hkservice.agent",
+                    "--run-dir",
+                    str(self.run_dir),
+                    "--endpoint",
+                    self.endpoint,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                start_new_session=True,
+                close_fds=True,
             )
+
+    async def _read(self) -> None:
+        assert self._sock is not None
+        sock = self._sock
+        while True:
+            message = unpack(await sock.recv())
+            if not isinstance(message, dict):
+                continue
+            op = message.get("op")
+            if op == "hello" and self._hello is not None and not self._hello.done():
+                self._hello.set_result(message)
+            elif op == "exits":
+                acks = []
+                for seq, jobid, rank, status in message["exits"]:
+                    acks.append(seq)
+                    self._callback(int(jobid), int(rank), parse_status(status))
+                self._send({"op": "ack", "seqs": acks})
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self._sock is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._sock.send(pack(message)))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- commands -----------------------------------------------------------
+
+    def launch(self, spec: LaunchSpec) -> None:
+        self._send(
+            {
+                "op": "launch",
+                "jobid": spec.jobid,
+                "userid": spec.userid,
+                "ranks": list(spec.ranks),
+                "all_ranks": spec.all_ranks,
+                "argv": self.command,
+                "env": self.base_env,
+                "hostnames": [self.hostname(r) for r in spec.ranks],
+            }
         )
-        self._loop.call_soon(self._callback, jobid, rank, outcome)
-
-    def _find_wrappers(self) -> dict[tuple[int, int], int]:
-        """Wrappers left running by an earlier service, found by their command line.
-
-        Looking at the command line rather than trusting a saved pid means a pid reused
-        since the crash can never be taken for one of ours.
-        """
-        found: dict[tuple[int, int], int] = {}
-        wrapper = str(WRAPPER).encode()
-        prefix = str(self.run_dir).encode() + b"/"
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/cmdline", "rb") as fh:
-                    argv = fh.read().split(b"\0")
-            except OSError:
-                continue
-            if len(argv) < 4 or argv[1] != wrapper or not argv[2].startswith(prefix):
-                continue
-            try:
-                key = (int(argv[2][len(prefix) :]), int(argv[3]))
-            except ValueError:
-                continue
-            found[key] = int(entry.name)
-        return found
-
-    # -- signals, output, cleanup -------------------------------------------
 
     def signal(self, jobid: int, ranks: Iterable[int], signum: int) -> None:
-        for rank in ranks:
-            entry = self._procs.get((jobid, rank))
-            if entry is None:
-                continue
-            try:
-                os.killpg(entry[0], signum)
-            except ProcessLookupError:
-                pass
-            except OSError as exc:
-                log.error("kill job %d rank %d: %s", jobid, rank, os.strerror(exc.errno or 0))
+        self._send({"op": "signal", "jobid": jobid, "ranks": list(ranks), "signum": signum})
+
+    async def close(self, kill: bool) -> None:
+        if kill and self._sock is not None:
+            await self._sock.send(pack({"op": "shutdown", "kill": True}))
+        if self._background:
+            await asyncio.wait(self._background, timeout=2)
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._sock is not None:
+            self._sock.close(linger=500 if kill else 0)
+            self._sock = None
+
+    # -- output -------------------------------------------------------------
 
     def output(self, jobid: int, ranks: Iterable[int], tail: int) -> list[list[object]]:
         lines: list[list[object]] = []
@@ -267,6 +259,13 @@ class LocalRunner:
                 lines.extend([rank, stream, line] for line in text[-tail:])
         return lines
 
+    def has_output(self, jobid: int) -> list[int] | None:
+        """Ranks with kept output of a unit that has ended, or None if nothing is kept."""
+        unit_dir = self.unit_dir(jobid)
+        if not unit_dir.is_dir():
+            return None
+        return sorted({int(p.stem) for p in unit_dir.iterdir() if p.stem.isdigit()})
+
     def forget(self, jobid: int) -> None:
         """A unit ended: keep its output for a while, for operators reading failures."""
         self._finished_units.append(jobid)
@@ -274,40 +273,15 @@ class LocalRunner:
             old = self._finished_units.pop(0)
             shutil.rmtree(self.unit_dir(old), ignore_errors=True)
 
-    def running(self) -> int:
-        return len(self._procs)
 
-    def close(self) -> None:
-        """Stop following commands (they keep running; a restart adopts them)."""
-        for pid, pidfd in self._procs.values():
-            del pid
-            if self._loop is not None:
-                with contextlib.suppress(Exception):
-                    self._loop.remove_reader(pidfd)
-            with contextlib.suppress(OSError):
-                os.close(pidfd)
-        self._procs.clear()
-
-    def kill_all(self, signum: int = signal_module.SIGKILL) -> None:
-        for pid, _ in self._procs.values():
-            with contextlib.suppress(OSError):
-                os.killpg(pid, signum)
-
-
-def _tail_bytes(fh: object, lines: int, block: int = 8192) -> bytes:
+def _tail_bytes(fh: io.BufferedReader, lines: int, block: int = 8192) -> bytes:
     """The last `lines` lines of a file without reading all of it."""
-    import io
-
-    assert isinstance(fh, io.BufferedReader)
     fh.seek(0, os.SEEK_END)
-    size = fh.tell()
+    pos = fh.tell()
     data = b""
-    pos = size
     while pos > 0 and data.count(b"\n") <= lines:
         step = min(block, pos)
         pos -= step
         fh.seek(pos)
         data = fh.read(step) + data
     return data
-
-

@@ -129,7 +129,6 @@ class Service:
         self._batch_handle: asyncio.TimerHandle | None = None
         self._deadline_handle: asyncio.TimerHandle | None = None
         self._stopping = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
         self.handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
             "service.config": self._service_config,
             "housekeeping.start": self._start,
@@ -151,7 +150,7 @@ class Service:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, self.stop)
         self._bind()
-        self._recover()
+        await self._recover()
         log.info(
             "serving %s (events %s) for %s, %d nodes",
             self.config.endpoint,
@@ -167,6 +166,7 @@ class Service:
         for task in (serve, heartbeat):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.runner.close(kill=self.stop_commands_on_exit)
         self._shutdown()
 
     def stop(self) -> None:
@@ -184,11 +184,6 @@ class Service:
         self._router, self._pub = router, pub
 
     def _shutdown(self) -> None:
-        if self.stop_commands_on_exit:
-            kill_all = getattr(self.runner, "kill_all", None)
-            if kill_all is not None:
-                kill_all()
-        self.runner.close()
         for sock in (self._router, self._pub):
             if sock is not None:
                 sock.close(linger=0)
@@ -201,18 +196,18 @@ class Service:
         self.store.close()
         log.info("stopped")
 
-    def _recover(self) -> None:
+    async def _recover(self) -> None:
         units = self.store.load_units()
         for rank, reason, t in self.store.load_drains():
             self.hk.restore_drain(rank, reason, t)
-        if not units:
-            return
         for unit in units:
             self.hk.restore(unit)
-            for rank in sorted(unit.pending):
-                self.runner.adopt(unit.jobid, rank)
-        log.info("recovered %d units in progress", len(units))
-        self._apply(self.hk.recover(self.clock()))
+        await self.runner.start(
+            [(unit.jobid, rank) for unit in units for rank in sorted(unit.pending)]
+        )
+        if units:
+            log.info("recovered %d units in progress", len(units))
+            self._apply(self.hk.recover(self.clock()))
 
     # -- applying core actions ----------------------------------------------
 
@@ -242,7 +237,7 @@ class Service:
                 )
                 self._publish(EVENT_STARTED, unit.to_wire())
             case core.Launch(jobid, userid, ranks, all_ranks):
-                self._spawn(self.runner_launch(LaunchSpec(jobid, userid, ranks, all_ranks)))
+                self.runner.launch(LaunchSpec(jobid, userid, ranks, all_ranks))
             case core.Signal(jobid, ranks, signum):
                 self.runner.signal(jobid, ranks, signum)
             case core.RankFinished(jobid, rank, outcome, _):
@@ -276,31 +271,6 @@ class Service:
                 self._publish(EVENT_ENDED, {"jobid": jobid})
             case _:
                 pass
-
-    async def runner_launch(self, spec: LaunchSpec) -> None:
-        await self.runner.launch(spec)
-        # A kill that came while the unit was still starting missed the ranks launched
-        # after it: send it again now that every command exists.
-        unit = self.hk.units.get(spec.jobid)
-        if unit is None:
-            return
-        by_signal: dict[int, list[int]] = {}
-        for r in unit.pending:
-            signum = unit.records[r].kill_signal
-            if signum is not None:
-                by_signal.setdefault(signum, []).append(r)
-        for signum, ranks in by_signal.items():
-            self.runner.signal(spec.jobid, ranks, signum)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("internal error: %r", task.exception())
 
     def _on_exit(self, jobid: int, rank: int, outcome: core.Outcome) -> None:
         self._batch.setdefault(jobid, []).append((rank, outcome))
@@ -445,9 +415,7 @@ class Service:
         jobid = _jobid(params, required=False)
         ranks = _ranks(params, required=False)
         all_units = bool(_param(params, "all", bool, False))
-        result = self.hk.kill(
-            signum, self.clock(), jobid=jobid, ranks=ranks, all_units=all_units
-        )
+        result = self.hk.kill(signum, self.clock(), jobid=jobid, ranks=ranks, all_units=all_units)
         log.info(
             "kill: signalled %d ranks of %d units with SIG%s",
             result.ranks,
@@ -465,21 +433,15 @@ class Service:
         tail = max(1, min(tail, OUTPUT_TAIL_MAX))
         unit = self.hk.units.get(jobid)
         if unit is None:
-            run_dir = getattr(self.runner, "unit_dir", None)
-            if run_dir is None or not run_dir(jobid).exists():
-                raise HkError(
-                    "ENOENT", f"no output kept for job {core.job_label(jobid)}"
-                )
-            ranks: list[int] = sorted(
-                int(p.stem) for p in run_dir(jobid).glob("*.status") if p.stem.isdigit()
-            )
+            kept = self.runner.has_output(jobid)
+            if kept is None:
+                raise HkError("ENOENT", f"no output kept for job {core.job_label(jobid)}")
+            ranks: list[int] = kept
         else:
             ranks = list(unit.ranks)
         if rank is not None:
             if rank not in ranks:
-                raise HkError(
-                    "ENOENT", f"job {core.job_label(jobid)} has no rank {rank}"
-                )
+                raise HkError("ENOENT", f"job {core.job_label(jobid)} has no rank {rank}")
             ranks = [rank]
         return {"lines": self.runner.output(jobid, ranks, tail)}
 
@@ -524,5 +486,3 @@ def run_service(config: Config, *, stop_commands_on_exit: bool = False) -> int:
     service = Service(config, stop_commands_on_exit=stop_commands_on_exit)
     asyncio.run(service.run())
     return 0
-
-

@@ -103,8 +103,13 @@ class Store:
                 db.execute(
                     "INSERT INTO units (jobid, userid, t_start, ranks, timeout_at)"
                     " VALUES (?, ?, ?, ?, ?)",
-                    (_db(jobid), unit.userid, unit.t_start, format_idset(unit.ranks),
-                     unit.timeout_at),
+                    (
+                        _db(jobid),
+                        unit.userid,
+                        unit.t_start,
+                        format_idset(unit.ranks),
+                        unit.timeout_at,
+                    ),
                 )
                 db.executemany(
                     "INSERT INTO ranks (jobid, rank) VALUES (?, ?)",
@@ -114,14 +119,21 @@ class Store:
                 db.execute(
                     "UPDATE ranks SET t_end=?, kind=?, code=?, signal=?, text=?"
                     " WHERE jobid=? AND rank=?",
-                    (t_end, outcome.kind, outcome.code, outcome.signal, outcome.text,
-                     _db(jobid), rank),
+                    (
+                        t_end,
+                        outcome.kind,
+                        outcome.code,
+                        outcome.signal,
+                        outcome.text,
+                        _db(jobid),
+                        rank,
+                    ),
                 )
             case core.TimerArmed(jobid, deadline):
                 db.execute(
                     "UPDATE units SET timer_deadline=? WHERE jobid=?", (deadline, _db(jobid))
                 )
-            case core.Released(jobid, ranks, final):
+            case core.Released(jobid, ranks, _):
                 db.executemany(
                     "UPDATE ranks SET released=1 WHERE jobid=? AND rank=?",
                     ((_db(jobid), r) for r in ranks),
@@ -182,8 +194,7 @@ class Store:
             ranks = tuple(sorted(parse_idset(ranks_text)))
             records: dict[int, RankRecord] = {}
             for rank, t_end, kind, code, signal, text, released in self.db.execute(
-                "SELECT rank, t_end, kind, code, signal, text, released FROM ranks"
-                " WHERE jobid=?",
+                "SELECT rank, t_end, kind, code, signal, text, released FROM ranks WHERE jobid=?",
                 (jobid_db,),
             ):
                 outcome = Outcome(kind, code, signal, text or "") if kind else None
@@ -199,9 +210,7 @@ class Store:
                     records=records,
                     allocated={r for r, rec in records.items() if not rec.released},
                     pending={r for r, rec in records.items() if rec.outcome is None},
-                    failed={
-                        r for r, rec in records.items() if rec.outcome and not rec.outcome.ok
-                    },
+                    failed={r for r, rec in records.items() if rec.outcome and not rec.outcome.ok},
                     timer_deadline=deadline,
                     timer_expired=bool(expired),
                     timeout_at=timeout_at,

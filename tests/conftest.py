@@ -80,7 +80,10 @@ class RunningService:
         if self.stop_commands_on_exit:
             argv.append("--stop-commands-on-exit")
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it from here
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        env = {**os.environ, "HK_STATE_MARK": str(self.state_dir)}
+        self.proc = subprocess.Popen(
+            argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env
+        )
         log.close()
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -143,16 +146,43 @@ class RunningService:
     def wait_idle(self, timeout: float = 10.0) -> None:
         self.wait_for(lambda r: not r["units"], timeout)
 
-    def kill_leftovers(self) -> None:
-        """Kill rank wrappers an abrupt stop left behind (found by their state dir)."""
+    def agent_pid(self) -> int | None:
         marker = str(self.state_dir).encode()
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
+        for pid, argv in _processes():
+            if b"hkservice.agent" in argv and marker in argv:
+                return pid
+        return None
+
+    def command_pids(self) -> dict[tuple[int, int], int]:
+        """(jobid, rank) -> pid of each housekeeping command of this service still alive."""
+        agent = self.agent_pid()
+        found: dict[tuple[int, int], int] = {}
+        for pid, _ in _processes():
+            with contextlib.suppress(OSError, ValueError):
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                env = dict(e.split(b"=", 1) for e in environ if b"=" in e)
+                if ppid == agent or env.get(b"HK_STATE_MARK") == str(self.state_dir).encode():
+                    found[(int(env[b"HK_JOB_ID"]), int(env[b"HK_RANK"]))] = pid
+        return found
+
+    def kill_leftovers(self) -> None:
+        """Kill the agent and the commands an abrupt stop left behind."""
+        for pid in self.command_pids().values():
             with contextlib.suppress(OSError):
-                cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
-                if b"hk-wrap.pl" in cmdline and marker in cmdline:
-                    os.killpg(int(entry.name), signal.SIGKILL)
+                os.killpg(pid, signal.SIGKILL)
+        agent = self.agent_pid()
+        if agent is not None:
+            with contextlib.suppress(OSError):
+                os.kill(agent, signal.SIGKILL)
+
+
+def _processes() -> Iterator[tuple[int, bytes]]:
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                yield int(entry.name), Path(f"/proc/{entry.name}/cmdline").read_bytes()
 
 
 ServiceFactory = Callable[..., RunningService]
