@@ -62,6 +62,7 @@ class Agent:
         self.seq = 0
         self.peer: bytes | None = None
         self._fresh: list[int] = []
+        self._pending_sends: set[asyncio.Future[None]] = set()
         self._ctx = zmq.asyncio.Context()
         self._sock: zmq.asyncio.Socket | None = None
         self._done = asyncio.Event()
@@ -205,7 +206,9 @@ class Agent:
         fresh, self._fresh = self._fresh, []
         exits = [[seq, *self.unacked[seq]] for seq in fresh if seq in self.unacked]
         if exits:
-            asyncio.get_running_loop().create_task(self._send({"op": "exits", "exits": exits}))
+            task = asyncio.ensure_future(self._send({"op": "exits", "exits": exits}))
+            self._pending_sends.add(task)
+            task.add_done_callback(self._pending_sends.discard)
 
     def _reap(self) -> None:
         while True:

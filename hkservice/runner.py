@@ -207,7 +207,7 @@ class LocalRunner:
     def _send(self, message: dict[str, Any]) -> None:
         if self._sock is None:
             return
-        task = asyncio.get_running_loop().create_task(self._sock.send(pack(message)))
+        task = asyncio.ensure_future(self._sock.send(pack(message)))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

@@ -163,7 +163,8 @@ class RunningService:
                 ppid = int(stat.rsplit(")", 1)[1].split()[1])
                 environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
                 env = dict(e.split(b"=", 1) for e in environ if b"=" in e)
-                if ppid == agent or env.get(b"HK_STATE_MARK") == str(self.state_dir).encode():
+                mine = ppid == agent or env.get(b"HK_STATE_MARK") == str(self.state_dir).encode()
+                if mine and b"HK_JOB_ID" in env:
                     found[(int(env[b"HK_JOB_ID"]), int(env[b"HK_RANK"]))] = pid
         return found
 

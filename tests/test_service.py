@@ -192,7 +192,7 @@ def test_kill_by_job_by_targets_and_all(hk_service: ServiceFactory) -> None:
     svc.wait_for(lambda r: [u["jobid"] for u in r["units"]] == [1, 2])
     assert svc.call("housekeeping.kill", {"all": True}) == {"units": 2, "ranks": 2, "signum": 15}
     svc.wait_idle()
-    assert drains(svc)["5"].endswith("signal: killed KILL")
+    assert drains(svc)["4-5"].endswith("signal: killed KILL")
     with pytest.raises(ServiceError, match="no housekeeping running for job") as err:
         svc.call("housekeeping.kill", {"jobid": 3})
     assert err.value.code == "ENOENT"
@@ -343,6 +343,18 @@ def raw_call(svc: RunningService, body: bytes) -> dict[str, Any]:
             "missing parameter 'ranks'",
         ),
         (b"\x00" * (8 << 20), "E2BIG", "limit"),
+    ],
+    ids=[
+        "undecodable",
+        "not-a-map",
+        "no-method",
+        "unknown-method",
+        "bad-version",
+        "wrong-type",
+        "params-not-map",
+        "bad-idset",
+        "missing-param",
+        "8MiB",
     ],
 )
 def test_bad_messages_get_clear_errors_and_service_keeps_serving(

@@ -1,0 +1,158 @@
+"""The cluster's hosts: rank <-> hostname, RFC 29 nodelists, and operator targets."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import hostlist
+
+from hkservice.idset import IdsetError, format_idset, parse_idset
+
+_HOST = re.compile(r"^(.*?)(\d+)(\D*)$")
+
+
+class TargetError(ValueError):
+    pass
+
+
+def _split(host: str) -> tuple[str, int, int, str] | None:
+    """(prefix, number, zero-padded width or 0, suffix) of a host, None if no number."""
+    match = _HOST.match(host)
+    if match is None:
+        return None
+    digits = match.group(2)
+    width = len(digits) if len(digits) > 1 and digits[0] == "0" else 0
+    return match.group(1), int(digits), width, match.group(3)
+
+
+def _ranges(numbers: list[int], width: int) -> str:
+    parts: list[str] = []
+    start = prev = numbers[0]
+    for value in [*numbers[1:], None]:
+        if value is not None and value == prev + 1:
+            prev = value
+            continue
+        lo, hi = f"{start:0{width}d}", f"{prev:0{width}d}"
+        parts.append(lo if start == prev else f"{lo}-{hi}")
+        if value is not None:
+            start = prev = value
+    return ",".join(parts)
+
+
+class Cluster:
+    def __init__(self, text: str) -> None:
+        try:
+            hosts = hostlist.expand_hostlist(text, allow_duplicates=True)
+        except hostlist.BadHostlist as exc:
+            raise ValueError(f"invalid hostlist '{text}': {exc}") from None
+        if not hosts or not text.strip():
+            raise ValueError(f"invalid hostlist '{text}': no hosts")
+        seen: dict[str, int] = {}
+        for rank, host in enumerate(hosts):
+            if host in seen:
+                raise ValueError(f"hostlist '{text}' names host '{host}' twice")
+            seen[host] = rank
+        self.text = text
+        self.hosts: list[str] = hosts
+        self.size = len(hosts)
+        self._rank_of = seen
+        self._parts = [_split(h) for h in hosts]
+        # The common case, node[0-N] in rank order, gets a nodelist straight from the
+        # numbers of the ranks, with no grouping pass.
+        first = self._parts[0]
+        self._uniform = first is not None and all(
+            p is not None and (p[0], p[2], p[3]) == (first[0], first[2], first[3])
+            for p in self._parts
+        )
+
+    def rank_of(self, host: str) -> int | None:
+        return self._rank_of.get(host)
+
+    def hostname(self, rank: int) -> str:
+        return self.hosts[rank]
+
+    def nodelist(self, ranks: Iterable[int]) -> str:
+        ordered = sorted(set(ranks))
+        if not ordered:
+            return ""
+        if len(ordered) == 1:
+            return self.hosts[ordered[0]]
+        if self._uniform:
+            prefix, _, width, suffix = self._parts[0]  # type: ignore[misc]
+            numbers = [self._parts[r][1] for r in ordered]  # type: ignore[index]
+            return f"{prefix}[{_ranges(numbers, width)}]{suffix}"
+        return self._grouped(ordered)
+
+    def _grouped(self, ordered: list[int]) -> str:
+        out: list[str] = []
+        key: tuple[str, int, str] | None = None
+        numbers: list[int] = []
+
+        def flush() -> None:
+            if key is None:
+                return
+            prefix, width, suffix = key
+            if len(numbers) == 1:
+                out.append(f"{prefix}{numbers[0]:0{width}d}{suffix}")
+            else:
+                out.append(f"{prefix}[{_ranges(numbers, width)}]{suffix}")
+
+        for rank in ordered:
+            part = self._parts[rank]
+            if part is None:
+                flush()
+                key, numbers = None, []
+                out.append(self.hosts[rank])
+                continue
+            prefix, number, width, suffix = part
+            if (prefix, width, suffix) != key:
+                flush()
+                key, numbers = (prefix, width, suffix), []
+            numbers.append(number)
+        flush()
+        return ",".join(out)
+
+    def parse_targets(self, text: str, *, strict: bool) -> set[int]:
+        """Ranks named by an idset (tried first) or a hostlist."""
+        if text == "":
+            if strict:
+                raise TargetError("empty targets: give ranks (0-3) or hosts (node[0-3])")
+            return set()
+        try:
+            ranks = parse_idset(text, allow_empty=False)
+        except IdsetError as idset_error:
+            return self._host_targets(text, strict, idset_error)
+        outside = {r for r in ranks if r >= self.size}
+        if outside and strict:
+            raise TargetError(
+                f"ranks {format_idset(outside)} are not in the cluster "
+                f"({format_idset(range(self.size))})"
+            )
+        return ranks - outside
+
+    def _host_targets(self, text: str, strict: bool, idset_error: IdsetError) -> set[int]:
+        looks_numeric = all(c.isdigit() or c in ",-[]" for c in text)
+        if looks_numeric:
+            raise TargetError(f"invalid targets '{text}': {idset_error}")
+        try:
+            hosts = hostlist.expand_hostlist(text)
+        except hostlist.BadHostlist:
+            raise TargetError(f"invalid targets '{text}': not an idset or a hostlist") from None
+        ranks: set[int] = set()
+        unknown: list[str] = []
+        for host in hosts:
+            rank = self._rank_of.get(host)
+            if rank is None:
+                unknown.append(host)
+            else:
+                ranks.add(rank)
+        if unknown and strict:
+            names = hostlist.collect_hostlist(unknown)
+            if len(unknown) == 1:
+                raise TargetError(f"host '{names}' is not in the cluster")
+            raise TargetError(f"hosts '{names}' are not in the cluster")
+        return ranks
+
+    def ranks_text(self, ranks: Iterable[int]) -> str:
+        return format_idset(ranks)
