@@ -182,6 +182,11 @@ class Service:
         pub.setsockopt(zmq.LINGER, 0)
         pub.bind(self.config.events_endpoint)
         self._router, self._pub = router, pub
+        for endpoint in (self.config.endpoint, self.config.events_endpoint):
+            path = _ipc_path(endpoint)
+            if path is not None:
+                # Even in a shared directory, only the service's user may connect.
+                path.chmod(0o600)
 
     def _shutdown(self) -> None:
         for sock in (self._router, self._pub):

@@ -420,3 +420,19 @@ def test_bad_config_stops_the_start_naming_the_key(
     assert proc.returncode == 1
     assert f"hkservice: ERROR: {message}" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_stop_commands_on_exit_leaves_no_process(hk_service: ServiceFactory) -> None:
+    svc = hk_service(hostlist="node[0-3]", command=["sleep", "600"])
+    svc.call("housekeeping.start", {"jobid": 5, "ranks": "0-3"})
+    deadline = time.monotonic() + 5
+    while len(svc.command_pids()) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(svc.command_pids()) == 4
+    assert svc.agent_pid() is not None
+    assert svc.stop() == 0
+    deadline = time.monotonic() + 5
+    while (svc.command_pids() or svc.agent_pid()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert svc.command_pids() == {}
+    assert svc.agent_pid() is None
