@@ -9,7 +9,9 @@ import hostlist
 
 from hkservice.idset import IdsetError, format_idset, parse_idset
 
-_HOST = re.compile(r"^(.*?)(\d+)(\D*)$")
+# Like Flux's RFC 29 encoder, only a trailing number is compressed: `foo[1,3]-bar`
+# encodes as `foo1-bar,foo3-bar`.
+_HOST = re.compile(r"^(.*?)(\d+)$")
 
 
 class TargetError(ValueError):
@@ -23,7 +25,7 @@ def _split(host: str) -> tuple[str, int, int, str] | None:
         return None
     digits = match.group(2)
     width = len(digits) if len(digits) > 1 and digits[0] == "0" else 0
-    return match.group(1), int(digits), width, match.group(3)
+    return match.group(1), int(digits), width, ""
 
 
 def _ranges(numbers: list[int], width: int) -> str:
