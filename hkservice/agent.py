@@ -127,6 +127,9 @@ class Agent:
         elif op == "launch":
             self.peer = identity
             await self._launch(message)
+        elif op == "ping":
+            self.peer = identity
+            await self._send({"op": "pong"})
         elif op == "signal":
             self._signal(int(message["jobid"]), message["ranks"], int(message["signum"]))
         elif op == "ack":

@@ -30,6 +30,8 @@ from hkservice.protocol import pack, unpack
 log = logging.getLogger("hkservice.runner")
 
 AGENT_START_TIMEOUT = 10.0
+PING_SECONDS = 5.0
+AGENT_SILENCE_SECONDS = 20.0
 
 ExitCallback = Callable[[int, int, Outcome], None]
 
@@ -45,11 +47,12 @@ class LaunchSpec:
 class Runner(Protocol):
     def set_exit_callback(self, callback: ExitCallback) -> None: ...
 
-    async def start(self, expected: Iterable[tuple[int, int]]) -> None:
-        """Connect; `expected` are the (jobid, rank) the service believes are running.
+    async def start(self, expected: Callable[[], Iterable[tuple[int, int]]]) -> None:
+        """Connect; `expected()` gives the (jobid, rank) the service believes are running.
 
         Those that ended while the service was away are reported through the exit
-        callback, those nobody knows of are reported lost, the rest are adopted.
+        callback, those nobody knows of are reported lost, the rest are adopted. The
+        same reconciliation runs again whenever the runner has to reconnect.
         """
         ...
 
@@ -111,7 +114,10 @@ class LocalRunner:
         self._reader: asyncio.Task[None] | None = None
         self._hello: asyncio.Future[dict[str, Any]] | None = None
         self._finished_units: list[int] = []
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background: set[asyncio.Future[Any]] = set()
+        self._expected: Callable[[], Iterable[tuple[int, int]]] = lambda: ()
+        self._keepalive: asyncio.Task[None] | None = None
+        self._last_heard = 0.0
         run_dir.mkdir(parents=True, exist_ok=True)
 
     def set_exit_callback(self, callback: ExitCallback) -> None:
@@ -122,9 +128,31 @@ class LocalRunner:
 
     # -- the agent connection -----------------------------------------------
 
-    async def start(self, expected: Iterable[tuple[int, int]]) -> None:
+    async def start(self, expected: Callable[[], Iterable[tuple[int, int]]]) -> None:
+        self._expected = expected
+        await self._reconcile()
+        self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
+
+    async def _keep_alive(self) -> None:
+        """Ping the agent; if it stops answering, start a new one and reconcile.
+
+        The pings also keep an idle agent from exiting while this service runs.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(PING_SECONDS)
+            self._send({"op": "ping"})
+            if loop.time() - self._last_heard > AGENT_SILENCE_SECONDS:
+                log.error("the local agent stopped answering: starting a new one")
+                await self._close_socket()
+                try:
+                    await self._reconcile()
+                except RuntimeError as exc:
+                    log.error("%s", exc)
+
+    async def _reconcile(self) -> None:
         hello = await self._connect()
-        expected_set = set(expected)
+        expected_set = set(self._expected())
         running = {(int(j), int(r)) for j, r in hello["running"]}
         ended: dict[tuple[int, int], str] = {}
         acks: list[int] = []
@@ -192,11 +220,14 @@ class LocalRunner:
         sock = self._sock
         while True:
             message = unpack(await sock.recv())
+            self._last_heard = asyncio.get_running_loop().time()
             if not isinstance(message, dict):
                 continue
             op = message.get("op")
             if op == "hello" and self._hello is not None and not self._hello.done():
                 self._hello.set_result(message)
+            elif op == "pong":
+                pass
             elif op == "exits":
                 acks = []
                 for seq, jobid, rank, status in message["exits"]:
@@ -231,16 +262,24 @@ class LocalRunner:
         self._send({"op": "signal", "jobid": jobid, "ranks": list(ranks), "signum": signum})
 
     async def close(self, kill: bool) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive
         if kill and self._sock is not None:
             await self._sock.send(pack({"op": "shutdown", "kill": True}))
         if self._background:
             await asyncio.wait(self._background, timeout=2)
+        await self._close_socket(linger=500 if kill else 0)
+
+    async def _close_socket(self, linger: int = 0) -> None:
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+            self._reader = None
         if self._sock is not None:
-            self._sock.close(linger=500 if kill else 0)
+            self._sock.close(linger=linger)
             self._sock = None
 
     # -- output -------------------------------------------------------------

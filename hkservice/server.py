@@ -207,12 +207,13 @@ class Service:
             self.hk.restore_drain(rank, reason, t)
         for unit in units:
             self.hk.restore(unit)
-        await self.runner.start(
-            [(unit.jobid, rank) for unit in units for rank in sorted(unit.pending)]
-        )
+        await self.runner.start(self._running_ranks)
         if units:
             log.info("recovered %d units in progress", len(units))
             self._apply(self.hk.recover(self.clock()))
+
+    def _running_ranks(self) -> list[tuple[int, int]]:
+        return [(u.jobid, r) for u in self.hk.units.values() for r in sorted(u.pending)]
 
     # -- applying core actions ----------------------------------------------
 
