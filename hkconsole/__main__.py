@@ -1,0 +1,5 @@
+import sys
+
+from hkconsole.cli import main
+
+sys.exit(main())

@@ -1,0 +1,296 @@
+"""The fields, headers and named formats of `list`, `nodes` and `drain`.
+
+Units arrive from the service with integer jobids and idset strings; everything shown is
+derived here, on the client, from one `service.config` (for the cluster's hostlist) and
+the command's own request.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hkconsole.formatter import FormatError, FormatRegistry, NamedFormat, Row
+from hkservice.cluster import Cluster
+from hkservice.idset import format_idset, parse_idset
+from hkservice.jobid import encode_jobid
+
+JOBID_KINDS = ("dec", "hex", "f58", "f58plain", "kvs", "words", "dothex")
+
+UNIT_HEADINGS: dict[str, str] = {
+    "id": "JOBID",
+    **{f"id.{kind}": "JOBID" for kind in JOBID_KINDS},
+    "userid": "USERID",
+    "t_start": "T_START",
+    "runtime": "RUNTIME",
+    "nnodes": "NNODES",
+    "ranks": "RANKS",
+    "nodelist": "NODELIST",
+    "allocated.nnodes": "NNODES",
+    "allocated.ranks": "RANKS",
+    "allocated.nodelist": "NODELIST",
+    "pending.nnodes": "#ACTIVE",
+    "pending.ranks": "ACTIVE_RANKS",
+    "pending.nodelist": "ACTIVE_NODES",
+    "failed.nnodes": "#FAILED",
+    "failed.ranks": "FAILED_RANKS",
+    "failed.nodelist": "FAILED_NODES",
+}
+UNIT_NODE_FIELDS = frozenset(
+    f"{prefix}{name}"
+    for prefix in ("", "allocated.", "pending.", "failed.")
+    for name in ("nnodes", "ranks", "nodelist")
+)
+UNIT_FORMATS = (
+    NamedFormat(
+        "default",
+        "Default hkconsole list format string",
+        "{id.f58:>12} {nnodes:>6} {pending.nnodes:>7} {runtime!F:>8} {nodelist}",
+    ),
+    NamedFormat(
+        "pending",
+        "hkconsole list format string including active nodes only",
+        "{id.f58:>12} {pending.nnodes:>7} {runtime!F:>8} {pending.nodelist}",
+    ),
+    NamedFormat(
+        "failed",
+        "hkconsole list format string showing failed nodes",
+        "{id.f58:>12} {nnodes:>6} {failed.nnodes:>7} {runtime!F:>8} {failed.nodelist}",
+    ),
+)
+
+NODE_HEADINGS = {
+    "state": "STATE",
+    "nnodes": "NNODES",
+    "ranks": "RANKS",
+    "nodelist": "NODELIST",
+    "reason": "REASON",
+}
+NODE_FORMATS = (
+    NamedFormat(
+        "default",
+        "Default hkconsole nodes format string",
+        "{state:>12} {nnodes:>6} +:{ranks:<5} ?+:{reason:<6} {nodelist}",
+    ),
+    NamedFormat(
+        "long",
+        "hkconsole nodes format with drain reasons",
+        "{state:>12} {nnodes:>6} +:{ranks:<5} +:{reason:<6} {nodelist}",
+    ),
+)
+NODE_STATES = ("idle", "housekeeping", "draining", "drained", "offline")
+
+DRAIN_HEADINGS = {
+    "timestamp": "TIMESTAMP",
+    "state": "STATE",
+    "ranks": "RANK",
+    "nnodes": "NNODES",
+    "reason": "REASON",
+    "nodelist": "NODELIST",
+}
+DRAIN_FORMATS = (
+    NamedFormat(
+        "default",
+        "Default hkconsole drain format string",
+        "{timestamp!d:%b%d %R::<12} {state:<8.8} +:{ranks:<5} +:{reason:<6} {nodelist}",
+    ),
+)
+
+
+@dataclass
+class Unit:
+    """One housekeeping unit (or several merged) as the client sees it."""
+
+    jobid: int
+    userid: int
+    t_start: float
+    allocated: set[int]
+    pending: set[int]
+    failed: set[int] = field(default_factory=set)
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Unit:
+        return cls(
+            jobid=int(wire["jobid"]),
+            userid=int(wire["userid"]),
+            t_start=float(wire["t_start"]),
+            allocated=parse_idset(wire["allocated"]),
+            pending=parse_idset(wire["pending"]),
+            failed=parse_idset(wire.get("failed", "")),
+        )
+
+    def restricted(self, include: set[int]) -> Unit:
+        return Unit(
+            self.jobid,
+            self.userid,
+            self.t_start,
+            self.allocated & include,
+            self.pending & include,
+            self.failed & include,
+        )
+
+    def to_json(self, cluster: Cluster, now: float) -> dict[str, Any]:
+        def nodes(ranks: set[int]) -> dict[str, Any]:
+            return {
+                "nnodes": len(ranks),
+                "ranks": format_idset(ranks),
+                "nodelist": cluster.nodelist(ranks),
+            }
+
+        return {
+            "id": self.jobid,
+            "userid": self.userid,
+            "t_start": self.t_start,
+            "runtime": max(0.0, now - self.t_start),
+            "allocated": nodes(self.allocated),
+            "pending": nodes(self.pending),
+            "failed": nodes(self.failed),
+        }
+
+
+def merge_units(units: list[Unit]) -> Unit:
+    first = units[0]
+    merged = Unit(first.jobid, first.userid, first.t_start, set(), set(), set())
+    for unit in units:
+        merged.allocated |= unit.allocated
+        merged.pending |= unit.pending
+        merged.failed |= unit.failed
+    return merged
+
+
+def unit_row(unit: Unit, cluster: Cluster, now: float) -> Row:
+    getters: dict[str, Callable[[], Any]] = {
+        "id": lambda: encode_jobid(unit.jobid, "f58"),
+        "userid": lambda: unit.userid,
+        "t_start": lambda: unit.t_start,
+        "runtime": lambda: max(0.0, now - unit.t_start),
+    }
+    for kind in JOBID_KINDS:
+        getters[f"id.{kind}"] = lambda k=kind: encode_jobid(unit.jobid, k)
+    for prefix, ranks in (
+        ("", unit.allocated),
+        ("allocated.", unit.allocated),
+        ("pending.", unit.pending),
+        ("failed.", unit.failed),
+    ):
+        getters[f"{prefix}nnodes"] = lambda r=ranks: len(r)
+        getters[f"{prefix}ranks"] = lambda r=ranks: format_idset(r)
+        getters[f"{prefix}nodelist"] = lambda r=ranks: cluster.nodelist(r)
+    return Row(getters)
+
+
+@dataclass
+class NodeGroup:
+    state: str
+    ranks: set[int]
+    reason: str = ""
+    t: float = 0.0
+
+
+def node_groups(status: Mapping[str, Any]) -> list[NodeGroup]:
+    """Nodes grouped by state (and, when drained, by reason), like `flux resource status`."""
+    size = int(status["size"])
+    housekeeping = parse_idset(status["housekeeping"])
+    offline = parse_idset(status.get("offline", ""))
+    groups: list[NodeGroup] = []
+    drained_all: set[int] = set()
+    draining: list[NodeGroup] = []
+    drained: list[NodeGroup] = []
+    for entry in status["drained"]:
+        ranks = parse_idset(entry["ranks"])
+        drained_all |= ranks
+        busy = ranks & housekeeping
+        if busy:
+            draining.append(NodeGroup("draining", busy, entry["reason"], entry["t"]))
+        if ranks - busy:
+            drained.append(NodeGroup("drained", ranks - busy, entry["reason"], entry["t"]))
+    idle = set(range(size)) - housekeeping - drained_all - offline
+    if idle:
+        groups.append(NodeGroup("idle", idle))
+    if housekeeping - drained_all:
+        groups.append(NodeGroup("housekeeping", housekeeping - drained_all))
+    groups.extend(draining)
+    groups.extend(drained)
+    if offline - drained_all:
+        groups.append(NodeGroup("offline", offline - drained_all))
+    return groups
+
+
+def node_row(group: NodeGroup, cluster: Cluster) -> Row:
+    return Row(
+        {
+            "state": lambda: group.state,
+            "nnodes": lambda: len(group.ranks),
+            "ranks": lambda: format_idset(group.ranks),
+            "nodelist": lambda: cluster.nodelist(group.ranks),
+            "reason": lambda: group.reason,
+            "timestamp": lambda: group.t,
+        }
+    )
+
+
+def config_dirs() -> list[Path]:
+    """XDG config directories, lowest precedence first (as Flux's UtilConfig)."""
+    dirs = [
+        Path(d) for d in reversed((os.environ.get("XDG_CONFIG_DIRS") or "/etc/xdg").split(":")) if d
+    ]
+    home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    dirs.append(Path(home))
+    return dirs
+
+
+def load_config() -> dict[str, Any]:
+    """hk/hkconsole.toml from every XDG config dir, deep-merged, later ones winning."""
+    merged: dict[str, Any] = {}
+    for directory in config_dirs():
+        path = directory / "hk" / "hkconsole.toml"
+        if not path.is_file():
+            continue
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise FormatError(f"{path}: {exc}") from None
+        _deep_merge(merged, data, str(path))
+    return merged
+
+
+def _deep_merge(into: dict[str, Any], data: Mapping[str, Any], source: str) -> None:
+    for key, value in data.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value, source)
+        elif isinstance(value, Mapping):
+            into[key] = {}
+            _deep_merge(into[key], value, source)
+        else:
+            into[key] = value
+    into.setdefault("__sources__", [])
+    if source not in into["__sources__"]:
+        into["__sources__"].append(source)
+
+
+def unit_formats(config: Mapping[str, Any] | None = None) -> FormatRegistry:
+    registry = FormatRegistry(
+        "hkconsole list", UNIT_FORMATS, os.environ.get("HK_LIST_FORMAT_DEFAULT")
+    )
+    config = load_config() if config is None else config
+    formats = config.get("formats", {})
+    if formats:
+        registry.add_configured(formats, " ".join(config.get("__sources__", [])) or "config")
+    return registry
+
+
+def now() -> float:
+    return time.time()
+
+
+def ranks_of(groups: Iterable[NodeGroup]) -> set[int]:
+    out: set[int] = set()
+    for group in groups:
+        out |= group.ranks
+    return out
