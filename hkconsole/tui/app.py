@@ -1,0 +1,837 @@
+"""The operator console: live tables of housekeeping units and nodes, with keys to act.
+
+One asyncio task (the feed) talks to the service: it subscribes to events, resyncs with
+full snapshots periodically and after any gap, and backs off while the service is away.
+Tables change by keyed diffs (`update_cell` by row key); the highlighted unit is tracked
+by key, never by position, and a kill re-checks its target at the moment it is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import zmq
+import zmq.asyncio
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.coordinate import Coordinate
+from textual.reactive import reactive
+from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Static
+from textual.widgets.data_table import CellDoesNotExist, RowKey
+
+from hkconsole.client import AsyncClient, ServiceError
+from hkconsole.tui.model import ConsoleModel, UnitView
+from hkconsole.tui.screens import ConfirmScreen, OutputScreen, PromptScreen, SignalScreen
+from hkservice.cluster import TargetError
+from hkservice.fsd import format_duration_config, format_fsd
+from hkservice.idset import format_idset
+from hkservice.jobid import encode_jobid
+from hkservice.protocol import unpack
+
+UNIT_COLUMNS = (
+    ("mark", " "),
+    ("jobid", "JOBID"),
+    ("user", "USER"),
+    ("nnodes", "NNODES"),
+    ("active", "#ACTIVE"),
+    ("failed", "FAILED"),
+    ("runtime", "RUNTIME"),
+    ("nodelist", "NODELIST"),
+)
+NODE_COLUMNS = (
+    ("rank", "RANK"),
+    ("host", "HOST"),
+    ("state", "STATE"),
+    ("units", "UNITS"),
+    ("reason", "REASON"),
+    ("since", "SINCE"),
+)
+REFRESH_CHOICES = (1.0, 2.0, 5.0, 10.0)
+BACKOFF_MAX = 10.0
+HEARTBEAT_TIMEOUT = 6.0
+LONG_RUNNING_DEFAULT = 600.0
+DETAIL_RANKS_SHOWN = 64
+STATE_STYLES = {
+    "running": "yellow",
+    "ok": "green",
+    "failed": "bold red",
+    "released": "dim",
+    "housekeeping": "yellow",
+    "drained": "bold red",
+    "draining": "red",
+    "idle": "green",
+    "offline": "magenta",
+}
+
+
+class Cell(Text):
+    """Text that sorts by a value of its own (numbers as numbers)."""
+
+    def __init__(self, text: str, sort_value: Any = None, style: str = "") -> None:
+        super().__init__(text, style=style)
+        self.sort_value = text if sort_value is None else sort_value
+
+
+def _sort_key(cell: Any) -> Any:
+    value = getattr(cell, "sort_value", str(cell))
+    return (0, value) if isinstance(value, int | float) else (1, str(value))
+
+
+@dataclass
+class Dialog:
+    """What a kill dialog captured when it opened, so the action cannot drift."""
+
+    jobids: tuple[int, ...]
+    signal: str
+
+
+class HkConsole(App[int]):
+    CSS_PATH = "hkconsole.tcss"
+    TITLE = "hk housekeeping"
+    ENABLE_COMMAND_PALETTE = False
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("1", "view('units')", "Units", id="view.units"),
+        Binding("2", "view('nodes')", "Nodes", id="view.nodes"),
+        Binding("k", "kill_unit", "Kill", id="kill.unit"),
+        Binding("t", "kill_targets", "Kill on…", id="kill.targets"),
+        Binding("A", "kill_all", "Kill all", id="kill.all"),
+        Binding("s", "choose_signal", "Signal", id="signal"),
+        Binding("space", "mark", "Mark", id="mark"),
+        Binding("d", "drain", "Drain", id="drain"),
+        Binding("u", "undrain", "Undrain", id="undrain"),
+        Binding("o", "output", "Output", id="output"),
+        Binding("slash", "filter", "Filter", id="filter"),
+        Binding("escape", "clear", "Clear", show=False, id="clear"),
+        Binding("less_than_sign", "sort(-1)", "Sort ←", show=False, id="sort.prev"),
+        Binding("greater_than_sign", "sort(1)", "Sort →", show=False, id="sort.next"),
+        Binding("I", "invert", "Invert", show=False, id="sort.invert"),
+        Binding("p", "pause", "Pause", id="pause"),
+        Binding("r", "refresh_rate", "Rate", show=False, id="refresh"),
+        Binding("question_mark", "help", "Help", id="help"),
+        Binding("q", "quit", "Quit", id="quit"),
+    ]
+
+    connected: reactive[bool] = reactive(False, bindings=True)
+    view: reactive[str] = reactive("units", bindings=True)
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        read_only: bool = False,
+        clock: Callable[[], float] = time.time,
+        live: bool = True,
+        keymap: dict[str, str] | None = None,
+        long_running: float = LONG_RUNNING_DEFAULT,
+    ) -> None:
+        super().__init__()
+        self.client = AsyncClient(endpoint, timeout=3.0)
+        self.endpoint = self.client.endpoint
+        self.read_only = read_only
+        self.clock = clock
+        self.live = live
+        self.long_running = long_running
+        self.model = ConsoleModel()
+        self.signal_name = "TERM"
+        self.paused = False
+        self.refresh_interval = 2.0
+        self.sort_column: str | None = None
+        self.sort_reverse = False
+        self.filter_text = ""
+        self.marked: set[int] = set()
+        self.selected: int | None = None
+        self.selected_node: int | None = None
+        self.status_line = "connecting…"
+        self._resync_now = asyncio.Event()
+        self._applying = False
+        self._keymap = keymap or {}
+        self._detail_task: asyncio.Task[None] | None = None
+        self._nodes_dirty = True
+
+    # -- layout -------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="header")
+        with ContentSwitcher(initial="units-view", id="views"):
+            with Vertical(id="units-view"):
+                yield DataTable(id="units", cursor_type="row", zebra_stripes=True)
+                yield Static(id="detail")
+            yield DataTable(id="nodes", cursor_type="row", zebra_stripes=True)
+        yield Input(placeholder="filter: jobid, user, host, state…", id="filter")
+        yield Footer(show_command_palette=False)
+
+    def on_mount(self) -> None:
+        if self._keymap:
+            self.set_keymap(self._keymap)
+        units = self.query_one("#units", DataTable)
+        for key, label in UNIT_COLUMNS:
+            units.add_column(label, key=key)
+        nodes = self.query_one("#nodes", DataTable)
+        for key, label in NODE_COLUMNS:
+            nodes.add_column(label, key=key)
+        self.query_one("#filter", Input).display = False
+        units.focus()
+        self.render_header()
+        self.set_interval(1.0, self.tick)
+        if self.live:
+            self.run_feed()
+
+    # -- the feed -----------------------------------------------------------
+
+    @work(exclusive=True, group="feed", exit_on_error=False)
+    async def run_feed(self) -> None:
+        backoff = 0.5
+        attempt = 0
+        while True:
+            try:
+                await self._follow()
+            except (TimeoutError, ServiceError, zmq.ZMQError, OSError) as exc:
+                message = getattr(exc, "message", str(exc))
+                if self.connected:
+                    self.notify(
+                        f"lost the service: {message}",
+                        title="Disconnected",
+                        severity="error",
+                        markup=False,
+                    )
+                self.connected = False
+                attempt += 1
+                for left in range(int(backoff), 0, -1):
+                    self.status_line = f"DISCONNECTED: retry {attempt} in {left}s ({message})"
+                    self.render_header()
+                    await asyncio.sleep(1)
+                if backoff < 1:
+                    self.status_line = f"DISCONNECTED: retry {attempt} ({message})"
+                    self.render_header()
+                    await asyncio.sleep(backoff)
+                backoff = min(BACKOFF_MAX, backoff * 2)
+                self.client.close()
+                continue
+            backoff, attempt = 0.5, 0
+
+    async def _follow(self) -> None:
+        config = await self.client.call("service.config")
+        self.model.set_config(config)
+        ctx = zmq.asyncio.Context.instance()
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(config["events-endpoint"])
+        try:
+            await self.resync()
+            if not self.connected:
+                self.notify(f"connected to {self.endpoint}", markup=False)
+            self.connected = True
+            self.status_line = "connected"
+            self.render_header()
+            last_heard = time.monotonic()
+            next_resync = time.monotonic() + self.refresh_interval
+            while True:
+                timeout = max(0.0, next_resync - time.monotonic())
+                if await sub.poll(int(min(timeout, 0.5) * 1000)):
+                    topic, body = await sub.recv_multipart()
+                    last_heard = time.monotonic()
+                    changed, gap = self.model.apply_event(topic.decode(), unpack(body))
+                    if gap:
+                        next_resync = 0.0
+                    elif changed or topic.startswith(b"resource."):
+                        self.apply_changes(changed)
+                if time.monotonic() - last_heard > HEARTBEAT_TIMEOUT:
+                    raise ServiceError("EHOSTDOWN", "no heartbeat from the service")
+                if time.monotonic() >= next_resync or self._resync_now.is_set():
+                    self._resync_now.clear()
+                    await self.resync()
+                    next_resync = time.monotonic() + self.refresh_interval
+        finally:
+            sub.close(linger=0)
+
+    async def resync(self) -> None:
+        result = await self.client.call("housekeeping.list")
+        status = await self.client.call("resource.status")
+        changed = self.model.apply_list(result)
+        self.model.apply_status(status)
+        self.apply_changes(changed, full=True)
+
+    def load(self, config: dict[str, Any], units: dict[str, Any], status: dict[str, Any]) -> None:
+        """Show fixed data without a service (snapshots, screenshots, benchmarks)."""
+        self.model.set_config(config)
+        changed = self.model.apply_list(units)
+        self.model.apply_status(status)
+        self.connected = True
+        self.status_line = "connected"
+        self.apply_changes(changed, full=True)
+
+    # -- applying changes ---------------------------------------------------
+
+    def apply_changes(self, changed: Iterable[int], full: bool = False) -> None:
+        self._nodes_dirty = True
+        if not self.paused:
+            self.refresh_units(set(changed), full)
+            if self.view == "nodes":
+                self.refresh_nodes()
+            self.schedule_detail()
+        self.render_header()
+
+    def unit_matches(self, unit: UnitView) -> bool:
+        if not self.filter_text:
+            return True
+        needle = self.filter_text.lower()
+        cluster = self.model.cluster
+        hay = [encode_jobid(unit.jobid), str(unit.jobid), str(unit.userid)]
+        if cluster is not None:
+            hay.append(cluster.nodelist(unit.allocated))
+        return any(needle in h.lower() for h in hay)
+
+    def unit_cells(self, unit: UnitView, now: float) -> list[Cell]:
+        cluster = self.model.cluster
+        runtime = max(0.0, now - unit.t_start)
+        slow = runtime >= self.long_running
+        return [
+            Cell("●" if unit.jobid in self.marked else "", style="bold yellow"),
+            Cell(encode_jobid(unit.jobid), unit.t_start),
+            Cell(str(unit.userid), unit.userid),
+            Cell(str(len(unit.allocated)), len(unit.allocated)),
+            Cell(str(len(unit.pending)), len(unit.pending)),
+            Cell(
+                str(len(unit.failed)) if unit.failed else "",
+                len(unit.failed),
+                style="bold red",
+            ),
+            Cell(format_fsd(runtime), runtime, style="bold yellow" if slow else ""),
+            Cell(cluster.nodelist(unit.allocated) if cluster else "", str(sorted(unit.allocated))),
+        ]
+
+    def refresh_units(self, changed: set[int], full: bool = False) -> None:
+        table = self.query_one("#units", DataTable)
+        now = self.clock()
+        wanted = {str(j): u for j, u in self.model.units.items() if self.unit_matches(u)}
+        self._applying = True
+        touched = False
+        try:
+            with self.batch_update():
+                for key in [k.value for k in table.rows if k.value not in wanted]:
+                    table.remove_row(key)
+                    touched = True
+                for key, unit in wanted.items():
+                    if key not in table.rows:
+                        table.add_row(*self.unit_cells(unit, now), key=key)
+                        touched = True
+                    elif full or unit.jobid in changed:
+                        for (column, _), cell in zip(
+                            UNIT_COLUMNS, self.unit_cells(unit, now), strict=True
+                        ):
+                            if str(table.get_cell(key, column)) != str(cell):
+                                table.update_cell(key, column, cell)
+                                touched = True
+                if touched and self.sort_column is not None:
+                    table.sort(self.sort_column, key=_sort_key, reverse=self.sort_reverse)
+                self.restore_cursor(table, self.selected)
+        finally:
+            self._applying = False
+
+    def restore_cursor(self, table: DataTable[Any], jobid: int | None) -> None:
+        if jobid is not None and str(jobid) in table.rows:
+            row = table.get_row_index(str(jobid))
+            if table.cursor_row != row:
+                table.move_cursor(row=row, animate=False, scroll=False)
+        elif table.row_count:
+            key = table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key
+            self.selected = int(key.value) if key.value else None
+
+    def refresh_nodes(self) -> None:
+        cluster = self.model.cluster
+        if cluster is None:
+            return
+        self._nodes_dirty = False
+        table = self.query_one("#nodes", DataTable)
+        holders = self.model.holders()
+        self._applying = True
+        try:
+            with self.batch_update():
+                for rank in range(cluster.size):
+                    cells = self.node_cells(rank, holders)
+                    key = str(rank)
+                    visible = self.node_matches(cells)
+                    if key in table.rows and not visible:
+                        table.remove_row(key)
+                    elif key not in table.rows and visible:
+                        table.add_row(*cells, key=key)
+                    elif visible:
+                        for (column, _), cell in zip(NODE_COLUMNS, cells, strict=True):
+                            if str(table.get_cell(key, column)) != str(cell):
+                                table.update_cell(key, column, cell)
+                if self.sort_column_nodes is not None:
+                    table.sort(self.sort_column_nodes, key=_sort_key, reverse=self.sort_reverse)
+                if self.selected_node is not None and str(self.selected_node) in table.rows:
+                    table.move_cursor(
+                        row=table.get_row_index(str(self.selected_node)), scroll=False
+                    )
+        finally:
+            self._applying = False
+
+    sort_column_nodes: str | None = None
+
+    def node_cells(self, rank: int, holders: dict[int, list[int]]) -> list[Cell]:
+        cluster = self.model.cluster
+        assert cluster is not None
+        state = self.model.node_state(rank, holders)
+        drain = self.model.drains.get(rank)
+        since = ""
+        if drain is not None:
+            since = time.strftime("%b%d %H:%M", time.localtime(drain.t))
+        return [
+            Cell(str(rank), rank),
+            Cell(cluster.hostname(rank), rank),
+            Cell(state, state, style=STATE_STYLES.get(state, "")),
+            Cell(" ".join(encode_jobid(j) for j in holders.get(rank, []))),
+            Cell(drain.reason if drain else ""),
+            Cell(since, drain.t if drain else 0),
+        ]
+
+    def node_matches(self, cells: list[Cell]) -> bool:
+        if not self.filter_text:
+            return True
+        needle = self.filter_text.lower()
+        return any(needle in str(c).lower() for c in cells)
+
+    def tick(self) -> None:
+        """RUNTIME ticks on the client, only for the rows on screen."""
+        self.render_header()
+        if self.paused or self.view != "units":
+            return
+        table = self.query_one("#units", DataTable)
+        top = int(table.scroll_offset.y)
+        now = self.clock()
+        for row in table.ordered_rows[top : top + table.size.height]:
+            unit = self.model.units.get(int(row.key.value or 0))
+            if unit is None:
+                continue
+            runtime = max(0.0, now - unit.t_start)
+            slow = runtime >= self.long_running
+            with contextlib.suppress(CellDoesNotExist):
+                table.update_cell(
+                    row.key,
+                    "runtime",
+                    Cell(format_fsd(runtime), runtime, style="bold yellow" if slow else ""),
+                )
+
+    def render_header(self) -> None:
+        counts = self.model.counts()
+        cfg = self.model.config
+        if self.connected:
+            state = Text(" CONNECTED ", style="bold black on green")
+        else:
+            state = Text(f" {self.status_line} ", style="bold white on red")
+        parts: list[Text | str | tuple[str, str]] = [
+            ("hk ", "bold"),
+            (self.endpoint, "cyan"),
+            "  ",
+            state,
+        ]
+        if self.paused:
+            parts += ["  ", Text(" PAUSED ", style="bold black on yellow")]
+        if self.read_only:
+            parts += ["  ", Text(" READ-ONLY ", style="bold black on cyan")]
+        parts += [
+            "\n",
+            (f"{counts['units']}", "bold"),
+            " units  ",
+            (f"{counts['housekeeping']}", "bold yellow"),
+            " nodes in housekeeping  ",
+            (f"{counts['drained']}", "bold red" if counts["drained"] else "bold"),
+            " drained  ",
+            (f"{counts['failed']}", "bold red" if counts["failed"] else "bold"),
+            " failed ranks",
+        ]
+        if cfg:
+            parts += [
+                "\n",
+                ("release-after ", "dim"),
+                format_duration_config(cfg.get("release-after")),
+                ("  timeout ", "dim"),
+                format_duration_config(cfg.get("timeout")),
+                ("  kill-grace ", "dim"),
+                format_duration_config(cfg.get("kill-grace")),
+                ("  signal ", "dim"),
+                (f"SIG{self.signal_name}", "bold"),
+                ("  refresh ", "dim"),
+                f"{self.refresh_interval:g}s",
+            ]
+            if self.sort_column:
+                parts += [
+                    ("  sort ", "dim"),
+                    f"{self.sort_column}{' ▼' if self.sort_reverse else ' ▲'}",
+                ]
+            if self.filter_text:
+                parts += [("  filter ", "dim"), (self.filter_text, "bold")]
+        text = Text.assemble(*parts)
+        self.query_one("#header", Static).update(text)
+        self.set_class(not self.connected, "stale")
+
+    # -- detail pane --------------------------------------------------------
+
+    @on(DataTable.RowHighlighted, "#units")
+    def unit_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if self._applying or event.row_key is None or event.row_key.value is None:
+            return
+        self.selected = int(event.row_key.value)
+        self.schedule_detail()
+
+    @on(DataTable.RowHighlighted, "#nodes")
+    def node_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if self._applying or event.row_key is None or event.row_key.value is None:
+            return
+        self.selected_node = int(event.row_key.value)
+
+    def schedule_detail(self) -> None:
+        # Debounced: arrow keys fire many highlights; one request after they settle.
+        if self._detail_task is not None:
+            self._detail_task.cancel()
+        if self.live:
+            self._detail_task = asyncio.get_running_loop().create_task(self._load_detail())
+        else:
+            self.show_detail(None, [])
+
+    async def _load_detail(self) -> None:
+        await asyncio.sleep(0.15)
+        jobid = self.selected
+        if jobid is None or jobid not in self.model.units or not self.connected:
+            self.show_detail(None, [])
+            return
+        try:
+            unit = await self.client.call("housekeeping.unit", {"jobid": jobid})
+            output = await self.client.call("housekeeping.output", {"jobid": jobid, "tail": 3})
+        except ServiceError:
+            return
+        self.show_detail(unit, output["lines"])
+
+    def show_detail(self, unit: dict[str, Any] | None, lines: list[list[Any]]) -> None:
+        pane = self.query_one("#detail", Static)
+        if unit is None:
+            if self.selected is not None and self.selected in self.model.units:
+                return
+            pane.update(Text("no unit selected", style="dim"))
+            return
+        now = self.clock()
+        out = Text()
+        out.append(f"{encode_jobid(unit['jobid'])}", style="bold")
+        out.append(f"  user {unit['userid']}  ranks {unit['ranks']}\n", style="dim")
+        detail = unit["rank_detail"]
+        for rank in detail[:DETAIL_RANKS_SHOWN]:
+            outcome = rank["outcome"]
+            if rank["state"] == "running":
+                state, text = "running", ""
+            elif outcome and outcome["kind"] == "exit" and outcome["code"] == 0:
+                state, text = ("released" if rank["state"] == "released" else "ok"), ""
+            else:
+                state, text = "failed", outcome["text"] if outcome else ""
+            end = rank["t_end"] or now
+            out.append(f"  {rank['rank']:>6} {rank['hostname']:<14}")
+            out.append(f"{state:<9}", style=STATE_STYLES.get(state, ""))
+            out.append(f" {format_fsd(max(0.0, end - rank['t_start'])):>8}  ")
+            out.append(text + "\n", style="red")
+        if len(detail) > DETAIL_RANKS_SHOWN:
+            out.append(f"  … {len(detail) - DETAIL_RANKS_SHOWN} more ranks\n", style="dim")
+        if lines:
+            out.append("output (last lines per rank, o for all):\n", style="dim")
+            for rank, stream, text in lines[-12:]:
+                out.append(f"  [{rank}] ", style="dim")
+                out.append(text + "\n", style="red" if stream == "err" else "")
+        pane.update(out)
+
+    # -- actions ------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        destructive = {"kill_unit", "kill_targets", "kill_all", "drain", "undrain", "choose_signal"}
+        if action in destructive:
+            if self.read_only:
+                return False
+            if action in ("drain", "undrain") and self.view != "nodes":
+                return False
+            if action in ("kill_unit",) and self.view != "units":
+                return False
+            if not self.connected:
+                return None
+        return not (action in ("mark", "output") and self.view != "units")
+
+    def watch_view(self, view: str) -> None:
+        self.query_one("#views", ContentSwitcher).current = (
+            f"{view}-view" if view == "units" else "nodes"
+        )
+        table = self.query_one(f"#{view}", DataTable)
+        table.focus()
+        if view == "nodes" and self._nodes_dirty:
+            self.refresh_nodes()
+
+    def action_view(self, view: str) -> None:
+        self.view = view
+
+    def current_table(self) -> DataTable[Any]:
+        return self.query_one(f"#{self.view}", DataTable)
+
+    def action_mark(self) -> None:
+        if self.selected is None:
+            return
+        self.marked ^= {self.selected}
+        self.refresh_units({self.selected})
+        table = self.query_one("#units", DataTable)
+        if table.cursor_row < table.row_count - 1:
+            table.move_cursor(row=table.cursor_row + 1)
+
+    @work(group="dialog", exclusive=True)
+    async def action_kill_unit(self) -> None:
+        jobids = tuple(sorted(self.marked & set(self.model.units)))
+        if not jobids and self.selected is not None:
+            jobids = (self.selected,)
+        if not jobids:
+            self.notify("no unit selected", severity="warning")
+            return
+        captured = Dialog(jobids, self.signal_name)
+        cluster = self.model.cluster
+        lines = []
+        for jobid in jobids:
+            unit = self.model.units.get(jobid)
+            nodes = cluster.nodelist(unit.pending) if unit and cluster else "?"
+            lines.append(f"  {encode_jobid(jobid)}  running on {nodes}")
+        body = "\n".join(lines) + f"\n\nsignal: SIG{captured.signal}"
+        title = f"Kill housekeeping of {len(jobids)} unit{'s' if len(jobids) > 1 else ''}?"
+        if not await self.push_screen_wait(ConfirmScreen(title, body)):
+            return
+        sent = 0
+        for jobid in captured.jobids:
+            # Checked again at send time: the unit may have finished while the dialog was open.
+            if jobid not in self.model.units:
+                self.notify(
+                    f"{encode_jobid(jobid)} already finished: nothing sent",
+                    severity="warning",
+                    markup=False,
+                )
+                continue
+            if await self.send_kill({"jobid": jobid}, captured.signal):
+                sent += 1
+        if sent:
+            self.marked -= set(captured.jobids)
+            self.refresh_units(set(captured.jobids))
+
+    def validate_targets(self, text: str) -> str | None:
+        if self.model.cluster is None:
+            return "not connected"
+        try:
+            self.model.cluster.parse_targets(text, strict=True)
+        except TargetError as exc:
+            return str(exc)
+        return None
+
+    @work(group="dialog", exclusive=True)
+    async def action_kill_targets(self) -> None:
+        signal_name = self.signal_name
+        targets = await self.push_screen_wait(
+            PromptScreen(
+                f"Kill housekeeping (SIG{signal_name}) on which ranks or hosts?",
+                "e.g. 0-3,7 or node[0-3]",
+                self.validate_targets,
+            )
+        )
+        if not targets or self.model.cluster is None:
+            return
+        ranks = self.model.cluster.parse_targets(targets, strict=True)
+        body = (
+            f"  every unit on {self.model.cluster.nodelist(ranks)} (ranks {format_idset(ranks)})"
+            f"\n\nsignal: SIG{signal_name}"
+        )
+        if await self.push_screen_wait(ConfirmScreen("Kill housekeeping on these nodes?", body)):
+            await self.send_kill({"ranks": format_idset(ranks)}, signal_name)
+
+    @work(group="dialog", exclusive=True)
+    async def action_kill_all(self) -> None:
+        signal_name = self.signal_name
+        count = len(self.model.units)
+        answer = await self.push_screen_wait(
+            PromptScreen(
+                f"Kill ALL housekeeping ({count} units) with SIG{signal_name}? Type 'all'",
+                "all",
+                lambda text: None if text == "all" else "type exactly: all",
+                danger=True,
+            )
+        )
+        if answer == "all":
+            await self.send_kill({"all": True}, signal_name)
+
+    async def send_kill(self, params: dict[str, Any], signal_name: str) -> bool:
+        import signal as signal_module
+
+        signum = int(signal_module.Signals[f"SIG{signal_name}"])
+        try:
+            result = await self.client.call("housekeeping.kill", {**params, "signum": signum})
+        except ServiceError as exc:
+            self.notify(exc.message, title="Kill failed", severity="error", markup=False)
+            return False
+        self.notify(
+            f"signalled {result['ranks']} ranks of {result['units']} units with SIG{signal_name}",
+            title="Kill sent",
+            markup=False,
+        )
+        self._resync_now.set()
+        return True
+
+    @work(group="dialog", exclusive=True)
+    async def action_choose_signal(self) -> None:
+        choice = await self.push_screen_wait(SignalScreen(self.signal_name))
+        if choice is None:
+            return
+        if choice == "KILL":
+            sure = await self.push_screen_wait(
+                ConfirmScreen(
+                    "Use SIGKILL?",
+                    "SIGKILL gives cleanup scripts no chance to tidy up,\n"
+                    "and every node it hits is drained.",
+                )
+            )
+            if not sure:
+                return
+        self.signal_name = choice
+        self.notify(f"kills now send SIG{choice}", markup=False)
+        self.render_header()
+
+    def highlighted_node(self) -> int | None:
+        table = self.query_one("#nodes", DataTable)
+        if not table.row_count:
+            return None
+        key: RowKey = table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key
+        return int(key.value) if key.value is not None else None
+
+    @work(group="dialog", exclusive=True)
+    async def action_drain(self) -> None:
+        rank = self.highlighted_node()
+        if rank is None or self.model.cluster is None:
+            return
+        host = self.model.cluster.hostname(rank)
+        reason = await self.push_screen_wait(
+            PromptScreen(
+                f"Drain {host} (rank {rank}): reason?",
+                "e.g. bad DIMM, ticket 1234",
+                lambda text: None if text.strip() else "give a reason",
+            )
+        )
+        if reason is None:
+            return
+        try:
+            await self.client.call("resource.drain", {"ranks": str(rank), "reason": reason})
+        except ServiceError as exc:
+            self.notify(exc.message, title="Drain failed", severity="error", markup=False)
+            return
+        self.notify(f"drained {host}: {reason}", markup=False)
+        self._resync_now.set()
+
+    @work(group="dialog", exclusive=True)
+    async def action_undrain(self) -> None:
+        rank = self.highlighted_node()
+        if rank is None or self.model.cluster is None:
+            return
+        host = self.model.cluster.hostname(rank)
+        try:
+            await self.client.call("resource.undrain", {"ranks": str(rank)})
+        except ServiceError as exc:
+            self.notify(exc.message, title="Undrain failed", severity="error", markup=False)
+            return
+        self.notify(f"undrained {host}", markup=False)
+        self._resync_now.set()
+
+    @work(group="dialog", exclusive=True)
+    async def action_output(self) -> None:
+        jobid = self.selected
+        if jobid is None:
+            return
+        try:
+            result = await self.client.call("housekeeping.output", {"jobid": jobid, "tail": 200})
+        except ServiceError as exc:
+            self.notify(exc.message, title="No output", severity="error", markup=False)
+            return
+        lines = [(f"[{rank}] {stream}", text) for rank, stream, text in result["lines"]]
+        await self.push_screen_wait(OutputScreen(f"Output of {encode_jobid(jobid)}", lines))
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value.strip()
+        self.refresh_units(set(), full=False)
+        if self.view == "nodes":
+            self.refresh_nodes()
+        self.render_header()
+
+    @on(Input.Submitted, "#filter")
+    def filter_done(self) -> None:
+        self.current_table().focus()
+
+    def action_clear(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.value = ""
+        box.display = False
+        self.filter_text = ""
+        self.refresh_units(set())
+        if self.view == "nodes":
+            self.refresh_nodes()
+        self.current_table().focus()
+        self.render_header()
+
+    def action_sort(self, step: int) -> None:
+        columns = [key for key, _ in (UNIT_COLUMNS if self.view == "units" else NODE_COLUMNS)]
+        columns = [c for c in columns if c != "mark"]
+        current = self.sort_column if self.view == "units" else self.sort_column_nodes
+        index = columns.index(current) + step if current in columns else 0
+        self.set_sort(columns[index % len(columns)])
+
+    def set_sort(self, column: str) -> None:
+        if self.view == "units":
+            self.sort_column = column
+            table = self.query_one("#units", DataTable)
+            table.sort(column, key=_sort_key, reverse=self.sort_reverse)
+            self.restore_cursor(table, self.selected)
+        else:
+            self.sort_column_nodes = column
+            self.refresh_nodes()
+        self.render_header()
+
+    @on(DataTable.HeaderSelected)
+    def header_clicked(self, event: DataTable.HeaderSelected) -> None:
+        if event.column_key.value and event.column_key.value != "mark":
+            self.set_sort(event.column_key.value)
+
+    def action_invert(self) -> None:
+        self.sort_reverse = not self.sort_reverse
+        column = self.sort_column if self.view == "units" else self.sort_column_nodes
+        self.set_sort(column or ("jobid" if self.view == "units" else "rank"))
+
+    def action_pause(self) -> None:
+        self.paused = not self.paused
+        if not self.paused:
+            self.apply_changes(set(), full=True)
+        self.render_header()
+
+    def action_refresh_rate(self) -> None:
+        index = (
+            REFRESH_CHOICES.index(self.refresh_interval)
+            if self.refresh_interval in REFRESH_CHOICES
+            else 0
+        )
+        self.refresh_interval = REFRESH_CHOICES[(index + 1) % len(REFRESH_CHOICES)]
+        self.notify(f"resync every {self.refresh_interval:g}s", markup=False)
+        self.render_header()
+
+    def action_help(self) -> None:
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
