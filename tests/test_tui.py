@@ -1,0 +1,184 @@
+"""The console, driven by Pilot against a real service running real commands."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Static
+
+from hkconsole.tui.app import HkConsole
+from hkconsole.tui.screens import ConfirmScreen, PromptScreen
+from hkservice.jobid import encode_jobid
+from tests.conftest import RunningService, ServiceFactory
+
+SIZE = (120, 40)
+
+
+async def until(pilot: Pilot[Any], condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await pilot.pause(0.05)
+
+
+def rows(app: HkConsole) -> list[int]:
+    table = app.query_one("#units", DataTable)
+    return [int(row.key.value or 0) for row in table.ordered_rows]
+
+
+def running(svc: RunningService) -> dict[int, str]:
+    return {u["jobid"]: u["pending"] for u in svc.call("housekeeping.list")["units"]}
+
+
+def drained(svc: RunningService) -> dict[str, str]:
+    return {d["ranks"]: d["reason"] for d in svc.call("resource.status")["drained"]}
+
+
+@pytest.fixture
+def busy(hk_service: ServiceFactory) -> RunningService:
+    svc = hk_service(hostlist="node[0-7]", command=["sleep", "600"], release_after="0")
+    for jobid, ranks in ((101, "0-1"), (102, "2-3"), (103, "4-5")):
+        svc.call("housekeeping.start", {"jobid": jobid, "ranks": ranks})
+    return svc
+
+
+async def test_kill_the_highlighted_unit(busy: RunningService) -> None:
+    app = HkConsole(busy.endpoint)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: rows(app) == [101, 102, 103])
+        await pilot.press("down")
+        await until(pilot, lambda: app.selected == 102)
+        await pilot.press("k")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        body = str(app.screen.query_one("#dialog-body", Static).render())
+        assert encode_jobid(102) in body and "node[2-3]" in body and "SIGTERM" in body
+        await pilot.press("y")
+        await until(pilot, lambda: 102 not in rows(app))
+    assert running(busy) == {101: "0-1", 103: "4-5"}
+    assert drained(busy)["2-3"].endswith("signal: killed TERM")
+
+
+async def test_the_right_unit_dies_when_rows_move_under_the_dialog(
+    busy: RunningService,
+) -> None:
+    app = HkConsole(busy.endpoint)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: rows(app) == [101, 102, 103])
+        await pilot.press("down", "down")
+        await until(pilot, lambda: app.selected == 103)
+        await pilot.press("k")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        # While the operator reads the dialog: the row above goes away and the list
+        # re-sorts, so another unit now sits where the cursor was.
+        busy.call("housekeeping.kill", {"jobid": 101, "signum": 9})
+        await until(pilot, lambda: 101 not in rows(app))
+        app.sort_reverse = True
+        app.set_sort("jobid")
+        await pilot.pause(0.1)
+        assert rows(app) == [103, 102]
+        await pilot.press("y")
+        await until(pilot, lambda: 103 not in running(busy))
+        await pilot.pause(0.3)
+    assert running(busy) == {102: "2-3"}
+
+
+async def test_kill_on_targets_and_kill_all(busy: RunningService) -> None:
+    app = HkConsole(busy.endpoint)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: len(rows(app)) == 3)
+        await pilot.press("t")
+        await until(pilot, lambda: isinstance(app.screen, PromptScreen))
+        await pilot.press(*"node9")
+        await pilot.pause(0.05)
+        error = str(app.screen.query_one("#prompt-error", Static).render())
+        assert error == "host 'node9' is not in the cluster"
+        await pilot.press("backspace", *"[1-2]", "enter")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: running(busy) == {101: "0", 102: "3", 103: "4-5"})
+
+        await pilot.press("A")
+        await until(pilot, lambda: isinstance(app.screen, PromptScreen))
+        await pilot.press(*"al", "enter")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, PromptScreen)  # "al" is not "all"
+        await pilot.press("l", "enter")
+        await until(pilot, lambda: not running(busy))
+        await until(pilot, lambda: rows(app) == [])
+
+
+async def test_disconnect_keeps_data_and_reconnects(busy: RunningService) -> None:
+    app = HkConsole(busy.endpoint)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: len(rows(app)) == 3 and app.connected)
+        assert app.check_action("kill_unit", ()) is True
+        busy.stop()
+        await until(pilot, lambda: not app.connected, timeout=15)
+        assert rows(app) == [101, 102, 103]  # the last data stays, marked stale
+        assert app.has_class("stale")
+        assert app.check_action("kill_unit", ()) is None
+        header = str(app.query_one("#header", Static).render())
+        assert "DISCONNECTED" in header
+        await pilot.press("k")
+        assert not isinstance(app.screen, ConfirmScreen)
+        busy.start()
+        await until(pilot, lambda: app.connected, timeout=20)
+        assert not app.has_class("stale")
+
+
+async def test_read_only_hides_kill_and_drain(busy: RunningService) -> None:
+    app = HkConsole(busy.endpoint, read_only=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: len(rows(app)) == 3)
+        for action in ("kill_unit", "kill_targets", "kill_all", "drain", "undrain"):
+            assert app.check_action(action, ()) is False
+        await pilot.press("k", "A", "t")
+        await pilot.pause(0.2)
+        assert not isinstance(app.screen, ConfirmScreen | PromptScreen)
+        assert "READ-ONLY" in str(app.query_one("#header", Static).render())
+    assert len(running(busy)) == 3
+
+
+async def test_nodes_view_drain_and_undrain(busy: RunningService) -> None:
+    app = HkConsole(busy.endpoint)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: len(rows(app)) == 3)
+        await pilot.press("2")
+        nodes = app.query_one("#nodes", DataTable)
+        await until(pilot, lambda: nodes.row_count == 8)
+        assert str(nodes.get_cell("0", "state")) == "housekeeping"
+        assert str(nodes.get_cell("6", "state")) == "idle"
+        for _ in range(6):
+            await pilot.press("down")
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, PromptScreen))
+        await pilot.press(*"bad fan [x]", "enter")
+        await until(pilot, lambda: str(nodes.get_cell("6", "state")) == "drained")
+        assert str(nodes.get_cell("6", "reason")) == "bad fan [x]"
+        await pilot.press("u")
+        await until(pilot, lambda: str(nodes.get_cell("6", "state")) == "idle")
+    assert drained(busy) == {}
+
+
+async def test_detail_shows_ranks_and_output(
+    hk_service: ServiceFactory, script: Callable[[str], str]
+) -> None:
+    cmd = script('echo "scrubbing $HK_HOSTNAME"; [ "$HK_RANK" = 1 ] && exit 3; sleep 600')
+    svc = hk_service(hostlist="node[0-3]", command=[cmd])
+    svc.call("housekeeping.start", {"jobid": 7, "ranks": "0-1"})
+    app = HkConsole(svc.endpoint)
+    async with app.run_test(size=SIZE) as pilot:
+        detail = app.query_one("#detail", Static)
+
+        def shows(text: str) -> bool:
+            return text in str(detail.render())
+
+        await until(pilot, lambda: shows("exited 3") and shows("scrubbing node1"))
+        assert shows("running")
+        await asyncio.sleep(0)
