@@ -64,8 +64,10 @@ class SimulatedScheduler:
     _next_jobid: int = 0
 
     def start(self) -> None:
-        # Jobids that look like Flux's: a millisecond timestamp in the high bits.
-        self._next_jobid = (int(time.time() * 1000) << 24) | self.rng.randrange(1 << 14) << 10
+        # Jobids that look like Flux's: milliseconds since an instance epoch in the top
+        # 40 bits, a generator id and a sequence below.
+        epoch_ms = int((time.time() - 1_767_225_600) * 1000) % (1 << 40)
+        self._next_jobid = (epoch_ms << 24) | self.rng.randrange(1 << 14) << 10
         self._thread = threading.Thread(target=self._run, name="demo-scheduler", daemon=True)
         self._thread.start()
 
@@ -86,8 +88,12 @@ class SimulatedScheduler:
                 while sub.poll(0):
                     _, body = sub.recv_multipart()
                     self.held -= parse_idset(unpack(body)["ranks"])
-                with contextlib.suppress(ServiceError):
+                try:
                     self._tick(client)
+                except ServiceError:
+                    pass  # the service is stopping or busy: try again next tick
+                except Exception as exc:  # the simulation must not die silently
+                    print(f"hk demo: scheduler error: {exc!r}", file=sys.stderr)
                 self._stop.wait(0.5)
         finally:
             client.close()
@@ -110,7 +116,7 @@ class SimulatedScheduler:
             free = [r for r in free if r not in ranks]
             self._next_jobid += 1
             self.busy.update(ranks)
-            self.running[self._next_jobid] = (now + self.rng.uniform(2, 12), ranks)
+            self.running[self._next_jobid] = (now + self.rng.uniform(1, 8), ranks)
             self.jobs_started += 1
 
     def _hand_over(self, client: Client, jobid: int, ranks: list[int]) -> None:
@@ -222,7 +228,7 @@ class DemoCluster:
                 continue
             with contextlib.suppress(OSError):
                 cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
-                if marker in cmdline:
+                if marker in cmdline and (b"hkservice" in cmdline or b"cleanup.sh" in cmdline):
                     os.kill(int(entry.name), signal.SIGKILL)
 
     def __enter__(self) -> DemoCluster:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from textual.pilot import Pilot
+
 
 def run_console(
     endpoint: str | None = None, read_only: bool = False, run_for: float | None = None
@@ -11,9 +17,13 @@ def run_console(
     from hkconsole.tui.config import load_keymap
 
     app = HkConsole(endpoint=endpoint, read_only=read_only, keymap=load_keymap())
-    if run_for is not None:
-        app.call_later(lambda: app.set_timer(run_for, app.exit))
-        app.run(headless=True)
-    else:
+    if run_for is None:
         app.run()
+        return 0
+
+    async def run_then_quit(pilot: Pilot[int]) -> None:
+        await asyncio.sleep(run_for)
+        await pilot.press("q")
+
+    app.run(headless=True, auto_pilot=run_then_quit)
     return 0

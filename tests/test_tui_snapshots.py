@@ -1,0 +1,50 @@
+"""Pixel snapshots of each view and dialog, on fixed data with a fixed clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.pilot import Pilot
+
+from hkconsole.tui.fixed import disconnect, fixed_app, load_sample
+
+SIZE = (120, 36)
+
+
+async def loaded(pilot: Pilot[Any]) -> None:
+    load_sample(pilot.app)  # type: ignore[arg-type]
+    await pilot.pause()
+
+
+def test_units_view(snap_compare: Any) -> None:
+    assert snap_compare(fixed_app(), run_before=loaded, terminal_size=SIZE)
+
+
+def test_nodes_view(snap_compare: Any) -> None:
+    assert snap_compare(fixed_app(), press=["2"], run_before=loaded, terminal_size=SIZE)
+
+
+def test_kill_dialog(snap_compare: Any) -> None:
+    assert snap_compare(fixed_app(), press=["down", "k"], run_before=loaded, terminal_size=SIZE)
+
+
+def test_kill_targets_dialog(snap_compare: Any) -> None:
+    press = ["t", *"node[0-3"]
+    assert snap_compare(fixed_app(), press=press, run_before=loaded, terminal_size=SIZE)
+
+
+def test_signal_dialog(snap_compare: Any) -> None:
+    assert snap_compare(fixed_app(), press=["s"], run_before=loaded, terminal_size=SIZE)
+
+
+def test_disconnected(snap_compare: Any) -> None:
+    async def before(pilot: Pilot[Any]) -> None:
+        await loaded(pilot)
+        disconnect(pilot.app)  # type: ignore[arg-type]
+        await pilot.pause()
+
+    assert snap_compare(fixed_app(), run_before=before, terminal_size=SIZE)
+
+
+def test_read_only(snap_compare: Any) -> None:
+    assert snap_compare(fixed_app(read_only=True), run_before=loaded, terminal_size=SIZE)
