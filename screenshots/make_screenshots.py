@@ -19,7 +19,6 @@ import cairosvg
 from textual.pilot import Pilot
 
 from hkconsole.tui.fixed import disconnect, fixed_app, load_sample
-from hkconsole.tui.sample import sample_detail
 
 OUT = Path(__file__).resolve().parent
 SIZE = (120, 36)
@@ -52,12 +51,7 @@ async def main() -> int:
         await pilot.press("down", "k")
 
     async def detail(pilot: Pilot[Any]) -> None:
-        app = pilot.app
-        units = app.sample[1]["units"]  # type: ignore[attr-defined]
         await pilot.press("down")
-        await pilot.pause()
-        app.selected = units[1]["jobid"]  # type: ignore[attr-defined]
-        app.show_detail(*sample_detail(units[1]))  # type: ignore[attr-defined]
 
     async def gone(pilot: Pilot[Any]) -> None:
         disconnect(pilot.app)  # type: ignore[arg-type]

@@ -31,8 +31,10 @@ def test_demo_runs_headless_and_quits_leaving_nothing(tmp_path: Path) -> None:
     state = tmp_path / "demo"
     env = {**os.environ, "HK_DEMO_MARK": str(state)}
     proc = subprocess.run(
-        [sys.executable, "-m", "hkconsole", "demo", "--nodes", "16", "--seed", "42"]
-        + ["--state-dir", str(state), "--run-for", "7"],
+        [
+            *(sys.executable, "-m", "hkconsole", "demo", "--nodes", "16", "--seed", "42"),
+            *("--state-dir", str(state), "--run-for", "7"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -6,13 +6,14 @@ from typing import Any
 
 from textual.pilot import Pilot
 
-from hkconsole.tui.fixed import disconnect, fixed_app, load_sample
+from hkconsole.tui.fixed import FixedConsole, disconnect, fixed_app, load_sample
 
 SIZE = (120, 36)
 
 
 async def loaded(pilot: Pilot[Any]) -> None:
-    load_sample(pilot.app)  # type: ignore[arg-type]
+    assert isinstance(pilot.app, FixedConsole)
+    load_sample(pilot.app)
     await pilot.pause()
 
 

@@ -75,8 +75,10 @@ STATE_STYLES = {
 class Cell(Text):
     """Text that sorts by a value of its own (numbers as numbers)."""
 
-    def __init__(self, text: str, sort_value: Any = None, style: str = "") -> None:
-        super().__init__(text, style=style)
+    def __init__(
+        self, text: str, sort_value: Any = None, style: str = "", right: bool = False
+    ) -> None:
+        super().__init__(text, style=style, justify="right" if right else None)
         self.sort_value = text if sort_value is None else sort_value
 
 
@@ -293,19 +295,19 @@ class HkConsole(App[int]):
     def unit_cells(self, unit: UnitView, now: float) -> list[Cell]:
         cluster = self.model.cluster
         runtime = max(0.0, now - unit.t_start)
-        slow = runtime >= self.long_running
         return [
             Cell("●" if unit.jobid in self.marked else "", style="bold yellow"),
             Cell(encode_jobid(unit.jobid), unit.t_start),
             Cell(str(unit.userid), unit.userid),
-            Cell(str(len(unit.allocated)), len(unit.allocated)),
-            Cell(str(len(unit.pending)), len(unit.pending)),
+            Cell(str(len(unit.allocated)), len(unit.allocated), right=True),
+            Cell(str(len(unit.pending)), len(unit.pending), right=True),
             Cell(
                 str(len(unit.failed)) if unit.failed else "",
                 len(unit.failed),
                 style="bold red",
+                right=True,
             ),
-            Cell(format_fsd(runtime), runtime, style="bold yellow" if slow else ""),
+            self.runtime_cell(runtime),
             Cell(cluster.nodelist(unit.allocated) if cluster else "", str(sorted(unit.allocated))),
         ]
 
@@ -414,14 +416,15 @@ class HkConsole(App[int]):
             unit = self.model.units.get(int(row.key.value or 0))
             if unit is None:
                 continue
-            runtime = max(0.0, now - unit.t_start)
-            slow = runtime >= self.long_running
             with contextlib.suppress(CellDoesNotExist):
                 table.update_cell(
-                    row.key,
-                    "runtime",
-                    Cell(format_fsd(runtime), runtime, style="bold yellow" if slow else ""),
+                    row.key, "runtime", self.runtime_cell(max(0.0, now - unit.t_start))
                 )
+
+    def runtime_cell(self, runtime: float) -> Cell:
+        # Units cleaning for longer than the threshold stand out.
+        slow = runtime >= self.long_running
+        return Cell(format_fsd(runtime), runtime, style="bold yellow" if slow else "", right=True)
 
     def render_header(self) -> None:
         counts = self.model.counts()

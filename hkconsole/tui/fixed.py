@@ -6,21 +6,28 @@ from hkconsole.tui.app import HkConsole
 from hkconsole.tui.sample import T0, sample_data, sample_detail
 
 
-def fixed_app(nodes: int = 64, units: int = 9, read_only: bool = False) -> HkConsole:
-    app = HkConsole(
-        endpoint="ipc:///run/hk/hk.sock", read_only=read_only, clock=lambda: T0, live=False
-    )
-    app.sample = sample_data(nodes, units)  # type: ignore[attr-defined]
-    return app
+class FixedConsole(HkConsole):
+    """The real console, fed sample data instead of a service."""
+
+    def __init__(self, nodes: int, units: int, read_only: bool) -> None:
+        super().__init__(
+            endpoint="ipc:///run/hk/hk.sock", read_only=read_only, clock=lambda: T0, live=False
+        )
+        self.sample = sample_data(nodes, units)
+
+    def schedule_detail(self) -> None:
+        for unit in self.sample[1]["units"]:
+            if unit["jobid"] == self.selected:
+                self.show_detail(*sample_detail(unit))
 
 
-def load_sample(app: HkConsole, detail: bool = True) -> None:
-    config, units, status = app.sample  # type: ignore[attr-defined]
+def fixed_app(nodes: int = 64, units: int = 9, read_only: bool = False) -> FixedConsole:
+    return FixedConsole(nodes, units, read_only)
+
+
+def load_sample(app: FixedConsole) -> None:
+    config, units, status = app.sample
     app.load(config, units, status)
-    if detail and units["units"]:
-        first = units["units"][0]
-        app.selected = first["jobid"]
-        app.show_detail(*sample_detail(first))
 
 
 def disconnect(app: HkConsole) -> None:
