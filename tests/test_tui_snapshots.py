@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 from textual.pilot import Pilot
@@ -9,6 +11,9 @@ from textual.pilot import Pilot
 from hkconsole.tui.fixed import FixedConsole, disconnect, fixed_app, load_sample
 
 SIZE = (120, 36)
+# Drain times are shown in local time: pin the zone so snapshots match anywhere.
+os.environ["TZ"] = "UTC"
+time.tzset()
 
 
 async def loaded(pilot: Pilot[Any]) -> None:

@@ -51,6 +51,7 @@ class ConsoleModel:
     drains: dict[int, Drain] = field(default_factory=dict)
     offline: set[int] = field(default_factory=set)
     last_seq: int | None = None
+    _wire_forms: dict[int, tuple[Any, ...]] = field(default_factory=dict)
 
     # -- snapshots ----------------------------------------------------------
 
@@ -60,13 +61,27 @@ class ConsoleModel:
             self.cluster = Cluster(config["hostlist"])
 
     def apply_list(self, result: Mapping[str, Any]) -> set[int]:
-        """Replace the units; return the jobids added, removed or changed."""
-        fresh = {int(u["jobid"]): UnitView.from_wire(u) for u in result["units"]}
-        changed = set(self.units) ^ set(fresh)
-        for jobid, unit in fresh.items():
-            if jobid in self.units and self.units[jobid] != unit:
+        """Replace the units; return the jobids added, removed or changed.
+
+        A resync of 10,000 units where few changed must stay cheap: a unit whose wire
+        form is the same as last time keeps its parsed view.
+        """
+        fresh: dict[int, UnitView] = {}
+        wire_forms: dict[int, tuple[Any, ...]] = {}
+        changed: set[int] = set()
+        for wire in result["units"]:
+            jobid = int(wire["jobid"])
+            form = (wire["allocated"], wire["pending"], wire.get("failed", ""))
+            wire_forms[jobid] = form
+            known = self.units.get(jobid)
+            if known is not None and self._wire_forms.get(jobid) == form:
+                fresh[jobid] = known
+            else:
+                fresh[jobid] = UnitView.from_wire(wire)
                 changed.add(jobid)
+        changed |= set(self.units) - set(fresh)
         self.units = fresh
+        self._wire_forms = wire_forms
         return changed
 
     def apply_status(self, status: Mapping[str, Any]) -> None:
@@ -86,6 +101,8 @@ class ConsoleModel:
         if isinstance(seq, int):
             self.last_seq = seq
         changed: set[int] = set()
+        if isinstance(body.get("jobid"), int):
+            self._wire_forms.pop(body["jobid"], None)
         if topic == "housekeeping.started":
             unit = UnitView.from_wire(body)
             self.units[unit.jobid] = unit
