@@ -167,10 +167,11 @@ def cmd_list(args: argparse.Namespace, client: Client) -> int:
     result = client.call("housekeeping.list")
     units = [Unit.from_wire(u) for u in result["units"]]
     if args.include:
+        # Unknown ranks or hosts match nothing (an operator asking for `-i foo` wants to
+        # see nothing rather than everything); only an empty -i means no filter.
         include = cluster.parse_targets(args.include, strict=False)
-        if include:
-            units = [u.restricted(include) for u in units]
-            units = [u for u in units if u.allocated]
+        units = [u.restricted(include) for u in units]
+        units = [u for u in units if u.allocated]
     t_now = now()
     if fmt is None:
         json.dump({"units": [u.to_json(cluster, t_now) for u in units]}, sys.stdout)

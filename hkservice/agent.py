@@ -41,6 +41,9 @@ from hkservice.protocol import pack, unpack
 log = logging.getLogger("hkservice.agent")
 
 LAUNCH_CHUNK = 128
+RESET_SIGNALS = tuple(
+    s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)
+)
 IDLE_EXIT_SECONDS = 30.0
 
 
@@ -173,6 +176,10 @@ class Agent:
                     argv,
                     env,
                     setsid=True,
+                    # The agent ignores some signals and exec keeps ignored signals
+                    # ignored: the commands must get every signal's default back.
+                    setsigdef=RESET_SIGNALS,
+                    setsigmask=(),
                     file_actions=[
                         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                         (os.POSIX_SPAWN_OPEN, 1, str(unit_dir / f"{rank}.out"), out_flags, 0o644),
