@@ -123,7 +123,7 @@ def test_format_help_and_get_config(capsys: Any, svc: RunningService) -> None:
     ],
 )
 def test_errors(capsys: Any, svc: RunningService, args: tuple[str, ...], message: str) -> None:
-    code, out, err = run(capsys, svc, *args)
+    code, _, err = run(capsys, svc, *args)
     assert code == 1
     assert err.startswith("hkconsole: ERROR: ")
     assert message in err
