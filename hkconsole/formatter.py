@@ -14,9 +14,9 @@ import re
 import string
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 from hkservice.fsd import format_fsd
 
@@ -40,18 +40,24 @@ class FormatError(ValueError):
 class Row:
     """One item to format: field values computed on first use, then kept."""
 
-    def __init__(self, getters: Mapping[str, Callable[[], Any]]) -> None:
-        self._getters = getters
+    def __init__(self, getters: Mapping[str, Callable[[], Any]] | None = None) -> None:
+        self._getters = getters or {}
         self._values: dict[str, Any] = {}
 
     def get(self, name: str) -> Any:
-        if name not in self._values:
-            self._values[name] = self._getters[name]()
-        return self._values[name]
+        try:
+            return self._values[name]
+        except KeyError:
+            value = self._values[name] = self.compute(name)
+            return value
+
+    def compute(self, name: str) -> Any:
+        return self._getters[name]()
 
 
-@dataclass(frozen=True)
-class _Field:
+class _Field(NamedTuple):
+    # NamedTuples, not dataclasses: `hkconsole list` must start fast, and each
+    # dataclass costs start-up time to generate its methods.
     literal: str
     name: str
     spec: str
@@ -94,6 +100,12 @@ def _convert(value: Any, conversion: str | None, spec: str) -> tuple[Any, str]:
     raise FormatError(f"Unknown conversion specifier {conversion}")
 
 
+@lru_cache(maxsize=256)
+def _match_spec(spec: str) -> re.Match[str] | None:
+    return _SPEC.match(spec)
+
+
+@lru_cache(maxsize=256)
 def _split_suffixes(spec: str) -> tuple[str, bool, bool]:
     truncate = spec.endswith("+")
     if truncate:
@@ -109,7 +121,7 @@ def format_value(value: Any, spec: str, conversion: str | None) -> str:
     value, spec = _convert(value, conversion, spec)
     if hyphen and str(value) in EMPTY_STRINGS:
         value = "-"
-    match = _SPEC.match(spec)
+    match = _match_spec(spec)
     if match is None:
         raise FormatError(f"Invalid format specifier '{spec}'")
     precision = match.group("precision")
@@ -205,8 +217,10 @@ class OutputFormat:
         """Apply `?:` and `+:` for these rows."""
         fields: list[_Field] = []
         for field in self.fields:
-            cells = [format_value(r.get(field.name), "", field.conversion) for r in rows]
-            if field.drop_if_empty and all(c.strip() in EMPTY_STRINGS for c in cells):
+            if field.drop_if_empty and all(
+                format_value(r.get(field.name), "", field.conversion).strip() in EMPTY_STRINGS
+                for r in rows
+            ):
                 continue
             spec = field.spec
             if field.fit:
@@ -297,14 +311,17 @@ def merge_rows(
     combine: Callable[[list[Any]], Any],
 ) -> list[Row]:
     """Merge items whose rows format identically apart from node fields (Flux's dedup)."""
-    groups: dict[tuple[str, ...], list[Any]] = {}
+    groups: dict[tuple[str, ...], list[tuple[Any, Row]]] = {}
     for item in items:
-        groups.setdefault(fmt.merge_key(make_row(item)), []).append(item)
-    return [make_row(group[0] if len(group) == 1 else combine(group)) for group in groups.values()]
+        row = make_row(item)
+        groups.setdefault(fmt.merge_key(row), []).append((item, row))
+    return [
+        group[0][1] if len(group) == 1 else make_row(combine([item for item, _ in group]))
+        for group in groups.values()
+    ]
 
 
-@dataclass(frozen=True)
-class NamedFormat:
+class NamedFormat(NamedTuple):
     name: str
     description: str
     format: str

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import os
 import time
-import tomllib
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 from hkconsole.formatter import FormatError, FormatRegistry, NamedFormat, Row
 from hkservice.cluster import Cluster
@@ -102,8 +99,7 @@ DRAIN_FORMATS = (
 )
 
 
-@dataclass
-class Unit:
+class Unit(NamedTuple):
     """One housekeeping unit (or several merged) as the client sees it."""
 
     jobid: int
@@ -111,7 +107,7 @@ class Unit:
     t_start: float
     allocated: set[int]
     pending: set[int]
-    failed: set[int] = field(default_factory=set)
+    failed: set[int]
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> Unit:
@@ -155,37 +151,53 @@ class Unit:
 
 def merge_units(units: list[Unit]) -> Unit:
     first = units[0]
-    merged = Unit(first.jobid, first.userid, first.t_start, set(), set(), set())
+    allocated: set[int] = set()
+    pending: set[int] = set()
+    failed: set[int] = set()
     for unit in units:
-        merged.allocated |= unit.allocated
-        merged.pending |= unit.pending
-        merged.failed |= unit.failed
-    return merged
+        allocated |= unit.allocated
+        pending |= unit.pending
+        failed |= unit.failed
+    return Unit(first.jobid, first.userid, first.t_start, allocated, pending, failed)
+
+
+class UnitRow(Row):
+    """A unit's fields, each computed only if the format asks for it."""
+
+    def __init__(self, unit: Unit, cluster: Cluster, now: float) -> None:
+        super().__init__()
+        self.unit = unit
+        self.cluster = cluster
+        self.now = now
+
+    def compute(self, name: str) -> Any:
+        unit = self.unit
+        if name == "id":
+            return encode_jobid(unit.jobid, "f58")
+        if name.startswith("id."):
+            return encode_jobid(unit.jobid, name[3:])
+        if name == "userid":
+            return unit.userid
+        if name == "t_start":
+            return unit.t_start
+        if name == "runtime":
+            return max(0.0, self.now - unit.t_start)
+        group, _, what = name.rpartition(".")
+        ranks = {"": unit.allocated, "allocated": unit.allocated}.get(group)
+        if ranks is None:
+            ranks = unit.pending if group == "pending" else unit.failed
+        if what == "nnodes":
+            return len(ranks)
+        if what == "ranks":
+            return format_idset(ranks)
+        return self.cluster.nodelist(ranks)
 
 
 def unit_row(unit: Unit, cluster: Cluster, now: float) -> Row:
-    getters: dict[str, Callable[[], Any]] = {
-        "id": lambda: encode_jobid(unit.jobid, "f58"),
-        "userid": lambda: unit.userid,
-        "t_start": lambda: unit.t_start,
-        "runtime": lambda: max(0.0, now - unit.t_start),
-    }
-    for kind in JOBID_KINDS:
-        getters[f"id.{kind}"] = lambda k=kind: encode_jobid(unit.jobid, k)
-    for prefix, ranks in (
-        ("", unit.allocated),
-        ("allocated.", unit.allocated),
-        ("pending.", unit.pending),
-        ("failed.", unit.failed),
-    ):
-        getters[f"{prefix}nnodes"] = lambda r=ranks: len(r)
-        getters[f"{prefix}ranks"] = lambda r=ranks: format_idset(r)
-        getters[f"{prefix}nodelist"] = lambda r=ranks: cluster.nodelist(r)
-    return Row(getters)
+    return UnitRow(unit, cluster, now)
 
 
-@dataclass
-class NodeGroup:
+class NodeGroup(NamedTuple):
     state: str
     ranks: set[int]
     reason: str = ""
@@ -234,29 +246,28 @@ def node_row(group: NodeGroup, cluster: Cluster) -> Row:
     )
 
 
-def config_dirs() -> list[Path]:
+def config_dirs() -> list[str]:
     """XDG config directories, lowest precedence first (as Flux's UtilConfig)."""
-    dirs = [
-        Path(d) for d in reversed((os.environ.get("XDG_CONFIG_DIRS") or "/etc/xdg").split(":")) if d
-    ]
-    home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    dirs.append(Path(home))
-    return dirs
+    system = (os.environ.get("XDG_CONFIG_DIRS") or "/etc/xdg").split(":")
+    home = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return [d for d in reversed(system) if d] + [home]
 
 
 def load_config() -> dict[str, Any]:
     """hk/hkconsole.toml from every XDG config dir, deep-merged, later ones winning."""
     merged: dict[str, Any] = {}
     for directory in config_dirs():
-        path = directory / "hk" / "hkconsole.toml"
-        if not path.is_file():
+        path = os.path.join(directory, "hk", "hkconsole.toml")
+        if not os.path.isfile(path):
             continue
+        import tomllib  # only when there is a file: most runs have none
+
         try:
             with open(path, "rb") as fh:
                 data = tomllib.load(fh)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise FormatError(f"{path}: {exc}") from None
-        _deep_merge(merged, data, str(path))
+        _deep_merge(merged, data, path)
     return merged
 
 

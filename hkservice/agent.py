@@ -80,7 +80,10 @@ class Agent:
             signal.signal(signum, signal.SIG_IGN)
         loop.add_signal_handler(signal.SIGTERM, self._done.set)
         sock = self._ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
+        # Never drop a message for a high-water mark: a launch lost is a unit stuck.
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.LINGER, 1000)
         sock.bind(self.endpoint)
         self._sock = sock
         self._last_activity = loop.time()
@@ -143,6 +146,8 @@ class Agent:
                 for pid in list(self.by_pid):
                     with contextlib.suppress(OSError):
                         os.killpg(pid, signal.SIGKILL)
+            self.peer = identity
+            await self._send({"op": "bye"})
             self._done.set()
 
     async def _send(self, message: dict[str, Any]) -> None:

@@ -42,12 +42,22 @@ def _ranges(numbers: list[int], width: int) -> str:
     return ",".join(parts)
 
 
+_SIMPLE = re.compile(r"^([^\[\],\d]*)\[(0|[1-9]\d*)-([1-9]\d*)\]$")
+
+
 class Cluster:
     def __init__(self, text: str) -> None:
-        try:
-            hosts = hostlist.expand_hostlist(text, allow_duplicates=True)
-        except hostlist.BadHostlist as exc:
-            raise ValueError(f"invalid hostlist '{text}': {exc}") from None
+        simple = _SIMPLE.match(text)
+        if simple and int(simple.group(2)) < int(simple.group(3)):
+            # The usual `node[0-N]`: built directly, it costs a command-line start
+            # nothing; the general path goes through python-hostlist.
+            prefix, lo, hi = simple.group(1), int(simple.group(2)), int(simple.group(3))
+            hosts = [f"{prefix}{i}" for i in range(lo, hi + 1)]
+        else:
+            try:
+                hosts = hostlist.expand_hostlist(text, allow_duplicates=True)
+            except hostlist.BadHostlist as exc:
+                raise ValueError(f"invalid hostlist '{text}': {exc}") from None
         if not hosts or not text.strip():
             raise ValueError(f"invalid hostlist '{text}': no hosts")
         seen: dict[str, int] = {}
@@ -59,14 +69,29 @@ class Cluster:
         self.hosts: list[str] = hosts
         self.size = len(hosts)
         self._rank_of = seen
-        self._parts = [_split(h) for h in hosts]
+        self._simple_prefix: tuple[str, int] | None = (
+            (simple.group(1), int(simple.group(2))) if simple else None
+        )
+        self._parts_cache: list[tuple[str, int, int, str] | None] | None = None
+        self._uniform_cache: bool | None = None
+
+    @property
+    def _parts(self) -> list[tuple[str, int, int, str] | None]:
+        if self._parts_cache is None:
+            self._parts_cache = [_split(h) for h in self.hosts]
+        return self._parts_cache
+
+    @property
+    def _uniform(self) -> bool:
         # The common case, node[0-N] in rank order, gets a nodelist straight from the
         # numbers of the ranks, with no grouping pass.
-        first = self._parts[0]
-        self._uniform = first is not None and all(
-            p is not None and (p[0], p[2], p[3]) == (first[0], first[2], first[3])
-            for p in self._parts
-        )
+        if self._uniform_cache is None:
+            first = self._parts[0]
+            self._uniform_cache = first is not None and all(
+                p is not None and (p[0], p[2], p[3]) == (first[0], first[2], first[3])
+                for p in self._parts
+            )
+        return self._uniform_cache
 
     def rank_of(self, host: str) -> int | None:
         return self._rank_of.get(host)
@@ -80,6 +105,9 @@ class Cluster:
             return ""
         if len(ordered) == 1:
             return self.hosts[ordered[0]]
+        if self._simple_prefix is not None:
+            prefix, lo = self._simple_prefix
+            return f"{prefix}[{_ranges([lo + r for r in ordered], 0)}]"
         if self._uniform:
             prefix, _, width, suffix = self._parts[0]  # type: ignore[misc]
             numbers = [self._parts[r][1] for r in ordered]  # type: ignore[index]

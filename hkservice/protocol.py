@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -51,7 +50,8 @@ def reply_error(req_id: int, code: str, message: str) -> dict[str, Any]:
 def default_endpoint() -> str:
     """A private ipc endpoint: only the service's user can enter its directory."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = Path(runtime) / "hk" if runtime else Path(f"/tmp/hk-{os.getuid()}")
+    # os.path, not pathlib: this is on the command line's start-up path.
+    base = os.path.join(runtime, "hk") if runtime else f"/tmp/hk-{os.getuid()}"
     return f"ipc://{base}/hk.sock"
 
 

@@ -32,6 +32,7 @@ log = logging.getLogger("hkservice.runner")
 AGENT_START_TIMEOUT = 10.0
 PING_SECONDS = 5.0
 AGENT_SILENCE_SECONDS = 20.0
+SHUTDOWN_TIMEOUT = 30.0
 
 ExitCallback = Callable[[int, int, Outcome], None]
 
@@ -118,6 +119,7 @@ class LocalRunner:
         self._expected: Callable[[], Iterable[tuple[int, int]]] = lambda: ()
         self._keepalive: asyncio.Task[None] | None = None
         self._last_heard = 0.0
+        self._bye: asyncio.Future[None] | None = None
         run_dir.mkdir(parents=True, exist_ok=True)
 
     def set_exit_callback(self, callback: ExitCallback) -> None:
@@ -176,6 +178,9 @@ class LocalRunner:
         while True:
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            # Never block or drop for a high-water mark: a launch lost is a unit stuck.
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.RCVHWM, 0)
             sock.connect(self.endpoint)
             self._sock = sock
             self._hello = loop.create_future()
@@ -226,6 +231,9 @@ class LocalRunner:
             op = message.get("op")
             if op == "hello" and self._hello is not None and not self._hello.done():
                 self._hello.set_result(message)
+            elif op == "bye":
+                if self._bye is not None and not self._bye.done():
+                    self._bye.set_result(None)
             elif op == "pong":
                 pass
             elif op == "exits":
@@ -266,11 +274,20 @@ class LocalRunner:
             self._keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keepalive
-        if kill and self._sock is not None:
-            await self._sock.send(pack({"op": "shutdown", "kill": True}))
         if self._background:
-            await asyncio.wait(self._background, timeout=2)
-        await self._close_socket(linger=500 if kill else 0)
+            await asyncio.wait(self._background, timeout=5)
+        if kill and self._sock is not None:
+            # The agent may still be starting earlier launches: wait until it has
+            # killed everything and said so, rather than guess a linger time.
+            self._bye = asyncio.get_running_loop().create_future()
+            await self._sock.send(pack({"op": "shutdown", "kill": True}))
+            log.info("asked the local agent to stop every command")
+            try:
+                await asyncio.wait_for(self._bye, SHUTDOWN_TIMEOUT)
+                log.info("the local agent stopped every command")
+            except TimeoutError:
+                log.error("the local agent did not confirm it stopped the commands")
+        await self._close_socket()
 
     async def _close_socket(self, linger: int = 0) -> None:
         if self._reader is not None:

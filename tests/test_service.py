@@ -12,6 +12,7 @@ import pytest
 import zmq
 
 from hkconsole.client import ServiceError
+from hkservice.idset import parse_idset
 from hkservice.jobid import encode_jobid
 from hkservice.protocol import pack, unpack
 from tests.conftest import RunningService, ServiceFactory
@@ -79,8 +80,13 @@ def unit_of(result: dict[str, Any], jobid: int) -> dict[str, Any] | None:
     return next((u for u in result["units"] if u["jobid"] == jobid), None)
 
 
-def drains(svc: RunningService) -> dict[str, str]:
-    return {d["ranks"]: d["reason"] for d in svc.call("resource.status")["drained"]}
+def drains(svc: RunningService) -> dict[int, str]:
+    """rank -> drain reason (ranks drained in one batch come grouped: split them)."""
+    return {
+        rank: d["reason"]
+        for d in svc.call("resource.status")["drained"]
+        for rank in parse_idset(d["ranks"])
+    }
 
 
 def test_command_runs_on_exactly_the_units_ranks_with_its_environment(
@@ -159,8 +165,8 @@ def test_drain_reasons_for_exit_signal_launch_and_timeout(
     ev.wait(final_seen(10))
     label = encode_jobid(10, "f58plain")
     assert drains(svc) == {
-        "0": f"housekeeping@{label} exit-code: exited 1",
-        "1": f"housekeeping@{label} signal: killed TERM",
+        0: f"housekeeping@{label} exit-code: exited 1",
+        1: f"housekeeping@{label} signal: killed TERM",
     }
     # Drained before released: the drain event comes first.
     topics = [t for t, b in ev.seen if t in ("resource.drained", "housekeeping.released")]
@@ -170,15 +176,14 @@ def test_drain_reasons_for_exit_signal_launch_and_timeout(
     missing.call("housekeeping.start", {"jobid": 11, "ranks": "0"})
     missing.wait_idle()
     assert drains(missing) == {
-        "0": f"housekeeping@{encode_jobid(11, 'f58plain')} launch: No such file or directory"
+        0: f"housekeeping@{encode_jobid(11, 'f58plain')} launch: No such file or directory"
     }
 
     slow = hk_service(hostlist="node[0-1]", command=["sleep", "600"], timeout="500ms")
     slow.call("housekeeping.start", {"jobid": 12, "ranks": "0-1"})
     slow.wait_idle()
-    assert drains(slow) == {
-        "0-1": f"housekeeping@{encode_jobid(12, 'f58plain')} timeout: killed TERM after 500ms"
-    }
+    reason = f"housekeeping@{encode_jobid(12, 'f58plain')} timeout: killed TERM after 500ms"
+    assert drains(slow) == {0: reason, 1: reason}
 
 
 def test_kill_by_job_by_targets_and_all(hk_service: ServiceFactory) -> None:
@@ -192,7 +197,7 @@ def test_kill_by_job_by_targets_and_all(hk_service: ServiceFactory) -> None:
     svc.wait_for(lambda r: [u["jobid"] for u in r["units"]] == [1, 2])
     assert svc.call("housekeeping.kill", {"all": True}) == {"units": 2, "ranks": 2, "signum": 15}
     svc.wait_idle()
-    assert drains(svc)["4-5"].endswith("signal: killed KILL")
+    assert drains(svc)[5].endswith("signal: killed KILL")
     with pytest.raises(ServiceError, match="no housekeeping running for job") as err:
         svc.call("housekeeping.kill", {"jobid": 3})
     assert err.value.code == "ENOENT"
@@ -207,7 +212,7 @@ def test_sigterm_ignored_escalates_to_sigkill_after_kill_grace(
     time.sleep(0.3)
     svc.call("housekeeping.kill", {"jobid": 5})
     svc.wait_idle(timeout=5)
-    assert drains(svc)["0"].endswith("signal: killed KILL")
+    assert drains(svc)[0].endswith("signal: killed KILL")
 
 
 def test_output_is_kept_line_by_line_per_rank(hk_service: ServiceFactory, script: Script) -> None:
@@ -254,7 +259,7 @@ def test_recovery_after_kill_9(hk_service: ServiceFactory, script: Script, tmp_p
     label = encode_jobid(77, "f58plain")
     after = svc.wait_for(lambda r: unit_of(r, 77) is not None and unit_of(r, 77)["pending"] == "3")
     assert unit_of(after, 77)["allocated"] == "3"
-    assert drains(svc) == {"2": f"housekeeping@{label} exit-code: exited 7"}
+    assert drains(svc) == {2: f"housekeeping@{label} exit-code: exited 7"}
     Path(f"{gate}.2").touch()
     svc.wait_idle()
     history = svc.call("housekeeping.history")["units"]
@@ -280,12 +285,11 @@ def test_ranks_lost_with_the_agent_are_drained_with_a_reason(
     time.sleep(0.2)
     svc.start()
     svc.wait_idle()
-    reasons = drains(svc)
-    assert list(reasons) == ["0-1"]
-    assert reasons["0-1"] == (
+    lost = (
         f"housekeeping@{encode_jobid(88, 'f58plain')} lost: the command was gone after a "
         "service restart and its exit status is unknown"
     )
+    assert drains(svc) == {0: lost, 1: lost}
 
 
 def test_clean_restart_adopts_running_commands(hk_service: ServiceFactory) -> None:

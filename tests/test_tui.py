@@ -13,6 +13,7 @@ from textual.widgets import DataTable, Static
 
 from hkconsole.tui.app import HkConsole
 from hkconsole.tui.screens import ConfirmScreen, PromptScreen
+from hkservice.idset import parse_idset
 from hkservice.jobid import encode_jobid
 from tests.conftest import RunningService, ServiceFactory
 
@@ -36,8 +37,13 @@ def running(svc: RunningService) -> dict[int, str]:
     return {u["jobid"]: u["pending"] for u in svc.call("housekeeping.list")["units"]}
 
 
-def drained(svc: RunningService) -> dict[str, str]:
-    return {d["ranks"]: d["reason"] for d in svc.call("resource.status")["drained"]}
+def drained(svc: RunningService) -> dict[int, str]:
+    """rank -> drain reason (ranks drained in one batch come grouped: split them)."""
+    return {
+        rank: d["reason"]
+        for d in svc.call("resource.status")["drained"]
+        for rank in parse_idset(d["ranks"])
+    }
 
 
 @pytest.fixture
@@ -61,7 +67,9 @@ async def test_kill_the_highlighted_unit(busy: RunningService) -> None:
         await pilot.press("y")
         await until(pilot, lambda: 102 not in rows(app))
     assert running(busy) == {101: "0-1", 103: "4-5"}
-    assert drained(busy)["2-3"].endswith("signal: killed TERM")
+    reasons = drained(busy)
+    assert sorted(reasons) == [2, 3]
+    assert all(r.endswith("signal: killed TERM") for r in reasons.values())
 
 
 async def test_the_right_unit_dies_when_rows_move_under_the_dialog(
