@@ -237,11 +237,16 @@ class OutputFormat:
             (len(format_value(r.get(field.name), field.spec, field.conversion)) for r in rows),
             default=0,
         )
-        if field.fit and match.group("precision") is not None:
-            # The widest value is the untruncated one.
+        if match.group("precision") is not None and match.group("type") in (None, "s"):
+            # A string cut by its precision: the widest value is the uncut one.
             widest = max(
-                (len(format_value(r.get(field.name), "", field.conversion)) for r in rows),
-                default=0,
+                widest,
+                *(
+                    len(str(v))
+                    for v in (_convert(r.get(field.name), field.conversion, "")[0] for r in rows)
+                    if isinstance(v, str)
+                ),
+                0,
             )
         width = max(int(match.group("width") or 0), widest)
         if header:

@@ -267,22 +267,19 @@ def load_config() -> dict[str, Any]:
                 data = tomllib.load(fh)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise FormatError(f"{path}: {exc}") from None
-        _deep_merge(merged, data, path)
+        _deep_merge(merged, data)
+        merged.setdefault("__sources__", []).append(path)
     return merged
 
 
-def _deep_merge(into: dict[str, Any], data: Mapping[str, Any], source: str) -> None:
+def _deep_merge(into: dict[str, Any], data: Mapping[str, Any]) -> None:
     for key, value in data.items():
-        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
-            _deep_merge(into[key], value, source)
-        elif isinstance(value, Mapping):
-            into[key] = {}
-            _deep_merge(into[key], value, source)
+        if isinstance(value, Mapping):
+            if not isinstance(into.get(key), dict):
+                into[key] = {}
+            _deep_merge(into[key], value)
         else:
             into[key] = value
-    into.setdefault("__sources__", [])
-    if source not in into["__sources__"]:
-        into["__sources__"].append(source)
 
 
 def unit_formats(config: Mapping[str, Any] | None = None) -> FormatRegistry:

@@ -1,0 +1,219 @@
+"""The format engine on fixed rows: Flux's verified outputs, and where hk goes further."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hkconsole.formatter import FormatError, FormatRegistry, OutputFormat, Row, merge_rows
+from hkconsole.tables import (
+    UNIT_FORMATS,
+    UNIT_HEADINGS,
+    UNIT_NODE_FIELDS,
+    Unit,
+    merge_units,
+    unit_formats,
+    unit_row,
+)
+from hkservice.cluster import Cluster
+
+HEADINGS = {"s": "STRING", "i": "INT", "f": "FLOAT", "t": "TIME", "x": "X"}
+CLUSTER = Cluster("tuolumne[1000-1999]")
+NOW = 1_718_000_100.0
+
+
+def rows(*items: dict[str, Any]) -> list[Row]:
+    return [Row({k: (lambda v=v: v) for k, v in item.items()}) for item in items]
+
+
+def render(fmt: str, items: list[Row], header: bool = True) -> list[str]:
+    return OutputFormat(fmt, HEADINGS).render(items, header=header)
+
+
+def unit(jobid: int, allocated: set[int], pending: set[int], age: float) -> Unit:
+    return Unit(jobid, 1000, NOW - age, allocated, pending, set())
+
+
+UNITS = [
+    unit(1, {174, 747, 748, 751}, {751}, 53.92),
+    unit(2, {752, 753, 775, 776}, {752, 753, 775, 776}, 16.14),
+]
+
+
+def list_output(fmt_name_or_text: str, units: list[Unit], header: bool = True) -> list[str]:
+    registry = FormatRegistry("hkconsole list", UNIT_FORMATS)
+    fmt = OutputFormat(registry.resolve(fmt_name_or_text), UNIT_HEADINGS, UNIT_NODE_FIELDS)
+    merged = merge_rows(units, fmt, lambda u: unit_row(u, CLUSTER, NOW), merge_units)
+    return fmt.render(merged, header=header)
+
+
+def test_default_format_matches_flux(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HK_F58_FORCE_ASCII", "1")
+    assert list_output("default", UNITS) == [
+        "       JOBID NNODES #ACTIVE  RUNTIME NODELIST",
+        "          f2      4       1   53.92s tuolumne[1174,1747-1748,1751]",
+        "          f3      4       4   16.14s tuolumne[1752-1753,1775-1776]",
+    ]
+
+
+def test_pending_format_matches_flux(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HK_F58_FORCE_ASCII", "1")
+    assert list_output("pending", UNITS) == [
+        "       JOBID #ACTIVE  RUNTIME ACTIVE_NODES",
+        "          f2       1   53.92s tuolumne1751",
+        "          f3       4   16.14s tuolumne[1752-1753,1775-1776]",
+    ]
+
+
+def test_merging_node_fields() -> None:
+    assert list_output("{nnodes}", UNITS, header=False) == ["8"]
+    assert list_output("{ranks}", UNITS, header=False) == ["174,747-748,751-753,775-776"]
+    assert list_output("{nodelist}", UNITS) == [
+        "NODELIST",
+        "tuolumne[1174,1747-1748,1751-1753,1775-1776]",
+    ]
+    # allocated.* merge like their synonyms (Flux groups them by value instead).
+    assert list_output("{allocated.nnodes} {nnodes}", UNITS, header=False) == ["8 8"]
+    # Rows that differ in other fields stay apart.
+    assert list_output("{id.dec} {pending.nnodes}", UNITS, header=False) == ["1 1", "2 4"]
+    # Blank rows are skipped: a unit with nothing running prints nothing here.
+    done = [unit(3, {5}, set(), 1.0)]
+    assert list_output("{pending.nodelist}", done, header=False) == []
+
+
+def test_widths_work_on_rank_and_host_fields() -> None:
+    assert list_output("{ranks:>30}|{nodelist:.12+}|", UNITS[:1], header=False) == [
+        "               174,747-748,751|tuolumne[11+|"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "value", "expected"),
+    [
+        ("{t!F}", 53.92, "53.92s"),
+        ("{t!F}", 90, "1.5m"),
+        ("{t!F}", float("inf"), "inf"),
+        ("{t!H}", 54.4, "0:00:54"),
+        ("{t!H}", 0.3, "0:00:01"),
+        ("{t!H}", 93784, "1 day, 2:03:04"),
+        ("{t!P}", 0.5, "50.00%"),
+        ("{t!P}", 1.5, "150%"),
+        ("{t!F:>8}", 5.1234, "  5.123s"),
+        ("{t!F:h}", 0, "-"),
+        ("{t!H:h}", 0, "-"),
+        ("{t!d:%Y::h}", 0, "-"),
+        ("{t!D:h}", 0, "-"),
+        ("{t:>6h}", 0, "     0"),
+        ("{t:h}", "", "-"),
+        ("{t:5.3+}", "abcdef", "ab+  "),
+        ("{t:5.3}", "abcdef", "abc  "),
+        ("{t!d}", "", ""),
+    ],
+)
+def test_conversions_and_suffixes(fmt: str, value: Any, expected: str) -> None:
+    assert render(fmt.replace("{t", "{t"), rows({"t": value}), header=False) == (
+        [expected] if expected.strip() else []
+    )
+
+
+def test_date_conversions() -> None:
+    epoch = time.mktime((2024, 6, 10, 8, 30, 15, 0, 0, -1))
+    assert render("{t!d:%H:%M:%S::>10}", rows({"t": epoch}), header=False) == ["  08:30:15"]
+    assert render("{t!D}", rows({"t": epoch}), header=False) == ["2024-06-10T08:30:15"]
+    assert render("{t!d}", rows({"t": epoch}), header=False) == ["2024-06-10T08:30:15"]
+    assert render("{t!d:%H:%M::>10}", rows({"t": epoch})) == ["      TIME", "     08:30"]
+
+
+def test_header_keeps_only_alignment_and_width() -> None:
+    assert render("{f:>8.2f}|{s:<7}|{i}", rows({"f": 1.5, "s": "a", "i": 3})) == [
+        "   FLOAT|STRING |INT",
+        "    1.50|a      |3",
+    ]
+
+
+def test_optional_and_fitted_columns() -> None:
+    items = rows({"i": 23456789, "s": "", "f": 1.5}, {"i": 7, "s": "", "f": 2.25})
+    # s is empty everywhere: it goes, with the text before it; i widens to fit.
+    assert render("?+:{i:>7} ?:{s:>6} ?:{f:8.2}", items) == [
+        "     INT FLOAT   ",
+        "23456789      1.5",
+        "       7      2.2",
+    ]
+    wide = rows({"s": "a string of 16ch", "i": 1234567, "f": 3.14159})
+    assert render("+:{s:5.5} +:{i:4d} +:{f:.2f}", wide) == [
+        "STRING           INT     FLOAT",
+        "a string of 16ch 1234567  3.14",
+    ]
+    assert render("+:{s:5.5} +:{i:4d} +:{f:.2f}", wide, header=False) == [
+        "a string of 16ch 1234567 3.14",
+    ]
+
+
+def test_sort_uses_display_value_ordering() -> None:
+    items = rows({"s": "b", "i": 10}, {"s": "", "i": 2}, {"s": "a", "i": "1e5"}, {"s": "-", "i": 3})
+    assert render("sort:i {i}", items, header=False) == ["2", "3", "10", "1e5"]
+    assert render("sort:s {s}", items, header=False) == ["-", "a", "b"]
+    assert render("sort:-s {s}:{i}", items, header=False) == ["b:10", "a:1e5", ":2", "-:3"]
+    # Stable, last key first: empties tie on s and keep their -i order.
+    assert render("sort:s,-i {s}:{i}", items, header=False) == ["-:3", ":2", "a:1e5", "b:10"]
+
+
+def test_sort_after_merge_in_list() -> None:
+    units = [*UNITS, unit(3, {100}, {100}, 5.0)]
+    assert list_output("sort:-runtime,,nnodes {id.dec}", units, header=False) == ["1", "2", "3"]
+    assert list_output("sort:nnodes {id.dec} {nnodes}", units, header=False)[0] == "3 1"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "message"),
+    [
+        ("{bogus}", "Unknown format field: bogus"),
+        ("sort:nope {s}", "Invalid sort key: nope"),
+        ("{s!z}", "Unknown conversion specifier z"),
+        ("{s", "Error in user format"),
+    ],
+)
+def test_format_errors(fmt: str, message: str) -> None:
+    with pytest.raises(FormatError, match=message.replace("{", r"\{")):
+        OutputFormat(fmt, HEADINGS)
+
+
+def test_named_formats_help_get_config_and_suggestions() -> None:
+    registry = FormatRegistry("hkconsole list", UNIT_FORMATS)
+    assert registry.help_text().splitlines()[:4] == [
+        "",
+        "Configured hkconsole list output formats:",
+        "",
+        "  default      Default hkconsole list format string",
+    ]
+    with pytest.raises(
+        FormatError, match=r"No such format foo bar \(Did you mean '\{foo\} \{bar\}'\?\)"
+    ):
+        registry.resolve("foo bar")
+    with pytest.raises(FormatError, match="--format: No such format nope$"):
+        registry.get_config("nope")
+    assert registry.resolve("{id}") == "{id}"
+
+
+def test_configured_formats_from_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    system, home = tmp_path / "etc", tmp_path / "home"
+    for directory, fmt in ((system, "{id.hex}"), (home, "{id.dec}")):
+        (directory / "hk").mkdir(parents=True)
+        (directory / "hk" / "hkconsole.toml").write_text(
+            f'[formats.mine]\ndescription = "mine"\nformat = "{fmt}"\n'
+        )
+    monkeypatch.setenv("XDG_CONFIG_DIRS", str(system))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    registry = unit_formats()
+    assert registry.resolve("mine") == "{id.dec}"  # the user's file wins over the system's
+    assert "  mine         mine" in registry.help_text()
+    monkeypatch.setenv("HK_LIST_FORMAT_DEFAULT", "mine")
+    assert unit_formats().resolve("default") == "{id.dec}"
+    monkeypatch.setenv("HK_LIST_FORMAT_DEFAULT", "{nnodes}")
+    assert unit_formats().resolve("default") == "{nnodes}"
+    (home / "hk" / "hkconsole.toml").write_text('[formats.default]\nformat = "{id}"\n')
+    with pytest.raises(FormatError, match="override of builtin format 'default' not permitted"):
+        unit_formats()
