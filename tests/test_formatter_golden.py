@@ -193,7 +193,7 @@ def test_named_formats_help_get_config_and_suggestions() -> None:
         FormatError, match=r"No such format foo bar \(Did you mean '\{foo\} \{bar\}'\?\)"
     ):
         registry.resolve("foo bar")
-    with pytest.raises(FormatError, match="--format: No such format nope$"):
+    with pytest.raises(FormatError, match=r"--format: No such format nope$"):
         registry.get_config("nope")
     assert registry.resolve("{id}") == "{id}"
 
