@@ -190,3 +190,29 @@ async def test_detail_shows_ranks_and_output(
         await until(pilot, lambda: shows("exited 3") and shows("scrubbing node1"))
         assert shows("running")
         await asyncio.sleep(0)
+
+
+async def test_keys_remapped_from_config_and_long_running_threshold(
+    busy: RunningService, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hkconsole.tui.config import load_settings
+
+    (tmp_path / "hk").mkdir()
+    (tmp_path / "hk" / "hkconsole.toml").write_text(
+        '[console]\nlong-running = "1s"\n[keys]\n"kill.unit" = "K"\n'
+    )
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_DIRS", str(tmp_path / "none"))
+    settings = load_settings()
+    assert settings.long_running == 1.0
+    app = HkConsole(busy.endpoint, keymap=settings.keymap, long_running=settings.long_running)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: len(rows(app)) == 3)
+        await pilot.press("k")
+        await pilot.pause(0.2)
+        assert not isinstance(app.screen, ConfirmScreen)
+        await pilot.press("K")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("n")
+        table = app.query_one("#units", DataTable)
+        await until(pilot, lambda: "yellow" in str(table.get_cell("101", "runtime").style))

@@ -14,9 +14,15 @@ def run_console(
 ) -> int:
     """Open the console; with `run_for` it runs headless for that long (demo tests)."""
     from hkconsole.tui.app import HkConsole
-    from hkconsole.tui.config import load_keymap
+    from hkconsole.tui.config import load_settings
 
-    app = HkConsole(endpoint=endpoint, read_only=read_only, keymap=load_keymap())
+    settings = load_settings()
+    app = HkConsole(
+        endpoint=endpoint,
+        read_only=read_only,
+        keymap=settings.keymap,
+        long_running=settings.long_running,
+    )
     if run_for is None:
         app.run()
         return 0

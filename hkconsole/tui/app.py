@@ -28,6 +28,7 @@ from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Static
 from textual.widgets.data_table import CellDoesNotExist, RowKey
 
 from hkconsole.client import AsyncClient, ServiceError
+from hkconsole.tui.config import LONG_RUNNING_DEFAULT
 from hkconsole.tui.model import ConsoleModel, UnitView
 from hkconsole.tui.screens import ConfirmScreen, OutputScreen, PromptScreen, SignalScreen
 from hkservice.cluster import TargetError
@@ -57,7 +58,6 @@ NODE_COLUMNS = (
 REFRESH_CHOICES = (1.0, 2.0, 5.0, 10.0)
 BACKOFF_MAX = 10.0
 HEARTBEAT_TIMEOUT = 6.0
-LONG_RUNNING_DEFAULT = 600.0
 DETAIL_RANKS_SHOWN = 64
 STATE_STYLES = {
     "running": "yellow",
