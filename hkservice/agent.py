@@ -14,7 +14,8 @@ Messages are msgpack maps on a ZeroMQ ROUTER (agent) / DEALER (service) pair:
                      "env", "hostnames"}
                     {"op": "signal", "jobid", "ranks", "signum"}
                     {"op": "ack", "seqs"}
-                    {"op": "shutdown", "kill": bool}
+                    {"op": "ping"}                         -> {"op": "pong"}
+                    {"op": "shutdown", "kill": bool}       -> {"op": "bye"}
   agent -> service  {"op": "exits", "exits": [[seq, jobid, rank, status], ...]}
 where status is "exit N", "signal N", "core N" or "launch <error text>".
 """
