@@ -28,8 +28,9 @@ from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Static
 from textual.widgets.data_table import CellDoesNotExist, RowKey
 
 from hkconsole.client import AsyncClient, ServiceError
+from hkconsole.tables import Unit
 from hkconsole.tui.config import LONG_RUNNING_DEFAULT
-from hkconsole.tui.model import ConsoleModel, UnitView
+from hkconsole.tui.model import ConsoleModel
 from hkconsole.tui.screens import ConfirmScreen, OutputScreen, PromptScreen, SignalScreen
 from hkservice.cluster import TargetError
 from hkservice.fsd import format_duration_config, format_fsd
@@ -282,7 +283,7 @@ class HkConsole(App[int]):
             self.schedule_detail()
         self.render_header()
 
-    def unit_matches(self, unit: UnitView) -> bool:
+    def unit_matches(self, unit: Unit) -> bool:
         if not self.filter_text:
             return True
         needle = self.filter_text.lower()
@@ -292,7 +293,7 @@ class HkConsole(App[int]):
             hay.append(cluster.nodelist(unit.allocated))
         return any(needle in h.lower() for h in hay)
 
-    def unit_cells(self, unit: UnitView, now: float) -> list[Cell]:
+    def unit_cells(self, unit: Unit, now: float) -> list[Cell]:
         cluster = self.model.cluster
         runtime = max(0.0, now - unit.t_start)
         return [

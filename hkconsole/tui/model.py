@@ -10,31 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hkconsole.tables import Unit
 from hkservice.cluster import Cluster
 from hkservice.idset import parse_idset
-
-
-@dataclass
-class UnitView:
-    jobid: int
-    userid: int
-    t_start: float
-    ranks: set[int]
-    allocated: set[int]
-    pending: set[int]
-    failed: set[int]
-
-    @classmethod
-    def from_wire(cls, wire: Mapping[str, Any]) -> UnitView:
-        return cls(
-            jobid=int(wire["jobid"]),
-            userid=int(wire["userid"]),
-            t_start=float(wire["t_start"]),
-            ranks=parse_idset(wire.get("ranks", wire["allocated"])),
-            allocated=parse_idset(wire["allocated"]),
-            pending=parse_idset(wire["pending"]),
-            failed=parse_idset(wire.get("failed", "")),
-        )
 
 
 @dataclass
@@ -47,7 +25,7 @@ class Drain:
 class ConsoleModel:
     cluster: Cluster | None = None
     config: dict[str, Any] = field(default_factory=dict)
-    units: dict[int, UnitView] = field(default_factory=dict)
+    units: dict[int, Unit] = field(default_factory=dict)
     drains: dict[int, Drain] = field(default_factory=dict)
     offline: set[int] = field(default_factory=set)
     last_seq: int | None = None
@@ -66,7 +44,7 @@ class ConsoleModel:
         A resync of 10,000 units where few changed must stay cheap: a unit whose wire
         form is the same as last time keeps its parsed view.
         """
-        fresh: dict[int, UnitView] = {}
+        fresh: dict[int, Unit] = {}
         wire_forms: dict[int, tuple[Any, ...]] = {}
         changed: set[int] = set()
         for wire in result["units"]:
@@ -77,7 +55,7 @@ class ConsoleModel:
             if known is not None and self._wire_forms.get(jobid) == form:
                 fresh[jobid] = known
             else:
-                fresh[jobid] = UnitView.from_wire(wire)
+                fresh[jobid] = Unit.from_wire(wire)
                 changed.add(jobid)
         changed |= set(self.units) - set(fresh)
         self.units = fresh
@@ -104,7 +82,7 @@ class ConsoleModel:
         if isinstance(body.get("jobid"), int):
             self._wire_forms.pop(body["jobid"], None)
         if topic == "housekeeping.started":
-            unit = UnitView.from_wire(body)
+            unit = Unit.from_wire(body)
             self.units[unit.jobid] = unit
             changed.add(unit.jobid)
         elif topic == "housekeeping.finished":
@@ -119,7 +97,7 @@ class ConsoleModel:
         elif topic == "housekeeping.released":
             unit = self.units.get(int(body["jobid"]))
             if unit is not None:
-                unit.allocated -= parse_idset(body["ranks"])
+                unit.allocated.difference_update(parse_idset(body["ranks"]))
                 changed.add(unit.jobid)
         elif topic == "housekeeping.ended":
             if self.units.pop(int(body["jobid"]), None) is not None:
