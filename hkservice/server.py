@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import signal as signal_module
@@ -65,6 +66,20 @@ def _prepare_ipc(endpoint: str) -> None:
         path.unlink()
 
 
+def _lock_state_dir(state_dir: Path) -> Any:
+    """One service per state directory: a second one would steal the first's socket
+    and write over its state."""
+    lock = open(state_dir / "hkservice.lock", "a")  # noqa: SIM115 - held while running
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise RuntimeError(
+            f"another hkservice is already running with state-dir {state_dir}"
+        ) from None
+    return lock
+
+
 # -- parameter checking ------------------------------------------------------
 
 
@@ -116,6 +131,7 @@ class Service:
             core.Policy(config.release_after, config.timeout, config.kill_grace),
         )
         config.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_state_dir(config.state_dir)
         self.store = Store(config.state_dir)
         self.runner: Runner = runner or LocalRunner(
             config.command, config.state_dir / "run", self.cluster.hostname

@@ -440,3 +440,21 @@ def test_stop_commands_on_exit_leaves_no_process(hk_service: ServiceFactory) -> 
         time.sleep(0.05)
     assert svc.command_pids() == {}
     assert svc.agent_pid() is None
+
+
+def test_a_second_service_on_the_same_state_dir_refuses_to_start(
+    hk_service: ServiceFactory,
+) -> None:
+    import subprocess
+    import sys
+
+    svc = hk_service()
+    proc = subprocess.run(
+        [sys.executable, "-m", "hkservice", "--config", str(svc.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert proc.returncode == 1
+    assert "another hkservice is already running with state-dir" in proc.stderr
+    assert svc.call("service.config")["size"] == 4  # the first one still serves
