@@ -181,6 +181,9 @@ class DemoCluster:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
+            # Its own session: a terminal hang-up reaches the demo, which stops the
+            # service in order, rather than killing the service before it can clean up.
+            start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + 15
@@ -251,6 +254,13 @@ def run_demo(
         f"(reproduce with --seed {cluster.seed}), state in {cluster.base}",
         file=sys.stderr,
     )
+
+    def hang_up(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    # Closing the terminal or a `kill` must still stop the service and every cleanup.
+    signal.signal(signal.SIGHUP, hang_up)
+    signal.signal(signal.SIGTERM, hang_up)
     with cluster:
         from hkconsole.tui import run_console
 

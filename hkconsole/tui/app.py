@@ -495,7 +495,7 @@ class HkConsole(App[int]):
         if self._applying or event.row_key is None or event.row_key.value is None:
             return
         self.selected = int(event.row_key.value)
-        self.schedule_detail()
+        self.schedule_detail(restart=True)
 
     @on(DataTable.RowHighlighted, "#nodes")
     def node_highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -503,14 +503,21 @@ class HkConsole(App[int]):
             return
         self.selected_node = int(event.row_key.value)
 
-    def schedule_detail(self) -> None:
-        # Debounced: arrow keys fire many highlights; one request after they settle.
-        if self._detail_task is not None:
-            self._detail_task.cancel()
-        if self.live:
-            self._detail_task = asyncio.get_running_loop().create_task(self._load_detail())
-        else:
+    def schedule_detail(self, restart: bool = False) -> None:
+        """Refresh the detail pane soon.
+
+        A new highlight restarts the wait (the operator is moving); a change in the data
+        never postpones a refresh already on its way, or a busy cluster would starve it.
+        """
+        if not self.live:
             self.show_detail(None, [])
+            return
+        pending = self._detail_task is not None and not self._detail_task.done()
+        if pending and not restart:
+            return
+        if pending and self._detail_task is not None:
+            self._detail_task.cancel()
+        self._detail_task = asyncio.get_running_loop().create_task(self._load_detail())
 
     async def _load_detail(self) -> None:
         await asyncio.sleep(0.15)

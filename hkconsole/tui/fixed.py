@@ -15,7 +15,7 @@ class FixedConsole(HkConsole):
         )
         self.sample = sample_data(nodes, units)
 
-    def schedule_detail(self) -> None:
+    def schedule_detail(self, restart: bool = False) -> None:
         for unit in self.sample[1]["units"]:
             if unit["jobid"] == self.selected:
                 self.show_detail(*sample_detail(unit))
