@@ -67,3 +67,27 @@ def test_demo_cluster_shows_partial_release_and_failures() -> None:
         assert demo.scheduler.jobs_started > 0
     assert not base.exists()
     assert processes_mentioning(str(base)) == []
+
+
+def test_demo_cleans_up_when_its_terminal_goes_away(tmp_path: Path) -> None:
+    import signal
+
+    state = tmp_path / "demo"
+    env = {**os.environ, "HK_DEMO_MARK": str(state)}
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "hkconsole", "demo", "--nodes", "8", "--seed", "1"),
+            *("--state-dir", str(state), "--run-for", "60"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    deadline = time.monotonic() + 20
+    while not (state / "hk.sock").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(3)
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(30) == 128 + signal.SIGHUP
+    time.sleep(0.5)
+    assert processes_mentioning(str(state)) == []
