@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -331,10 +332,11 @@ class HkConsole(App[int]):
                         k: u for k, u in wanted.items() if u.jobid in changed or k not in table.rows
                     }
                 )
+                added = False
                 for key, unit in visit.items():
                     if key not in table.rows:
                         table.add_row(*self.unit_cells(unit, now), key=key)
-                        touched = True
+                        touched = added = True
                     else:
                         for (column, _), cell in zip(
                             UNIT_COLUMNS, self.unit_cells(unit, now), strict=True
@@ -344,9 +346,21 @@ class HkConsole(App[int]):
                                 touched = True
                 if touched and self.sort_column is not None:
                     table.sort(self.sort_column, key=_sort_key, reverse=self.sort_reverse)
+                elif added and not self.is_start_ordered(table):
+                    # Rows coming back when a filter is cleared belong in start order,
+                    # not at the bottom (the JOBID cell sorts by start time).
+                    table.sort("jobid", key=_sort_key)
                 self.restore_cursor(table, self.selected)
         finally:
             self._applying = False
+
+    def is_start_ordered(self, table: DataTable[Any]) -> bool:
+        starts = [
+            self.model.units[int(row.key.value or 0)].t_start
+            for row in table.ordered_rows
+            if int(row.key.value or 0) in self.model.units
+        ]
+        return all(a <= b for a, b in itertools.pairwise(starts))
 
     def restore_cursor(self, table: DataTable[Any], jobid: int | None) -> None:
         if jobid is not None and str(jobid) in table.rows:
