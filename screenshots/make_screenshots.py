@@ -51,7 +51,8 @@ async def main() -> int:
         await pilot.press("down", "k")
 
     async def detail(pilot: Pilot[Any]) -> None:
-        await pilot.press("down")
+        # The unit with a failed node: its detail shows the failure and its stderr.
+        await pilot.press("down", "down", "down", "down")
 
     async def gone(pilot: Pilot[Any]) -> None:
         disconnect(pilot.app)  # type: ignore[arg-type]

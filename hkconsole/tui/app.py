@@ -557,25 +557,44 @@ class HkConsole(App[int]):
         out = Text()
         out.append(f"{encode_jobid(unit['jobid'])}", style="bold")
         out.append(f"  user {unit['userid']}  ranks {unit['ranks']}\n", style="dim")
-        detail = unit["rank_detail"]
-        for rank in detail[:DETAIL_RANKS_SHOWN]:
+        # What needs the operator first: failures, then what still runs; nodes that
+        # finished cleanly are only summarised.
+        failed, running, clean = [], [], {"held": [], "released": []}
+        for rank in unit["rank_detail"]:
             outcome = rank["outcome"]
             if rank["state"] == "running":
-                state, text = "running", ""
+                running.append(rank)
             elif outcome and outcome["kind"] == "exit" and outcome["code"] == 0:
-                state, text = ("released" if rank["state"] == "released" else "ok"), ""
+                clean["released" if rank["state"] == "released" else "held"].append(rank)
             else:
-                state, text = "failed", outcome["text"] if outcome else ""
-            end = rank["t_end"] or now
-            out.append(f"  {rank['rank']:>6} {rank['hostname']:<14}")
-            out.append(f"{state:<9}", style=STATE_STYLES.get(state, ""))
-            out.append(f" {format_fsd(max(0.0, end - rank['t_start'])):>8}  ")
-            out.append(text + "\n", style="red")
-        if len(detail) > DETAIL_RANKS_SHOWN:
-            out.append(f"  … {len(detail) - DETAIL_RANKS_SHOWN} more ranks\n", style="dim")
+                failed.append(rank)
+        shown = 0
+        for state, ranks in (("failed", failed), ("running", running)):
+            for rank in ranks:
+                if shown == DETAIL_RANKS_SHOWN:
+                    break
+                shown += 1
+                end = rank["t_end"] or now
+                out.append(f"  {rank['rank']:>6} {rank['hostname']:<14}")
+                out.append(f"{state:<9}", style=STATE_STYLES.get(state, ""))
+                out.append(f" {format_fsd(max(0.0, end - rank['t_start'])):>8}  ")
+                text = rank["outcome"]["text"] if state == "failed" and rank["outcome"] else ""
+                out.append(text + "\n", style="red")
+        hidden = len(failed) + len(running) - shown
+        if hidden > 0:
+            out.append(f"  … {hidden} more failed or running\n", style="dim")
+        cluster = self.model.cluster
+        for label, ranks in (("ok, held", clean["held"]), ("ok, released", clean["released"])):
+            if ranks:
+                nodes = cluster.nodelist(r["rank"] for r in ranks) if cluster else ""
+                out.append(f"  {len(ranks):>6} ", style="green")
+                out.append(f"{label}: {nodes}\n", style="dim")
         if lines:
             out.append("output (last lines per rank, o for all):\n", style="dim")
-            for rank, stream, text in lines[-12:]:
+            # stderr first: in a short pane the complaints are what must show.
+            errors = [line for line in lines if line[1] == "err"]
+            ordered = errors[-12:] + [line for line in lines if line[1] != "err"]
+            for rank, stream, text in ordered[:12]:
                 out.append(f"  [{rank}] ", style="dim")
                 out.append(text + "\n", style="red" if stream == "err" else "")
         pane.update(out)
