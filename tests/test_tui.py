@@ -216,3 +216,14 @@ async def test_keys_remapped_from_config_and_long_running_threshold(
         await pilot.press("n")
         table = app.query_one("#units", DataTable)
         await until(pilot, lambda: "yellow" in str(table.get_cell("101", "runtime").style))
+
+
+async def test_console_opens_without_a_service_and_says_why(tmp_path: Any) -> None:
+    app = HkConsole(f"ipc://{tmp_path}/nobody.sock")
+    async with app.run_test(size=SIZE) as pilot:
+        header = app.query_one("#header", Static)
+        await until(pilot, lambda: "DISCONNECTED" in str(header.render()))
+        assert "no hk service at" in str(header.render())
+        assert app.check_action("kill_all", ()) is None
+        await pilot.press("A")
+        assert not isinstance(app.screen, PromptScreen)
