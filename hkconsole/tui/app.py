@@ -33,6 +33,7 @@ from hkconsole.tables import Unit
 from hkconsole.tui.config import LONG_RUNNING_DEFAULT
 from hkconsole.tui.model import ConsoleModel
 from hkconsole.tui.screens import ConfirmScreen, OutputScreen, PromptScreen, SignalScreen
+from hkconsole.tui.table import LiveTable
 from hkservice.cluster import TargetError
 from hkservice.fsd import format_duration_config, format_fsd
 from hkservice.idset import format_idset
@@ -166,9 +167,9 @@ class HkConsole(App[int]):
         yield Static(id="header")
         with ContentSwitcher(initial="units-view", id="views"):
             with Vertical(id="units-view"):
-                yield DataTable(id="units", cursor_type="row", zebra_stripes=True)
+                yield LiveTable(id="units", cursor_type="row", zebra_stripes=True)
                 yield Static(id="detail")
-            yield DataTable(id="nodes", cursor_type="row", zebra_stripes=True)
+            yield LiveTable(id="nodes", cursor_type="row", zebra_stripes=True)
         yield Input(placeholder="filter: jobid, user, host, state…", id="filter")
         yield Footer(show_command_palette=False)
 
@@ -185,6 +186,7 @@ class HkConsole(App[int]):
         units.focus()
         self.render_header()
         self.set_interval(1.0, self.tick)
+        self.set_interval(0.25, self.flush_header)
         if self.live:
             self.run_feed()
 
@@ -272,6 +274,7 @@ class HkConsole(App[int]):
         self.connected = True
         self.status_line = "connected"
         self.apply_changes(changed, full=True)
+        self.render_header()
 
     # -- applying changes ---------------------------------------------------
 
@@ -282,7 +285,13 @@ class HkConsole(App[int]):
             if self.view == "nodes":
                 self.refresh_nodes()
             self.schedule_detail()
-        self.render_header()
+        # The header sums over every unit: redrawn a few times a second, not per event.
+        self._header_dirty = True
+
+    def flush_header(self) -> None:
+        if self._header_dirty:
+            self._header_dirty = False
+            self.render_header()
 
     def unit_matches(self, unit: Unit) -> bool:
         if not self.filter_text:
@@ -316,22 +325,22 @@ class HkConsole(App[int]):
     def refresh_units(self, changed: set[int], full: bool = False) -> None:
         table = self.query_one("#units", DataTable)
         now = self.clock()
-        wanted = {str(j): u for j, u in self.model.units.items() if self.unit_matches(u)}
+        units = self.model.units
+        if self.filter_text:
+            wanted = {j for j, u in units.items() if self.unit_matches(u)}
+        else:
+            wanted = set(units)
+        present = {int(k.value or 0) for k in table.rows}
         self._applying = True
         touched = False
         try:
             with self.batch_update():
-                for key in [k.value for k in table.rows if k.value not in wanted]:
-                    table.remove_row(key)
+                for jobid in present - wanted:
+                    table.remove_row(str(jobid))
                     touched = True
                 # Only new rows and changed units are visited: 1% changed costs 1%.
-                visit = (
-                    wanted
-                    if full
-                    else {
-                        k: u for k, u in wanted.items() if u.jobid in changed or k not in table.rows
-                    }
-                )
+                fresh = wanted if full else (wanted - present) | (changed & wanted)
+                visit = {str(j): units[j] for j in sorted(fresh, key=lambda j: units[j].t_start)}
                 added = False
                 for key, unit in visit.items():
                     if key not in table.rows:
