@@ -164,25 +164,33 @@ class HkConsole(App[int]):
     # -- layout -------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield Static(id="header")
-        with ContentSwitcher(initial="units-view", id="views"):
+        # Kept by reference: a query would look in whichever screen is on top, and a
+        # dialog or the app's shutdown must not make a live update fail.
+        self.header_pane = Static(id="header")
+        self.units_table = LiveTable(id="units", cursor_type="row", zebra_stripes=True)
+        self.detail_pane = Static(id="detail")
+        self.nodes_table = LiveTable(id="nodes", cursor_type="row", zebra_stripes=True)
+        self.filter_box = Input(placeholder="filter: jobid, user, host, state…", id="filter")
+        self.switcher = ContentSwitcher(initial="units-view", id="views")
+        yield self.header_pane
+        with self.switcher:
             with Vertical(id="units-view"):
-                yield LiveTable(id="units", cursor_type="row", zebra_stripes=True)
-                yield Static(id="detail")
-            yield LiveTable(id="nodes", cursor_type="row", zebra_stripes=True)
-        yield Input(placeholder="filter: jobid, user, host, state…", id="filter")
+                yield self.units_table
+                yield self.detail_pane
+            yield self.nodes_table
+        yield self.filter_box
         yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
         if self._keymap:
             self.set_keymap(self._keymap)
-        units = self.query_one("#units", DataTable)
+        units = self.units_table
         for key, label in UNIT_COLUMNS:
             units.add_column(label, key=key)
-        nodes = self.query_one("#nodes", DataTable)
+        nodes = self.nodes_table
         for key, label in NODE_COLUMNS:
             nodes.add_column(label, key=key)
-        self.query_one("#filter", Input).display = False
+        self.filter_box.display = False
         units.focus()
         self.render_header()
         self.set_interval(1.0, self.tick)
@@ -323,7 +331,7 @@ class HkConsole(App[int]):
         ]
 
     def refresh_units(self, changed: set[int], full: bool = False) -> None:
-        table = self.query_one("#units", DataTable)
+        table = self.units_table
         now = self.clock()
         units = self.model.units
         if self.filter_text:
@@ -385,7 +393,7 @@ class HkConsole(App[int]):
         if cluster is None:
             return
         self._nodes_dirty = False
-        table = self.query_one("#nodes", DataTable)
+        table = self.nodes_table
         holders = self.model.holders()
         self._applying = True
         try:
@@ -441,7 +449,7 @@ class HkConsole(App[int]):
         self.render_header()
         if self.paused or self.view != "units":
             return
-        table = self.query_one("#units", DataTable)
+        table = self.units_table
         top = int(table.scroll_offset.y)
         now = self.clock()
         for row in table.ordered_rows[top : top + table.size.height]:
@@ -508,7 +516,7 @@ class HkConsole(App[int]):
             if self.filter_text:
                 parts += [("  filter ", "dim"), (self.filter_text, "bold")]
         text = Text.assemble(*parts)
-        self.query_one("#header", Static).update(text)
+        self.header_pane.update(text)
         self.set_class(not self.connected, "stale")
 
     # -- detail pane --------------------------------------------------------
@@ -556,7 +564,7 @@ class HkConsole(App[int]):
         self.show_detail(unit, output["lines"])
 
     def show_detail(self, unit: dict[str, Any] | None, lines: list[list[Any]]) -> None:
-        pane = self.query_one("#detail", Static)
+        pane = self.detail_pane
         if unit is None:
             if self.selected is not None and self.selected in self.model.units:
                 return
@@ -624,10 +632,8 @@ class HkConsole(App[int]):
         return not (action in ("mark", "output") and self.view != "units")
 
     def watch_view(self, view: str) -> None:
-        self.query_one("#views", ContentSwitcher).current = (
-            f"{view}-view" if view == "units" else "nodes"
-        )
-        table = self.query_one(f"#{view}", DataTable)
+        self.switcher.current = f"{view}-view" if view == "units" else "nodes"
+        table = self.current_table()
         table.focus()
         if view == "nodes" and self._nodes_dirty:
             self.refresh_nodes()
@@ -636,14 +642,14 @@ class HkConsole(App[int]):
         self.view = view
 
     def current_table(self) -> DataTable[Any]:
-        return self.query_one(f"#{self.view}", DataTable)
+        return self.units_table if self.view == "units" else self.nodes_table
 
     def action_mark(self) -> None:
         if self.selected is None:
             return
         self.marked ^= {self.selected}
         self.refresh_units({self.selected})
-        table = self.query_one("#units", DataTable)
+        table = self.units_table
         if table.cursor_row < table.row_count - 1:
             table.move_cursor(row=table.cursor_row + 1)
 
@@ -763,7 +769,7 @@ class HkConsole(App[int]):
         self.render_header()
 
     def highlighted_node(self) -> int | None:
-        table = self.query_one("#nodes", DataTable)
+        table = self.nodes_table
         if not table.row_count:
             return None
         key: RowKey = table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key
@@ -820,7 +826,7 @@ class HkConsole(App[int]):
         await self.push_screen_wait(OutputScreen(f"Output of {encode_jobid(jobid)}", lines))
 
     def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
+        box = self.filter_box
         box.display = True
         box.focus()
 
@@ -837,7 +843,7 @@ class HkConsole(App[int]):
         self.current_table().focus()
 
     def action_clear(self) -> None:
-        box = self.query_one("#filter", Input)
+        box = self.filter_box
         box.value = ""
         box.display = False
         self.filter_text = ""
@@ -857,7 +863,7 @@ class HkConsole(App[int]):
     def set_sort(self, column: str) -> None:
         if self.view == "units":
             self.sort_column = column
-            table = self.query_one("#units", DataTable)
+            table = self.units_table
             table.sort(column, key=_sort_key, reverse=self.sort_reverse)
             self.restore_cursor(table, self.selected)
         else:
