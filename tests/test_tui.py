@@ -227,3 +227,46 @@ async def test_console_opens_without_a_service_and_says_why(tmp_path: Any) -> No
         assert app.check_action("kill_all", ()) is None
         await pilot.press("A")
         assert not isinstance(app.screen, PromptScreen)
+
+
+async def test_output_help_pause_filter_and_sort(
+    hk_service: ServiceFactory, script: Callable[[str], str]
+) -> None:
+    from hkconsole.tui.screens import OutputScreen
+
+    cmd = script('echo "scrub $HK_HOSTNAME"; echo "warn [x] $HK_RANK" >&2; sleep 600')
+    svc = hk_service(hostlist="node[0-7]", command=[cmd], release_after="0")
+    for jobid, ranks in ((301, "0-3"), (302, "4"), (303, "5-6")):
+        svc.call("housekeeping.start", {"jobid": jobid, "ranks": ranks})
+    app = HkConsole(svc.endpoint)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: rows(app) == [301, 302, 303])
+        await pilot.press("o")
+        await until(pilot, lambda: isinstance(app.screen, OutputScreen))
+        log = "\n".join(str(line.text) for line in app.screen.query_one("#output-log").lines)
+        assert "scrub node0" in log and "warn [x] 3" in log
+        await pilot.press("escape")
+        await pilot.press("question_mark")
+        await until(pilot, lambda: bool(app.screen.query("HelpPanel")))
+        await pilot.press("question_mark")
+
+        await pilot.press("slash", *"node4", "enter")
+        await until(pilot, lambda: rows(app) == [302])
+        await pilot.press("escape")
+        await until(pilot, lambda: rows(app) == [301, 302, 303])
+
+        await pilot.press("greater_than_sign", "greater_than_sign", "greater_than_sign")
+        assert app.sort_column == "nnodes"
+        await pilot.press("I")
+        assert rows(app) == [301, 303, 302]
+        # The highlight followed 302 through the filter and the sorts: by key, not row.
+        assert app.selected == 302
+        assert app.query_one("#units", DataTable).cursor_row == 2
+
+        await pilot.press("p")
+        assert "PAUSED" in str(app.query_one("#header", Static).render())
+        svc.call("housekeeping.kill", {"jobid": 302, "signum": 9})
+        await pilot.pause(1.0)
+        assert 302 in rows(app)  # paused: the table holds still
+        await pilot.press("p")
+        await until(pilot, lambda: 302 not in rows(app))
