@@ -54,3 +54,12 @@ def test_disconnected(snap_compare: Any) -> None:
 
 def test_read_only(snap_compare: Any) -> None:
     assert snap_compare(fixed_app(read_only=True), run_before=loaded, terminal_size=SIZE)
+
+
+def test_kill_all_dialog(snap_compare: Any) -> None:
+    assert snap_compare(fixed_app(), press=["A", "a", "l"], run_before=loaded, terminal_size=SIZE)
+
+
+def test_drain_dialog(snap_compare: Any) -> None:
+    press = ["2", "down", "d", *"bad fan"]
+    assert snap_compare(fixed_app(), press=press, run_before=loaded, terminal_size=SIZE)
