@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hkconsole.client import Client
+from hkconsole.client import Client, wait_for_service
 
 UNITS = 1000
 RUNS = 15
@@ -47,16 +47,8 @@ def main() -> int:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with Client(endpoint, timeout=1) as client:
-                    client.call("service.config")
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        if not wait_for_service(endpoint, 30, alive=lambda: service.poll() is None):
+            raise RuntimeError("hkservice did not start")
         with Client(endpoint, timeout=30) as client:
             for u in range(UNITS):
                 ranks = f"{u * 4}-{u * 4 + 3}"

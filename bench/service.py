@@ -25,7 +25,7 @@ from pathlib import Path
 
 import zmq
 
-from hkconsole.client import Client
+from hkconsole.client import Client, wait_for_service
 from hkservice.protocol import unpack
 
 
@@ -92,15 +92,9 @@ class Service:
             stderr=open(base / "service.log", "wb"),  # noqa: SIM115
         )
         self.client = Client(self.endpoint, timeout=60)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                Client(self.endpoint, timeout=1).call("service.config")
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        proc = self.proc
+        if not wait_for_service(self.endpoint, 30, alive=lambda: proc.poll() is None):
+            raise RuntimeError(f"hkservice did not start; see {base / 'service.log'}")
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -49,6 +51,22 @@ def _timeout_error(endpoint: str, timeout: float) -> ServiceError:
     return ServiceError(
         "EHOSTDOWN", f"hk service at {endpoint} did not answer within {timeout:g} s"
     )
+
+
+def wait_for_service(
+    endpoint: str, timeout: float, alive: Callable[[], bool] = lambda: True
+) -> bool:
+    """Poll until the service at `endpoint` answers; False if `alive()` turns false
+    (the process we started died) or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        try:
+            with Client(endpoint, timeout=1.0) as client:
+                client.call("service.config")
+            return True
+        except ServiceError:
+            time.sleep(0.05)
+    return False
 
 
 class Client:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import zmq
 
-from hkconsole.client import Client, ServiceError
+from hkconsole.client import Client, ServiceError, wait_for_service
 from hkservice.idset import format_idset, parse_idset
 from hkservice.protocol import EVENT_RELEASED, unpack
 
@@ -186,19 +186,12 @@ class DemoCluster:
             start_new_session=True,
         )
         log.close()
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with Client(self.endpoint, timeout=1) as client:
-                    client.call("service.config")
-                break
-            except ServiceError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.close()
-                    raise RuntimeError(
-                        "the demo's service did not start; see " + str(self.base / "service.log")
-                    ) from None
-                time.sleep(0.05)
+        proc = self.proc
+        if not wait_for_service(self.endpoint, 15, alive=lambda: proc.poll() is None):
+            self.close()
+            raise RuntimeError(
+                "the demo's service did not start; see " + str(self.base / "service.log")
+            )
         self.scheduler = SimulatedScheduler(
             self.endpoint,
             self.events_endpoint,

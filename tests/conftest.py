@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from hkconsole.client import Client, ServiceError
+from hkconsole.client import Client, wait_for_service
 
 START_TIMEOUT = 15.0
 
@@ -85,16 +85,9 @@ class RunningService:
             argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env
         )
         log.close()
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"hkservice exited at start:\n{self.log()}")
-            try:
-                with Client(self.endpoint, timeout=1.0) as client:
-                    client.call("service.config")
-                return self
-            except ServiceError:
-                time.sleep(0.05)
+        proc = self.proc
+        if wait_for_service(self.endpoint, START_TIMEOUT, alive=lambda: proc.poll() is None):
+            return self
         raise RuntimeError(f"hkservice did not start:\n{self.log()}")
 
     def log(self) -> str:
