@@ -166,6 +166,12 @@ class Service:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, self.stop)
         self._bind()
+        if not self.config.endpoint.startswith("ipc://"):
+            log.warning(
+                "%s is not an ipc endpoint: anyone who can reach it may kill, drain and "
+                "start (hk has no CURVE authentication yet); prefer ipc://",
+                self.config.endpoint,
+            )
         await self._recover()
         log.info(
             "serving %s (events %s) for %s, %d nodes",
