@@ -16,7 +16,8 @@ import zmq
 
 from hkservice.protocol import ProtocolError, default_endpoint, pack, request, unpack
 
-DEFAULT_TIMEOUT = 5.0
+# Short enough that a dead service is reported within 5 s, start-up included.
+DEFAULT_TIMEOUT = 4.0
 
 
 class ServiceError(ProtocolError):

@@ -30,6 +30,11 @@ _SPEC = re.compile(
 )
 
 
+# Flux's prefix for every fault found in a format string, kept so messages read the same.
+USER_FORMAT = "Error in user format: "
+
+
+# Longest first: `?+:` also ends with `+:`.
 _SENTINELS = (("?+:", (True, True)), ("?:", (True, False)), ("+:", (False, True)))
 
 
@@ -53,6 +58,10 @@ class Row:
 
     def compute(self, name: str) -> Any:
         return self._getters[name]()
+
+    def sort_value(self, name: str) -> Any:
+        """What `sort:` compares; a field whose text does not order well overrides it."""
+        return self.get(name)
 
 
 class _Field(NamedTuple):
@@ -152,13 +161,18 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     if value is None or value == "" or value == "-":
         return (0, 0)
     if isinstance(value, bool | int | float):
-        return (1, float(value))
+        # Not float(): 64-bit jobids would collide; Python compares int and float exactly.
+        return (1, int(value) if isinstance(value, bool) else value)
     if isinstance(value, str):
         try:
             return (1, float(value))
         except ValueError:
             return (2, value)
     return (2, str(value))
+
+
+def _reverse_key(key: tuple[int, Any]) -> tuple[bool, tuple[int, Any]]:
+    return (key[0] != 0, key)
 
 
 class OutputFormat:
@@ -180,7 +194,7 @@ class OutputFormat:
                     continue
                 name = key.removeprefix("-")
                 if name not in headings:
-                    raise FormatError(f"Invalid sort key: {key}")
+                    raise FormatError(f"{USER_FORMAT}Invalid sort key: {name}")
                 self.sort_keys.append((name, key.startswith("-")))
             fmt = fmt[match.end() :]
         self.fmt = fmt
@@ -189,26 +203,22 @@ class OutputFormat:
         try:
             parsed = list(string.Formatter().parse(fmt))
         except ValueError as exc:
-            raise FormatError(f"Error in user format: {exc}") from None
+            raise FormatError(f"{USER_FORMAT}{exc}") from None
         for literal, name, spec, conversion in parsed:
             if name is None:
                 self.trailer += literal
                 continue
             clean = name.removeprefix("0.")
             if clean not in headings:
-                raise FormatError(f"Unknown format field: {name}")
+                raise FormatError(f"{USER_FORMAT}Unknown format field: {name}")
             drop = fit = False
-            for sentinel, flags in (
-                ("?+:", (True, True)),
-                ("?:", (True, False)),
-                ("+:", (False, True)),
-            ):
+            for sentinel, flags in _SENTINELS:
                 if literal.endswith(sentinel):
                     literal = literal[: -len(sentinel)]
                     drop, fit = flags
                     break
             if conversion is not None and conversion not in "sradDFHP":
-                raise FormatError(f"Unknown conversion specifier {conversion}")
+                raise FormatError(f"{USER_FORMAT}Unknown conversion specifier {conversion}")
             self.fields.append(_Field(literal, clean, spec or "", conversion, drop, fit))
 
     # -- rendering ----------------------------------------------------------
@@ -283,12 +293,13 @@ class OutputFormat:
     def sort(self, rows: list[Row]) -> list[Row]:
         for name, reverse in reversed(self.sort_keys):
             if reverse:
+                # Reversed, empty values still go last, as in Flux.
                 rows.sort(
-                    key=lambda r, n=name: (_sort_key(r.get(n))[0] != 0, _sort_key(r.get(n))),
+                    key=lambda r, n=name: _reverse_key(_sort_key(r.sort_value(n))),
                     reverse=True,
                 )
             else:
-                rows.sort(key=lambda r, n=name: _sort_key(r.get(n)))
+                rows.sort(key=lambda r, n=name: _sort_key(r.sort_value(n)))
         return rows
 
     def merge_key(self, row: Row) -> tuple[str, ...]:

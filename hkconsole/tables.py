@@ -192,6 +192,19 @@ class UnitRow(Row):
             return format_idset(ranks)
         return self.cluster.nodelist(ranks)
 
+    def sort_value(self, name: str) -> Any:
+        # Jobids order by number (their f58 text does not), rank and host fields by their
+        # first rank (as text, node10 would come before node2).
+        if name == "id" or name.startswith("id."):
+            return self.unit.jobid
+        if name.endswith((".ranks", ".nodelist")) or name in ("ranks", "nodelist"):
+            group = name.rpartition(".")[0]
+            ranks = {"": self.unit.allocated, "allocated": self.unit.allocated}.get(group)
+            if ranks is None:
+                ranks = self.unit.pending if group == "pending" else self.unit.failed
+            return min(ranks) if ranks else None
+        return self.get(name)
+
 
 def unit_row(unit: Unit, cluster: Cluster, now: float) -> Row:
     return UnitRow(unit, cluster, now)
@@ -233,17 +246,34 @@ def node_groups(status: Mapping[str, Any]) -> list[NodeGroup]:
     return groups
 
 
+class NodeRow(Row):
+    """A group of nodes (`nodes`, `drain`): one state, and one reason when drained."""
+
+    def __init__(self, group: NodeGroup, cluster: Cluster) -> None:
+        super().__init__()
+        self.group = group
+        self.cluster = cluster
+
+    def compute(self, name: str) -> Any:
+        group = self.group
+        if name == "nnodes":
+            return len(group.ranks)
+        if name == "ranks":
+            return format_idset(group.ranks)
+        if name == "nodelist":
+            return self.cluster.nodelist(group.ranks)
+        if name == "timestamp":
+            return group.t
+        return getattr(group, name)
+
+    def sort_value(self, name: str) -> Any:
+        if name in ("ranks", "nodelist"):
+            return min(self.group.ranks) if self.group.ranks else None
+        return self.get(name)
+
+
 def node_row(group: NodeGroup, cluster: Cluster) -> Row:
-    return Row(
-        {
-            "state": lambda: group.state,
-            "nnodes": lambda: len(group.ranks),
-            "ranks": lambda: format_idset(group.ranks),
-            "nodelist": lambda: cluster.nodelist(group.ranks),
-            "reason": lambda: group.reason,
-            "timestamp": lambda: group.t,
-        }
-    )
+    return NodeRow(group, cluster)
 
 
 def config_dirs() -> list[str]:
