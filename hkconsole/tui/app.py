@@ -160,6 +160,7 @@ class HkConsole(App[int]):
         self._keymap = keymap or {}
         self._detail_task: asyncio.Task[None] | None = None
         self._nodes_dirty = True
+        self._header_dirty = False
 
     # -- layout -------------------------------------------------------------
 
