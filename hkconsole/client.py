@@ -76,7 +76,7 @@ class Client:
     def __init__(self, endpoint: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.endpoint = resolve_endpoint(endpoint)
         self.timeout = timeout
-        self._context = zmq.Context.instance()
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._socket: zmq.Socket[bytes] | None = None
         self._ids = itertools.count(1)
 

@@ -138,8 +138,8 @@ class Store:
                     "UPDATE ranks SET released=1 WHERE jobid=? AND rank=?",
                     ((_db(jobid), r) for r in ranks),
                 )
-                unit = hk.units.get(jobid)
-                expired = 1 if unit is not None and unit.timer_expired else 0
+                held = hk.units.get(jobid)
+                expired = 1 if held is not None and held.timer_expired else 0
                 db.execute(
                     "UPDATE units SET releases=releases+1, timer_expired=? WHERE jobid=?",
                     (expired, _db(jobid)),

@@ -27,7 +27,7 @@ def run_console(
         app.run()
         return 0
 
-    async def run_then_quit(pilot: Pilot[int]) -> None:
+    async def run_then_quit(pilot: Pilot[object]) -> None:
         await asyncio.sleep(run_for)
         await pilot.press("q")
 

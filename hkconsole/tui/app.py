@@ -577,7 +577,9 @@ class HkConsole(App[int]):
         out.append(f"  user {unit['userid']}  ranks {unit['ranks']}\n", style="dim")
         # What needs the operator first: failures, then what still runs; nodes that
         # finished cleanly are only summarised.
-        failed, running, clean = [], [], {"held": [], "released": []}
+        failed: list[dict[str, Any]] = []
+        running: list[dict[str, Any]] = []
+        clean: dict[str, list[dict[str, Any]]] = {"held": [], "released": []}
         for rank in unit["rank_detail"]:
             outcome = rank["outcome"]
             if rank["state"] == "running":

@@ -86,8 +86,9 @@ class ConsoleModel:
             self.units[unit.jobid] = unit
             changed.add(unit.jobid)
         elif topic == "housekeeping.finished":
-            unit = self.units.get(int(body["jobid"]))
-            if unit is not None:
+            held = self.units.get(int(body["jobid"]))
+            if held is not None:
+                unit = held
                 rank = int(body["rank"])
                 unit.pending.discard(rank)
                 outcome = body.get("outcome") or {}
@@ -95,10 +96,10 @@ class ConsoleModel:
                     unit.failed.add(rank)
                 changed.add(unit.jobid)
         elif topic == "housekeeping.released":
-            unit = self.units.get(int(body["jobid"]))
-            if unit is not None:
-                unit.allocated.difference_update(parse_idset(body["ranks"]))
-                changed.add(unit.jobid)
+            releasing = self.units.get(int(body["jobid"]))
+            if releasing is not None:
+                releasing.allocated.difference_update(parse_idset(body["ranks"]))
+                changed.add(releasing.jobid)
         elif topic == "housekeeping.ended":
             if self.units.pop(int(body["jobid"]), None) is not None:
                 changed.add(int(body["jobid"]))

@@ -27,7 +27,7 @@ def sample_data(
         "command": ["/etc/hk/housekeeping.sh"],
     }
     free = list(range(nodes))
-    wire_units = []
+    wire_units: list[dict[str, Any]] = []
     for i in range(units):
         size = min(len(free), rng.choice((1, 2, 4, 4, 8, 16)))
         if size == 0:
