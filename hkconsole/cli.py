@@ -6,7 +6,7 @@ The `list` path must start fast: it imports neither Textual nor anything it does
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -15,15 +15,19 @@ from typing import Any, NoReturn
 from hkconsole.client import Client, ServiceError
 from hkconsole.formatter import FormatError, FormatRegistry, OutputFormat, merge_rows
 from hkconsole.tables import (
-    DRAIN_FORMATS,
     DRAIN_HEADINGS,
-    NODE_FORMATS,
+    HISTORY_HEADINGS,
+    HISTORY_NODE_FIELDS,
     NODE_HEADINGS,
     NODE_STATES,
     UNIT_HEADINGS,
     UNIT_NODE_FIELDS,
+    Finished,
+    FinishedRow,
     NodeGroup,
     Unit,
+    command_formats,
+    merge_finished,
     merge_units,
     node_groups,
     node_row,
@@ -32,18 +36,53 @@ from hkconsole.tables import (
     unit_row,
 )
 from hkservice.cluster import Cluster, TargetError
-from hkservice.fsd import format_fsd
 from hkservice.idset import format_idset, parse_idset
-from hkservice.jobid import JobidError, encode_jobid, parse_jobid
+from hkservice.jobid import JobidError, parse_jobid
 
 PROG = "hkconsole"
+# Under 5 s with start-up included: a hung service is reported within 5 s of the command.
+TIMEOUT = 4.5
 
 
 class CliError(Exception):
     pass
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, sized without shutil.
+
+    argparse builds one per add_argument, and shutil's import (for the terminal width)
+    costs every command 3 ms of start-up.
+    """
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            width = terminal_columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def terminal_columns() -> int:
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -63,6 +102,19 @@ def parse_signal(text: str) -> int:
         return int(signal.Signals[name])
     except KeyError:
         raise CliError(f"unknown signal '{text}' (try TERM, KILL, INT, HUP or a number)") from None
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # real-time signals have no name of their own
+        return f"signal {signum}"
+
+
+def userid_arg(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"'{text}' is not a user id (a number, 0 or more)")
+    return int(text)
 
 
 def jobid_arg(text: str) -> int:
@@ -104,14 +156,12 @@ def build_parser() -> Parser:
     p.add_argument(
         "-s", "--states", metavar="STATES", help=f"comma list of {','.join(NODE_STATES)}"
     )
-    p.add_argument("-n", "--no-header", action="store_true")
-    p.add_argument("-o", "--format", default="default", metavar="FORMAT")
+    _table_options(p)
 
     p = sub.add_parser("drain", help="list drained nodes, or drain some", allow_abbrev=False)
     p.add_argument("targets", nargs="?", metavar="TARGETS")
     p.add_argument("reason", nargs="*", metavar="REASON")
-    p.add_argument("-n", "--no-header", action="store_true")
-    p.add_argument("-o", "--format", default="default", metavar="FORMAT")
+    _table_options(p)
 
     p = sub.add_parser("undrain", help="return drained nodes to service", allow_abbrev=False)
     p.add_argument("targets", metavar="TARGETS")
@@ -119,10 +169,11 @@ def build_parser() -> Parser:
     p = sub.add_parser("start", help="hand a finished job's nodes to housekeeping")
     p.add_argument("-j", "--jobid", type=jobid_arg, required=True)
     p.add_argument("-t", "--targets", required=True, metavar="TARGETS")
-    p.add_argument("--userid", type=int, help="the job's user id (default: yours)")
+    p.add_argument("--userid", type=userid_arg, help="the job's user id (default: yours)")
 
     p = sub.add_parser("history", help="recently finished units", allow_abbrev=False)
-    p.add_argument("-l", "--limit", type=int, default=20)
+    p.add_argument("-l", "--limit", type=int, default=20, help="how many (default 20)")
+    _table_options(p)
 
     p = sub.add_parser("demo", help="a simulated cluster with the live console")
     p.add_argument("--nodes", type=int, default=64)
@@ -130,6 +181,13 @@ def build_parser() -> Parser:
     p.add_argument("--state-dir", help="keep the demo's state here")
     p.add_argument("--run-for", type=float, help=argparse.SUPPRESS)
     return parser
+
+
+def _table_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--no-header", action="store_true", help="suppress the header line")
+    p.add_argument(
+        "-o", "--format", default="default", metavar="FORMAT", help="format, name, help or json"
+    )
 
 
 # -- commands ----------------------------------------------------------------
@@ -156,13 +214,12 @@ def _resolve_format(registry: FormatRegistry, arg: str) -> str | None:
 
 
 def cmd_list(args: argparse.Namespace, client: Client) -> int:
-    if args.format == "json":
-        fmt_text = None
-    else:
+    fmt = None  # json
+    if args.format != "json":
         fmt_text = _resolve_format(unit_formats(), args.format)
         if fmt_text is None:
             return 0
-    fmt = OutputFormat(fmt_text, UNIT_HEADINGS, UNIT_NODE_FIELDS) if fmt_text else None
+        fmt = OutputFormat(fmt_text, UNIT_HEADINGS, UNIT_NODE_FIELDS)
     cluster = _cluster(client)
     result = client.call("housekeeping.list")
     units = [Unit.from_wire(u) for u in result["units"]]
@@ -174,8 +231,7 @@ def cmd_list(args: argparse.Namespace, client: Client) -> int:
         units = [u for u in units if u.allocated]
     t_now = now()
     if fmt is None:
-        json.dump({"units": [u.to_json(cluster, t_now) for u in units]}, sys.stdout)
-        sys.stdout.write("\n")
+        _json({"units": [u.to_json(cluster, t_now) for u in units]})
         return 0
     rows = merge_rows(units, fmt, lambda u: unit_row(u, cluster, t_now), merge_units)
     _write(fmt.render(rows, header=not args.no_header))
@@ -184,7 +240,9 @@ def cmd_list(args: argparse.Namespace, client: Client) -> int:
 
 def cmd_kill(args: argparse.Namespace, client: Client) -> int:
     signum = parse_signal(args.signal)
-    if not (args.all or args.jobid is not None or args.targets):
+    # `is not None`: jobid 0 is a real jobid, and `-t ''` is an empty target (an error
+    # below), where Flux takes both for "every job".
+    if not (args.all or args.jobid is not None or args.targets is not None):
         raise CliError("specify at least one of --targets, --jobid, or --all")
     if args.all and args.jobid is not None:
         raise CliError("do not specify --jobid with --all")
@@ -193,7 +251,7 @@ def cmd_kill(args: argparse.Namespace, client: Client) -> int:
         params["all"] = True
     if args.jobid is not None:
         params["jobid"] = args.jobid
-    if args.targets:
+    if args.targets is not None:
         cluster = _cluster(client)
         params["ranks"] = format_idset(cluster.parse_targets(args.targets, strict=True))
     result = client.call("housekeeping.kill", params)
@@ -201,44 +259,80 @@ def cmd_kill(args: argparse.Namespace, client: Client) -> int:
         ranks, units = result["ranks"], result["units"]
         print(
             f"signalled {ranks} rank{'s' if ranks != 1 else ''} of {units} "
-            f"unit{'s' if units != 1 else ''} with {signal.Signals(signum).name}"
+            f"unit{'s' if units != 1 else ''} with {signal_name(signum)}"
         )
     return 0
 
 
-def cmd_nodes(args: argparse.Namespace, client: Client) -> int:
-    registry = FormatRegistry("hkconsole nodes", NODE_FORMATS)
-    fmt_text = _resolve_format(registry, args.format)
+def _table_format(command: str, arg: str, headings: dict[str, str]) -> OutputFormat | None:
+    """The parsed format of `nodes`, `drain` or `history`; None for json."""
+    if arg == "json":
+        return None
+    fmt_text = _resolve_format(command_formats(command), arg)
     if fmt_text is None:
-        return 0
-    fmt = OutputFormat(fmt_text, NODE_HEADINGS)
-    cluster = _cluster(client)
-    groups = node_groups(client.call("resource.status"))
+        raise _Done
+    node_fields = HISTORY_NODE_FIELDS if command == "history" else ()
+    return OutputFormat(fmt_text, headings, node_fields)
+
+
+class _Done(Exception):
+    """The command has printed all it had to (`-o help`, `-o get-config=NAME`)."""
+
+
+def _json(document: dict[str, Any]) -> None:
+    import json  # only here: most runs print tables
+
+    json.dump(document, sys.stdout)
+    sys.stdout.write("\n")
+
+
+def _group_json(group: NodeGroup, cluster: Cluster) -> dict[str, Any]:
+    return {
+        "state": group.state,
+        "nnodes": len(group.ranks),
+        "ranks": format_idset(group.ranks),
+        "nodelist": cluster.nodelist(group.ranks),
+        "reason": group.reason,
+        "timestamp": group.t or None,
+    }
+
+
+def cmd_nodes(args: argparse.Namespace, client: Client) -> int:
+    wanted: list[str] = []
     if args.states:
         wanted = [s.strip() for s in args.states.split(",") if s.strip()]
         unknown = [s for s in wanted if s not in NODE_STATES]
         if unknown:
             raise CliError(f"unknown state '{unknown[0]}' (states: {', '.join(NODE_STATES)})")
+    fmt = _table_format("nodes", args.format, NODE_HEADINGS)
+    cluster = _cluster(client)
+    groups = node_groups(client.call("resource.status"))
+    if wanted:
         groups = [g for g in groups if g.state in wanted]
+    if fmt is None:
+        _json({"nodes": [_group_json(g, cluster) for g in groups]})
+        return 0
     _write(fmt.render([node_row(g, cluster) for g in groups], header=not args.no_header))
     return 0
 
 
 def cmd_drain(args: argparse.Namespace, client: Client) -> int:
-    cluster = _cluster(client)
     if args.targets is None:
-        registry = FormatRegistry("hkconsole drain", DRAIN_FORMATS)
-        fmt_text = _resolve_format(registry, args.format)
-        if fmt_text is None:
-            return 0
-        fmt = OutputFormat(fmt_text, DRAIN_HEADINGS)
-        groups: list[NodeGroup] = [
-            g for g in node_groups(client.call("resource.status")) if g.reason or g.t
+        fmt = _table_format("drain", args.format, DRAIN_HEADINGS)
+        cluster = _cluster(client)
+        groups = [
+            g
+            for g in node_groups(client.call("resource.status"))
+            if g.state in ("drained", "draining")
         ]
-        groups = [g for g in groups if g.state in ("drained", "draining")]
+        # Oldest drain first, as `flux resource drain`.
         groups.sort(key=lambda g: (g.t, min(g.ranks)))
+        if fmt is None:
+            _json({"drained": [_group_json(g, cluster) for g in groups]})
+            return 0
         _write(fmt.render([node_row(g, cluster) for g in groups], header=not args.no_header))
         return 0
+    cluster = _cluster(client)
     ranks = cluster.parse_targets(args.targets, strict=True)
     result = client.call(
         "resource.drain", {"ranks": format_idset(ranks), "reason": " ".join(args.reason)}
@@ -260,24 +354,25 @@ def cmd_undrain(args: argparse.Namespace, client: Client) -> int:
 
 def cmd_start(args: argparse.Namespace, client: Client) -> int:
     ranks = _cluster(client).parse_targets(args.targets, strict=True)
-    params: dict[str, Any] = {"jobid": args.jobid, "ranks": format_idset(ranks)}
-    if args.userid is not None:
-        params["userid"] = args.userid
+    # The caller's uid by default (the service's own would be a guess about someone else).
+    userid = os.getuid() if args.userid is None else args.userid
+    params: dict[str, Any] = {"jobid": args.jobid, "ranks": format_idset(ranks), "userid": userid}
     client.call("housekeeping.start", params)
     return 0
 
 
 def cmd_history(args: argparse.Namespace, client: Client) -> int:
+    if args.limit < 1:
+        raise CliError(f"--limit must be at least 1, not {args.limit}")
+    fmt = _table_format("history", args.format, HISTORY_HEADINGS)
     cluster = _cluster(client)
-    units = client.call("housekeeping.history", {"limit": args.limit})["units"]
-    print(f"{'JOBID':>12} {'NNODES':>6} {'FAILED':>6} {'TIME':>8} NODELIST")
-    for u in units:
-        ranks = parse_idset(u["ranks"])
-        failed = parse_idset(u["failed"])
-        print(
-            f"{encode_jobid(u['jobid']):>12} {len(ranks):>6} {len(failed):>6} "
-            f"{format_fsd(u['t_end'] - u['t_start']):>8} {cluster.nodelist(ranks)}"
-        )
+    wire = client.call("housekeeping.history", {"limit": args.limit})["units"]
+    entries = [Finished.from_wire(u) for u in wire]
+    if fmt is None:
+        _json({"units": [e.to_json(cluster) for e in entries]})
+        return 0
+    rows = merge_rows(entries, fmt, lambda e: FinishedRow(e, cluster), merge_finished)
+    _write(fmt.render(rows, header=not args.no_header))
     return 0
 
 
@@ -297,8 +392,65 @@ def error(message: str) -> int:
     return 1
 
 
+def check_listening(endpoint: str) -> None:
+    """A socket file that nobody listens on (a service that died) is reported at once.
+
+    ZeroMQ would keep retrying in silence until the request timed out.
+    """
+    if not endpoint.startswith("ipc://"):
+        return
+    path = endpoint[len("ipc://") :]
+    if not os.path.exists(path):
+        return  # the client says so itself
+    # _socket, not socket: the wrapper module costs the command line 3 ms of start-up.
+    import _socket
+
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        raise ServiceError(
+            "EHOSTDOWN",
+            f"no hk service at {endpoint}: nothing listens on its socket "
+            "(did the service stop? is hkservice running?)",
+        ) from None
+    except OSError:
+        pass  # e.g. a path too long for AF_UNIX: let ZeroMQ try
+    finally:
+        probe.close()
+
+
+class CliClient(Client):
+    """The blocking client, checking once, before the first request, that anyone listens.
+
+    Not at start-up: `-o help` and usage checks need no service.
+    """
+
+    _checked = False
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        if not self._checked:
+            check_listening(self.endpoint)
+            self._checked = True
+        return super().call(method, params)
+
+
+def _quiet_stdout() -> None:
+    # The reader of a pipe went away (`hkconsole list | head`): send the rest of the
+    # output, and the flush at exit, to /dev/null instead of raising again.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is not a file (embedded use)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # usage errors (2), --help (0)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         if args.command is None:
             from hkconsole.tui import run_console
@@ -314,18 +466,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                 read_only=args.read_only,
                 run_for=args.run_for,
             )
-        with Client(args.endpoint) as client:
-            return COMMANDS[args.command](args, client)
+        with CliClient(args.endpoint, timeout=TIMEOUT) as client:
+            try:
+                code = COMMANDS[args.command](args, client)
+            except _Done:
+                code = 0
+            sys.stdout.flush()  # a closed pipe must surface here, inside the handlers
+            return code
     except (CliError, FormatError, TargetError, ServiceError, ValueError) as exc:
         return error(str(exc))
     except BrokenPipeError:
-        # `hkconsole list | head`: the reader went away; that is not an error.
-        sys.stderr.close()
+        _quiet_stdout()
         return 0
     except KeyboardInterrupt:
         return 130
     except OSError as exc:
         return error(exc.strerror or str(exc))
+    except Exception as exc:  # a bug or an odd reply: still one line, never a traceback
+        return error(f"{type(exc).__name__}: {exc}")
 
 
 if __name__ == "__main__":

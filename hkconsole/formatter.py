@@ -1,4 +1,4 @@
-"""The one output-format engine behind `list`, `nodes` and `drain` (flux-reference §13).
+"""The one output-format engine of `list`, `nodes`, `drain` and `history` (flux-reference §13).
 
 Python format syntax on dotted field names, with Flux's conversions (!d !D !F !H !P), spec
 suffixes (`h` hyphenates empty values, `+` marks truncation), field prefixes (`?:` drops a
@@ -11,8 +11,10 @@ their spec is applied, so widths and alignment work on them (Flux crashes there 
 from __future__ import annotations
 
 import re
-import string
 import time
+
+# The parser behind string.Formatter.parse, without importing the string module.
+from _string import formatter_parser
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -48,6 +50,7 @@ class Row:
     def __init__(self, getters: Mapping[str, Callable[[], Any]] | None = None) -> None:
         self._getters = getters or {}
         self._values: dict[str, Any] = {}
+        self._texts: dict[tuple[str, str, str | None], str] = {}
 
     def get(self, name: str) -> Any:
         try:
@@ -58,6 +61,15 @@ class Row:
 
     def compute(self, name: str) -> Any:
         return self._getters[name]()
+
+    def text(self, name: str, spec: str, conversion: str | None) -> str:
+        """A field formatted; kept, since merging and printing both need it."""
+        key = (name, spec, conversion)
+        try:
+            return self._texts[key]
+        except KeyError:
+            text = self._texts[key] = _compile(spec, conversion)(self.get(name))
+            return text
 
     def sort_value(self, name: str) -> Any:
         """What `sort:` compares; a field whose text does not order well overrides it."""
@@ -75,43 +87,60 @@ class _Field(NamedTuple):
     fit: bool = False
 
 
+def _iso_date(value: Any) -> str:
+    return datetime.fromtimestamp(float(value)).strftime("%FT%T") if value else ""
+
+
+def _fsd(value: Any) -> str:
+    return format_fsd(float(value))
+
+
+def _hours(value: Any) -> str:
+    seconds = float(value)
+    # Anything in (0, 1) s shows as a second, as in Flux.
+    return str(timedelta(seconds=round(1 if 0 < seconds < 1 else seconds)))
+
+
+def _percent(value: Any) -> str:
+    ratio = float(value)
+    return f"{ratio * 100:.2f}%" if 0 < ratio < 1 else f"{ratio * 100:.3g}%"
+
+
+_CONVERSIONS: dict[str, Callable[[Any], str]] = {
+    "D": _iso_date,
+    "F": _fsd,
+    "H": _hours,
+    "P": _percent,
+}
+
+
+def _converter(conversion: str, strftime: str = "") -> Callable[[Any], Any]:
+    """The function of a `!X` conversion (`strftime` is the part of a `!d` spec before `::`)."""
+    if conversion == "s":
+        return str
+    if conversion == "r":
+        return repr
+    if conversion == "a":
+        return ascii
+    if conversion == "d":
+        timefmt = strftime or "%FT%T"
+        return lambda v: datetime.fromtimestamp(float(v)).strftime(timefmt) if v else ""
+    if conversion not in _CONVERSIONS:
+        raise FormatError(f"Unknown conversion specifier {conversion}")
+    convert = _CONVERSIONS[conversion]
+    # An empty value stays empty through every conversion but !d.
+    return lambda v: "" if str(v) == "" else convert(v)
+
+
 def _convert(value: Any, conversion: str | None, spec: str) -> tuple[Any, str]:
     """Apply a conversion; returns the new value and the spec left for format()."""
     if conversion is None:
         return value, spec
-    if conversion == "s":
-        return str(value), spec
-    if conversion == "r":
-        return repr(value), spec
-    if conversion == "a":
-        return ascii(value), spec
+    strftime = ""
     if conversion == "d":
-        strftime, sep, rest = spec.partition("::")
-        if not sep:
-            strftime, rest = "", spec
-        if not value:
-            return "", rest
-        return datetime.fromtimestamp(float(value)).strftime(strftime or "%FT%T"), rest
-    if str(value) == "":
-        return "", spec
-    if conversion == "D":
-        return (datetime.fromtimestamp(float(value)).strftime("%FT%T") if value else ""), spec
-    if conversion == "F":
-        return format_fsd(float(value)), spec
-    if conversion == "H":
-        seconds = float(value)
-        if 0 < seconds < 1:
-            seconds = 1
-        return str(timedelta(seconds=round(seconds))), spec
-    if conversion == "P":
-        percent = float(value) * 100
-        return (f"{percent:.2f}%" if 0 < float(value) < 1 else f"{percent:.3g}%"), spec
-    raise FormatError(f"Unknown conversion specifier {conversion}")
-
-
-@lru_cache(maxsize=256)
-def _match_spec(spec: str) -> re.Match[str] | None:
-    return _SPEC.match(spec)
+        # `strftime::spec`; with no `::` the whole spec is the strftime format, as in Flux.
+        strftime, _, spec = spec.partition("::")
+    return _converter(conversion, strftime)(value), spec
 
 
 @lru_cache(maxsize=256)
@@ -125,26 +154,47 @@ def _split_suffixes(spec: str) -> tuple[str, bool, bool]:
     return spec, hyphen, truncate
 
 
-def format_value(value: Any, spec: str, conversion: str | None) -> str:
-    spec, hyphen, truncate = _split_suffixes(spec)
-    value, spec = _convert(value, conversion, spec)
-    if hyphen and str(value) in EMPTY_STRINGS:
-        value = "-"
-    match = _match_spec(spec)
+@lru_cache(maxsize=512)
+def _compile(spec: str, conversion: str | None) -> Callable[[Any], str]:
+    """One field's formatting, worked out once per format instead of once per row."""
+    base, hyphen, truncate = _split_suffixes(spec)
+    strftime = ""
+    if conversion == "d":
+        strftime, _, base = base.partition("::")
+    convert = _converter(conversion, strftime) if conversion is not None else None
+    match = _SPEC.match(base)
     if match is None:
-        raise FormatError(f"Invalid format specifier '{spec}'")
+        message = f"Invalid format specifier '{base}'"
+
+        def invalid(value: Any) -> str:
+            raise FormatError(message)
+
+        return invalid
     precision = match.group("precision")
-    if truncate and precision is not None and isinstance(value, str):
-        limit = int(precision)
-        if len(value) > limit > 0:
-            value = value[: limit - 1] + "+"
-    if isinstance(value, str) and match.group("type") not in (None, "s"):
-        # A hyphen or an empty value cannot take a numeric type: keep only the layout.
-        spec = _layout_only(spec)
-    try:
-        return format(value, spec)
-    except (ValueError, TypeError) as exc:
-        raise FormatError(f"cannot format value {value!r} with '{spec}': {exc}") from None
+    limit = int(precision) if truncate and precision is not None else 0
+    # A hyphen or an empty value cannot take a numeric type: strings keep only the layout.
+    text_spec = _layout_only(base) if match.group("type") not in (None, "s") else base
+
+    def run(value: Any) -> str:
+        if convert is not None:
+            value = convert(value)
+        if hyphen and str(value) in EMPTY_STRINGS:
+            value = "-"
+        spec = base
+        if isinstance(value, str):
+            if limit and len(value) > limit:
+                value = value[: limit - 1] + "+"
+            spec = text_spec
+        try:
+            return format(value, spec)
+        except (ValueError, TypeError) as exc:
+            raise FormatError(f"cannot format value {value!r} with '{spec}': {exc}") from None
+
+    return run
+
+
+def format_value(value: Any, spec: str, conversion: str | None) -> str:
+    return _compile(spec, conversion)(value)
 
 
 def _layout_only(spec: str) -> str:
@@ -201,7 +251,7 @@ class OutputFormat:
         self.fields: list[_Field] = []
         self.trailer = ""
         try:
-            parsed = list(string.Formatter().parse(fmt))
+            parsed = list(formatter_parser(fmt))
         except ValueError as exc:
             raise FormatError(f"{USER_FORMAT}{exc}") from None
         for literal, name, spec, conversion in parsed:
@@ -240,6 +290,11 @@ class OutputFormat:
 
     def _fitted(self, field: _Field, rows: Sequence[Row], header: bool) -> str:
         base, hyphen, truncate = _split_suffixes(field.spec)
+        strftime = ""
+        if field.conversion == "d":
+            # Only the part after `::` is a layout; one is added if there was none.
+            strftime, _, base = base.partition("::")
+            strftime += "::"
         match = _SPEC.match(base)
         if match is None:
             raise FormatError(f"Invalid format specifier '{field.spec}'")
@@ -265,7 +320,7 @@ class OutputFormat:
         precision = parts["precision"]
         if precision is not None and parts["type"] in (None, "s") and int(precision) < width:
             precision = str(width)
-        spec = (
+        spec = strftime + (
             f"{parts['fill'] or ''}{parts['align'] or ''}{parts['sign'] or ''}"
             f"{parts['z'] or ''}{parts['alt'] or ''}{parts['zero'] or ''}{width}"
             f"{parts['grouping'] or ''}{'.' + precision if precision is not None else ''}"
@@ -278,7 +333,7 @@ class OutputFormat:
         for field in fields:
             spec = field.spec
             if field.conversion == "d":
-                spec = spec.partition("::")[2] if "::" in spec else spec
+                spec = spec.partition("::")[2]
             match = _SPEC.match(_split_suffixes(spec)[0])
             layout = ""
             if match is not None:
@@ -287,7 +342,7 @@ class OutputFormat:
         return "".join(out) + self.trailer
 
     def line(self, row: Row, fields: Sequence[_Field]) -> str:
-        out = [f.literal + format_value(row.get(f.name), f.spec, f.conversion) for f in fields]
+        out = [f.literal + row.text(f.name, f.spec, f.conversion) for f in fields]
         return "".join(out) + self.trailer
 
     def sort(self, rows: list[Row]) -> list[Row]:
@@ -304,7 +359,7 @@ class OutputFormat:
 
     def merge_key(self, row: Row) -> tuple[str, ...]:
         return tuple(
-            format_value(row.get(f.name), f.spec, f.conversion)
+            row.text(f.name, f.spec, f.conversion)
             for f in self.fields
             if f.name not in self.node_fields
         )

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from hkconsole.formatter import FormatError, FormatRegistry, NamedFormat, Row
 from hkservice.cluster import Cluster
 from hkservice.idset import format_idset, parse_idset
-from hkservice.jobid import encode_jobid
+from hkservice.jobid import encode_jobid, f58_prefix
 
 JOBID_KINDS = ("dec", "hex", "f58", "f58plain", "kvs", "words", "dothex")
 
@@ -161,6 +161,22 @@ def merge_units(units: list[Unit]) -> Unit:
     return Unit(first.jobid, first.userid, first.t_start, allocated, pending, failed)
 
 
+_f58_cache: tuple[tuple[str | None, str | None], str] | None = None
+
+
+def f58(jobid: int) -> str:
+    """f58, with the prefix's locale lookup done once, not once per row."""
+    global _f58_cache
+    key = (os.environ.get("HK_F58_FORCE_ASCII"), os.environ.get("FLUX_F58_FORCE_ASCII"))
+    if _f58_cache is None or _f58_cache[0] != key:
+        _f58_cache = (key, f58_prefix())
+    return _f58_cache[1] + encode_jobid(jobid, "f58plain")[1:]
+
+
+def encode(jobid: int, kind: str) -> str:
+    return f58(jobid) if kind == "f58" else encode_jobid(jobid, kind)
+
+
 class UnitRow(Row):
     """A unit's fields, each computed only if the format asks for it."""
 
@@ -173,9 +189,9 @@ class UnitRow(Row):
     def compute(self, name: str) -> Any:
         unit = self.unit
         if name == "id":
-            return encode_jobid(unit.jobid, "f58")
+            return f58(unit.jobid)
         if name.startswith("id."):
-            return encode_jobid(unit.jobid, name[3:])
+            return encode(unit.jobid, name[3:])
         if name == "userid":
             return unit.userid
         if name == "t_start":
@@ -276,6 +292,129 @@ def node_row(group: NodeGroup, cluster: Cluster) -> Row:
     return NodeRow(group, cluster)
 
 
+HISTORY_HEADINGS: dict[str, str] = {
+    "id": "JOBID",
+    **{f"id.{kind}": "JOBID" for kind in JOBID_KINDS},
+    "userid": "USERID",
+    "t_start": "T_START",
+    "t_end": "T_END",
+    "runtime": "RUNTIME",
+    "releases": "RELEASES",
+    "nnodes": "NNODES",
+    "ranks": "RANKS",
+    "nodelist": "NODELIST",
+    "failed.nnodes": "#FAILED",
+    "failed.ranks": "FAILED_RANKS",
+    "failed.nodelist": "FAILED_NODES",
+}
+HISTORY_NODE_FIELDS = frozenset(
+    f"{prefix}{name}" for prefix in ("", "failed.") for name in ("nnodes", "ranks", "nodelist")
+)
+HISTORY_FORMATS = (
+    NamedFormat(
+        "default",
+        "Default hkconsole history format string",
+        "{id.f58:>12} {t_end!d:%b%d %R::<12} {nnodes:>6} {failed.nnodes:>7} {runtime!F:>8} "
+        "{nodelist}",
+    ),
+    NamedFormat(
+        "failed",
+        "hkconsole history format string showing failed nodes",
+        "{id.f58:>12} {t_end!d:%b%d %R::<12} {failed.nnodes:>7} {runtime!F:>8} {failed.nodelist}",
+    ),
+    NamedFormat(
+        "long",
+        "hkconsole history format string with user, start and releases",
+        "{id.f58:>12} {userid:>6} {t_start!d:%FT%T::<19} {t_end!d:%FT%T::<19} "
+        "{runtime!F:>8} {releases:>8} {nnodes:>6} {failed.nnodes:>7} {nodelist}",
+    ),
+)
+
+
+class Finished(NamedTuple):
+    """A unit that has ended (or several merged), from `housekeeping.history`."""
+
+    jobid: int
+    userid: int
+    t_start: float
+    t_end: float
+    releases: int
+    ranks: set[int]
+    failed: set[int]
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> Finished:
+        return cls(
+            int(wire["jobid"]),
+            int(wire["userid"]),
+            float(wire["t_start"]),
+            float(wire["t_end"]),
+            int(wire.get("releases", 0)),
+            parse_idset(wire["ranks"]),
+            parse_idset(wire.get("failed", "")),
+        )
+
+    def to_json(self, cluster: Cluster) -> dict[str, Any]:
+        return {
+            "id": self.jobid,
+            "userid": self.userid,
+            "t_start": self.t_start,
+            "t_end": self.t_end,
+            "runtime": self.t_end - self.t_start,
+            "releases": self.releases,
+            "nnodes": len(self.ranks),
+            "ranks": format_idset(self.ranks),
+            "nodelist": cluster.nodelist(self.ranks),
+            "failed": {
+                "nnodes": len(self.failed),
+                "ranks": format_idset(self.failed),
+                "nodelist": cluster.nodelist(self.failed),
+            },
+        }
+
+
+def merge_finished(entries: list[Finished]) -> Finished:
+    ranks: set[int] = set()
+    failed: set[int] = set()
+    for entry in entries:
+        ranks |= entry.ranks
+        failed |= entry.failed
+    return entries[0]._replace(ranks=ranks, failed=failed)
+
+
+class FinishedRow(Row):
+    def __init__(self, entry: Finished, cluster: Cluster) -> None:
+        super().__init__()
+        self.entry = entry
+        self.cluster = cluster
+
+    def compute(self, name: str) -> Any:
+        entry = self.entry
+        if name == "id":
+            return f58(entry.jobid)
+        if name.startswith("id."):
+            return encode(entry.jobid, name[3:])
+        if name == "runtime":
+            return max(0.0, entry.t_end - entry.t_start)
+        if name in ("userid", "t_start", "t_end", "releases"):
+            return getattr(entry, name)
+        ranks = entry.failed if name.startswith("failed.") else entry.ranks
+        what = name.rpartition(".")[2]
+        if what == "nnodes":
+            return len(ranks)
+        if what == "ranks":
+            return format_idset(ranks)
+        return self.cluster.nodelist(ranks)
+
+    def sort_value(self, name: str) -> Any:
+        if name == "id" or name.startswith("id."):
+            return self.entry.jobid
+        if name.endswith(("ranks", "nodelist")):
+            ranks = self.entry.failed if name.startswith("failed.") else self.entry.ranks
+            return min(ranks) if ranks else None
+        return self.get(name)
+
+
 def config_dirs() -> list[str]:
     """XDG config directories, lowest precedence first (as Flux's UtilConfig)."""
     system = (os.environ.get("XDG_CONFIG_DIRS") or "/etc/xdg").split(":")
@@ -313,11 +452,36 @@ def _deep_merge(into: dict[str, Any], data: Mapping[str, Any]) -> None:
 
 
 def unit_formats(config: Mapping[str, Any] | None = None) -> FormatRegistry:
-    registry = FormatRegistry(
-        "hkconsole list", UNIT_FORMATS, os.environ.get("HK_LIST_FORMAT_DEFAULT")
+    """`list`'s formats: built-in, then `[formats.NAME]` of hkconsole.toml (as Flux's)."""
+    return _registry(
+        "hkconsole list",
+        UNIT_FORMATS,
+        ("formats",),
+        config,
+        os.environ.get("HK_LIST_FORMAT_DEFAULT"),
     )
+
+
+def command_formats(command: str, config: Mapping[str, Any] | None = None) -> FormatRegistry:
+    """`nodes`, `drain` and `history` formats: built-in, then `[COMMAND.formats.NAME]`."""
+    builtins = {"nodes": NODE_FORMATS, "drain": DRAIN_FORMATS, "history": HISTORY_FORMATS}
+    return _registry(f"hkconsole {command}", builtins[command], (command, "formats"), config)
+
+
+def _registry(
+    command: str,
+    builtins: tuple[NamedFormat, ...],
+    path: tuple[str, ...],
+    config: Mapping[str, Any] | None,
+    env_default: str | None = None,
+) -> FormatRegistry:
+    registry = FormatRegistry(command, builtins, env_default)
     config = load_config() if config is None else config
-    formats = config.get("formats", {})
+    formats: Any = config
+    for key in path:
+        formats = formats.get(key, {}) if isinstance(formats, Mapping) else {}
+    if not isinstance(formats, Mapping):
+        raise FormatError(f"{'.'.join(path)} in hkconsole.toml must be a table of formats")
     if formats:
         registry.add_configured(formats, " ".join(config.get("__sources__", [])) or "config")
     return registry

@@ -10,11 +10,20 @@ import pytest
 
 from hkconsole.formatter import FormatError, FormatRegistry, OutputFormat, Row, merge_rows
 from hkconsole.tables import (
+    HISTORY_HEADINGS,
+    HISTORY_NODE_FIELDS,
+    NODE_HEADINGS,
     UNIT_FORMATS,
     UNIT_HEADINGS,
     UNIT_NODE_FIELDS,
+    Finished,
+    FinishedRow,
     Unit,
+    command_formats,
+    merge_finished,
     merge_units,
+    node_groups,
+    node_row,
     unit_formats,
     unit_row,
 )
@@ -217,3 +226,106 @@ def test_configured_formats_from_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     (home / "hk" / "hkconsole.toml").write_text('[formats.default]\nformat = "{id}"\n')
     with pytest.raises(FormatError, match="override of builtin format 'default' not permitted"):
         unit_formats()
+
+
+def test_sort_orders_jobids_by_number_and_nodes_by_first_rank() -> None:
+    # As text, f21 (58) sorts before fz (57); node10 before node9.
+    units = [unit(58, {10}, set(), 1.0), unit(57, {9}, set(), 1.0), unit(2**60 + 1, {2}, set(), 1)]
+    units.append(unit(2**60, {100}, set(), 1.0))
+    assert list_output("sort:id {id.dec}", units, header=False) == [
+        "57",
+        "58",
+        str(2**60),
+        str(2**60 + 1),
+    ]
+    assert list_output("sort:-id.f58plain {id.dec}", units, header=False)[:2] == [
+        str(2**60 + 1),
+        str(2**60),
+    ]
+    assert list_output("sort:nodelist {id.dec} {nodelist}", units[:3], header=False) == [
+        f"{2**60 + 1} tuolumne1002",
+        "57 tuolumne1009",
+        "58 tuolumne1010",
+    ]
+
+
+def test_date_spec_without_separator_is_all_strftime() -> None:
+    epoch = time.mktime((2024, 6, 10, 8, 30, 15, 0, 0, -1))
+    assert render("{t!d:%H:%M:%S}|{t!d:%M::>4}", rows({"t": epoch})) == [
+        "TIME|TIME",
+        "08:30:15|  30",
+    ]
+
+
+def test_errors_read_as_flux_s() -> None:
+    for fmt, message in (
+        ("{bogus}", "Error in user format: Unknown format field: bogus"),
+        ("sort:-nope {s}", "Error in user format: Invalid sort key: nope"),
+        ("{s", "Error in user format: expected '}' before end of string"),
+    ):
+        with pytest.raises(FormatError) as exc:
+            OutputFormat(fmt, HEADINGS)
+        assert str(exc.value) == message
+
+
+def test_every_command_reads_its_formats_from_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "hk").mkdir()
+    (tmp_path / "hk" / "hkconsole.toml").write_text(
+        '[nodes.formats.brief]\nformat = "{state} {nnodes}"\n'
+        '[history.formats.ids]\ndescription = "ids"\nformat = "{id.dec}"\n'
+        '[drain.formats.default]\nformat = "{reason}"\n'
+    )
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_DIRS", str(tmp_path / "none"))
+    assert command_formats("nodes").resolve("brief") == "{state} {nnodes}"
+    assert "  ids          ids" in command_formats("history").help_text()
+    with pytest.raises(FormatError, match="override of builtin format 'default' not permitted"):
+        command_formats("drain")
+    # list's own [formats] table is untouched by the other commands' tables.
+    assert set(unit_formats().all()) == {"default", "pending", "failed"}
+
+
+def test_node_rows_and_history_rows() -> None:
+    groups = node_groups(
+        {
+            "size": 8,
+            "housekeeping": "0-3",
+            "offline": "7",
+            "drained": [{"ranks": "3,5", "reason": "fan", "t": 1.0}],
+        }
+    )
+    fmt = OutputFormat(
+        "sort:-nnodes {state:>12} {nnodes:>6} +:{ranks} ?:{reason:<6} {nodelist}", NODE_HEADINGS
+    )
+    assert fmt.render([node_row(g, CLUSTER) for g in groups]) == [
+        "       STATE NNODES RANKS REASON NODELIST",
+        "housekeeping      3 0-2          tuolumne[1000-1002]",
+        "        idle      2 4,6          tuolumne[1004,1006]",
+        "    draining      1 3     fan    tuolumne1003",
+        "     drained      1 5     fan    tuolumne1005",
+        "     offline      1 7            tuolumne1007",
+    ]
+    done = [
+        Finished(5, 0, NOW - 90, NOW, 2, {1, 2}, {2}),
+        Finished(6, 0, NOW - 30, NOW, 1, {3}, set()),
+    ]
+    fmt = OutputFormat("{nnodes} {failed.nnodes} {nodelist}", HISTORY_HEADINGS, HISTORY_NODE_FIELDS)
+    merged = merge_rows(done, fmt, lambda e: FinishedRow(e, CLUSTER), merge_finished)
+    assert fmt.render(merged) == ["NNODES #FAILED NODELIST", "3 1 tuolumne[1001-1003]"]
+    fmt = OutputFormat("{id.dec} {runtime!F} {failed.nodelist:h}", HISTORY_HEADINGS)
+    assert fmt.render([FinishedRow(e, CLUSTER) for e in done], header=False) == [
+        "5 1.5m tuolumne1002",
+        "6 30s -",
+    ]
+
+
+def test_fitted_dates() -> None:
+    epoch = time.mktime((2024, 6, 10, 8, 30, 15, 0, 0, -1))
+    items = rows({"t": epoch}, {"t": 0})
+    assert render("+:{t!d:%H:%M::>2}|+:{t!d:%H}|+:{t!d:%H::h}|", items) == [
+        " TIME|TIME|TIME|",
+        "08:30|08  |08  |",
+        "     |    |-   |",
+    ]
