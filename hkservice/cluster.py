@@ -7,7 +7,16 @@ from collections.abc import Iterable
 
 import hostlist
 
-from hkservice.idset import IdsetError, format_idset, parse_idset
+from hkservice.idset import (
+    IdsetError,
+    Range,
+    clip_ranges,
+    expand_ranges,
+    format_idset,
+    format_ranges,
+    parse_ranges,
+    ranges_outside,
+)
 
 # Like Flux's RFC 29 encoder, only a trailing number is compressed: `foo[1,3]-bar`
 # encodes as `foo1-bar,foo3-bar`.
@@ -16,6 +25,11 @@ _HOST = re.compile(r"^(.*?)(\d+)$")
 
 class TargetError(ValueError):
     pass
+
+
+def not_in_cluster(ranks: str, size: int) -> str:
+    """The error for ranks (an idset) beyond a cluster of `size` ranks."""
+    return f"ranks {ranks} are not in the cluster ({format_ranges([(0, size - 1)])})"
 
 
 def _split(host: str) -> tuple[str, int, int, str] | None:
@@ -143,23 +157,34 @@ class Cluster:
         flush()
         return ",".join(out)
 
+    def parse_ranks(self, text: str, *, strict: bool, allow_empty: bool = False) -> set[int]:
+        """The ranks of an idset: ranks beyond the cluster are an error (strict) or left
+        out, decided on the ranges before anything is expanded, so a request for
+        "0-2147483646" costs two numbers, not two billion."""
+        return self._within(parse_ranges(text, allow_empty=allow_empty), strict)
+
+    def _within(self, ranges: list[Range], strict: bool) -> set[int]:
+        if strict:
+            outside = ranges_outside(ranges, self.size)
+            if outside:
+                raise TargetError(not_in_cluster(format_ranges(outside), self.size))
+        return expand_ranges(clip_ranges(ranges, self.size))
+
     def parse_targets(self, text: str, *, strict: bool) -> set[int]:
         """Ranks named by an idset (tried first) or a hostlist."""
         if text == "":
             if strict:
                 raise TargetError("empty targets: give ranks (0-3) or hosts (node[0-3])")
             return set()
+        if any(c.isspace() for c in text):
+            # Neither syntax has whitespace; taken as a hostname it would only ever be
+            # an unknown host, silently matching nothing in a filter.
+            raise TargetError(f"invalid targets '{text}': targets cannot contain whitespace")
         try:
-            ranks = parse_idset(text, allow_empty=False)
+            ranges = parse_ranges(text, allow_empty=False)
         except IdsetError as idset_error:
             return self._host_targets(text, strict, idset_error)
-        outside = {r for r in ranks if r >= self.size}
-        if outside and strict:
-            raise TargetError(
-                f"ranks {format_idset(outside)} are not in the cluster "
-                f"({format_idset(range(self.size))})"
-            )
-        return ranks - outside
+        return self._within(ranges, strict)
 
     def _host_targets(self, text: str, strict: bool, idset_error: IdsetError) -> set[int]:
         looks_numeric = all(c.isdigit() or c in ",-[]" for c in text)

@@ -14,6 +14,7 @@ import signal as signal_module
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from hkservice.cluster import not_in_cluster
 from hkservice.errors import HkError
 from hkservice.fsd import format_duration_config
 from hkservice.idset import format_idset
@@ -290,11 +291,7 @@ class Housekeeping:
     def _check_ranks(self, ranks: Iterable[int]) -> None:
         outside = [r for r in ranks if r < 0 or r >= self.size]
         if outside:
-            raise HkError(
-                "EINVAL",
-                f"ranks {format_idset(outside)} are not in the cluster "
-                f"({format_idset(range(self.size))})",
-            )
+            raise HkError("EINVAL", not_in_cluster(format_idset(outside), self.size))
 
     def start(self, jobid: int, userid: int, ranks: Iterable[int], now: float) -> list[Action]:
         if jobid in self.units:

@@ -23,10 +23,10 @@ import zmq
 import zmq.asyncio
 
 from hkservice import PROTOCOL_VERSION, __version__, core
-from hkservice.cluster import Cluster
+from hkservice.cluster import Cluster, TargetError
 from hkservice.config import Config
 from hkservice.errors import HkError
-from hkservice.idset import IdsetError, format_idset, parse_idset
+from hkservice.idset import IdsetError, format_idset
 from hkservice.protocol import (
     EVENT_DRAINED,
     EVENT_ENDED,
@@ -101,16 +101,6 @@ def _jobid(params: dict[str, Any], required: bool = True) -> int | None:
     if value is not None and not 0 <= value < 1 << 64:
         raise HkError("EINVAL", f"jobid {value} is out of range")
     return value
-
-
-def _ranks(params: dict[str, Any], required: bool = True) -> set[int] | None:
-    text = _param(params, "ranks", str, required)
-    if text is None:
-        return None
-    try:
-        return parse_idset(text, allow_empty=False)
-    except IdsetError as exc:
-        raise HkError("EINVAL", str(exc)) from None
 
 
 class Service:
@@ -388,6 +378,15 @@ class Service:
         result = handler(params)
         return result if result is not None else {}
 
+    def _ranks(self, params: dict[str, Any], required: bool = True) -> set[int] | None:
+        text = _param(params, "ranks", str, required)
+        if text is None:
+            return None
+        try:
+            return self.cluster.parse_ranks(text, strict=True)
+        except (IdsetError, TargetError) as exc:
+            raise HkError("EINVAL", str(exc)) from None
+
     def _service_config(self, params: dict[str, Any]) -> dict[str, Any]:
         cfg = self.config
         return {
@@ -408,7 +407,7 @@ class Service:
     def _start(self, params: dict[str, Any]) -> dict[str, Any]:
         jobid = _jobid(params)
         assert jobid is not None
-        ranks = _ranks(params)
+        ranks = self._ranks(params)
         assert ranks is not None
         userid = _param(params, "userid", int, False)
         if userid is None:
@@ -441,7 +440,7 @@ class Service:
         if signum is None:
             signum = core.SIGTERM
         jobid = _jobid(params, required=False)
-        ranks = _ranks(params, required=False)
+        ranks = self._ranks(params, required=False)
         all_units = bool(_param(params, "all", bool, False))
         result = self.hk.kill(signum, self.clock(), jobid=jobid, ranks=ranks, all_units=all_units)
         log.info(
@@ -493,7 +492,7 @@ class Service:
         }
 
     def _drain(self, params: dict[str, Any]) -> dict[str, Any]:
-        ranks = _ranks(params)
+        ranks = self._ranks(params)
         assert ranks is not None
         reason = _param(params, "reason", str, False) or ""
         actions, already = self.hk.drain(ranks, reason, self.clock())
@@ -504,7 +503,7 @@ class Service:
         }
 
     def _undrain(self, params: dict[str, Any]) -> dict[str, Any]:
-        ranks = _ranks(params)
+        ranks = self._ranks(params)
         assert ranks is not None
         self._apply(self.hk.undrain(ranks))
         return {"undrained": format_idset(ranks)}

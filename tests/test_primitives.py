@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import hostlist
 import pytest
@@ -230,3 +231,66 @@ def test_targets() -> None:
         cluster.parse_targets("3,1", strict=False)
     with pytest.raises(TargetError, match="empty targets"):
         cluster.parse_targets("", strict=True)
+
+
+def test_targets_beyond_the_cluster_are_decided_before_expanding() -> None:
+    import tracemalloc
+
+    cluster = Cluster("node[0-127]")
+
+    def peak_bytes(call: Callable[[], object]) -> int:
+        tracemalloc.start()
+        try:
+            call()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    def strict_targets() -> None:
+        # Three million ids would take hundreds of MB as a set: only ranges are built.
+        with pytest.raises(
+            TargetError, match=r"^ranks 128-2999999 are not in the cluster \(0-127\)$"
+        ):
+            cluster.parse_targets("0-2999999", strict=True)
+
+    assert peak_bytes(strict_targets) < 1 << 20
+    assert peak_bytes(lambda: cluster.parse_targets("0-2999999", strict=False)) < 1 << 20
+    assert cluster.parse_targets("0-2999999", strict=False) == set(range(128))
+
+    def strict_ranks() -> None:
+        with pytest.raises(TargetError, match=r"^ranks 128-2999999 are not in the cluster"):
+            cluster.parse_ranks("5,100-2999999", strict=True)
+
+    assert peak_bytes(strict_ranks) < 1 << 20
+    assert cluster.parse_ranks("5,100-2999999", strict=False) == {5, *range(100, 128)}
+    # Adjacent ranges outside are reported as one, as format_idset would.
+    with pytest.raises(TargetError, match=r"^ranks 128-131,140 are not in the cluster"):
+        cluster.parse_targets("120-129,130-131,140", strict=True)
+    assert cluster.parse_targets("120-129,130-131,140", strict=False) == set(range(120, 128))
+    with pytest.raises(TargetError, match="too large"):
+        cluster.parse_targets("2147483648", strict=False)
+    with pytest.raises(TargetError, match=r"are not in the cluster \(0\)$"):
+        Cluster("solo").parse_ranks("0-1", strict=True)
+
+
+@pytest.mark.parametrize("text", [" 1", "1 ", "a b", "node1, node2", "0,\t1"])
+@pytest.mark.parametrize("strict", [True, False])
+def test_targets_with_whitespace_are_malformed(text: str, strict: bool) -> None:
+    cluster = Cluster("node[0-7]")
+    quoted = text.replace("[", r"\[")
+    with pytest.raises(TargetError, match=rf"^invalid targets '{quoted}': .*whitespace"):
+        cluster.parse_targets(text, strict=strict)
+
+
+def test_ranges_and_their_formatting() -> None:
+    from hkservice.idset import clip_ranges, format_ranges, parse_ranges, ranges_outside
+
+    ranges = parse_ranges("0-3,5,7-2147483646")
+    assert ranges == [(0, 3), (5, 5), (7, 2147483646)]
+    assert clip_ranges(ranges, 6) == [(0, 3), (5, 5)]
+    assert clip_ranges(ranges, 9) == [(0, 3), (5, 5), (7, 8)]
+    assert ranges_outside(ranges, 9) == [(9, 2147483646)]
+    assert ranges_outside(ranges, 2) == [(2, 3), (5, 5), (7, 2147483646)]
+    assert format_ranges([(0, 3), (4, 4), (6, 6), (7, 9)]) == "0-4,6-9"
+    assert format_ranges([]) == ""
+    assert format_ranges([(0, 0)]) == "0"
