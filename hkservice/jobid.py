@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import locale
 import os
 import re
 import struct
+from functools import lru_cache
 
 from mnemonicode import mnformat, mnparse
 
@@ -19,10 +19,55 @@ class JobidError(ValueError):
     pass
 
 
+# The values Python's C-locale coercion (PEP 538) writes into LC_CTYPE at start-up.
+_COERCED_CTYPES = frozenset({"C.UTF-8", "C.utf8", "UTF-8"})
+_FORCE_ASCII = ("HK_F58_FORCE_ASCII", "FLUX_F58_FORCE_ASCII")
+
+
 def f58_prefix() -> str:
-    if os.environ.get("HK_F58_FORCE_ASCII") or os.environ.get("FLUX_F58_FORCE_ASCII"):
+    """`ƒ` in a UTF-8 locale, else `f`: decided from the environment, as Flux's C does.
+
+    Not from Python's preferred encoding: in a C or POSIX locale Python 3.7+ switches to
+    UTF-8 mode and coerces LC_CTYPE to C.UTF-8, so it reports UTF-8 where Flux, in the
+    same shell, prints `f`.
+    """
+    environ = os.environ
+    # Any value forces ASCII, even an empty one: Flux tests getenv() for NULL.
+    if _FORCE_ASCII[0] in environ or _FORCE_ASCII[1] in environ:
         return "f"
-    return "ƒ" if "utf" in locale.getpreferredencoding(False).lower() else "f"
+    return _prefix_for(environ.get("LC_ALL"), environ.get("LC_CTYPE"), environ.get("LANG"))
+
+
+@lru_cache(maxsize=8)
+def _prefix_for(lc_all: str | None, lc_ctype: str | None, lang: str | None) -> str:
+    if not lc_all and lc_ctype in _COERCED_CTYPES:
+        lc_ctype = _uncoerced_ctype(lc_ctype)
+    # POSIX precedence; an empty variable counts as unset.
+    name = lc_all or lc_ctype or lang or ""
+    return "ƒ" if is_utf8_locale_name(name) else "f"
+
+
+def is_utf8_locale_name(name: str) -> bool:
+    """`en_US.UTF-8`, `C.utf8`, `UTF-8` (macOS), `de_DE.UTF-8@euro`: yes; `C`, `POSIX`: no."""
+    codeset = name.partition("@")[0].rpartition(".")[2]
+    return codeset.replace("-", "").replace("_", "").lower() == "utf8"
+
+
+def _uncoerced_ctype(value: str | None) -> str | None:
+    """LC_CTYPE as this process was started with, if Python's coercion rewrote it.
+
+    The kernel keeps the environment a process was exec'd with in /proc/self/environ,
+    which setenv() does not touch. Where there is no /proc, the value is taken as given.
+    """
+    try:
+        with open("/proc/self/environ", "rb") as fh:
+            initial = fh.read().split(b"\0")
+    except OSError:
+        return value
+    for entry in initial:
+        if entry.startswith(b"LC_CTYPE="):
+            return entry[len(b"LC_CTYPE=") :].decode("utf-8", "replace")
+    return None
 
 
 def _b58(value: int) -> str:
@@ -59,16 +104,26 @@ def _words(value: int) -> str:
     return mnformat(struct.pack("<Q", value))
 
 
-_INTEGER = re.compile(r"^(0[xX][0-9a-fA-F]+|[0-9]+)$")
-_DOTHEX = re.compile(r"^[0-9a-fA-F]{1,4}(\.[0-9a-fA-F]{1,4}){3}$")
+# fullmatch, never `$`: `$` also matches before a trailing newline, so `0.0.0.0\n` would
+# pass for a jobid.
+_DECIMAL = re.compile(r"[0-9]+")
+_HEX = re.compile(r"0[xX][0-9a-fA-F]+")
+_DOTHEX = re.compile(r"[0-9a-fA-F]{1,4}(?:\.[0-9a-fA-F]{1,4}){3}")
+# What C's isspace() skips in the C locale; str.strip() would also take Unicode spaces.
+_SPACE = " \t\n\v\f\r"
+
+
+def quoted(text: str) -> str:
+    """'text' in a message; escaped, as repr does, if it holds a newline or other control."""
+    return f"'{text}'" if text.isprintable() else repr(text)
 
 
 def parse_jobid(text: str) -> int:
-    error = JobidError(f"'{text}' is not a valid jobid")
-    s = text.lstrip()
+    error = JobidError(f"{quoted(text)} is not a valid jobid")
+    s = text.lstrip(_SPACE)
     s = s.removeprefix("job.")
     if "." in s:
-        if not _DOTHEX.match(s):
+        if not _DOTHEX.fullmatch(s):
             raise error
         value = 0
         for group in s.split("."):
@@ -92,10 +147,16 @@ def parse_jobid(text: str) -> int:
         if value > _MAX:
             raise error
         return value
-    s = s.rstrip()
-    if not _INTEGER.match(s):
+    # Trailing whitespace is allowed after an integer, as strtoull leaves it.
+    s = s.rstrip(_SPACE)
+    if _HEX.fullmatch(s):
+        value = int(s, 16)
+    elif _DECIMAL.fullmatch(s) and len(s.lstrip("0")) <= 20:
+        # Leading zeros dropped and the length checked first: int() refuses over 4,300
+        # digits with a message of its own.
+        value = int(s.lstrip("0") or "0", 10)
+    else:
         raise error
-    value = int(s, 16) if s.lower().startswith("0x") else int(s, 10)
     if value > _MAX:
         raise error
     return value
