@@ -32,6 +32,9 @@ _SPEC = re.compile(
 )
 
 
+# Widths and precisions above this are typing errors, and format() would build them.
+MAX_WIDTH = 1_000_000
+
 # Flux's prefix for every fault found in a format string, kept so messages read the same.
 USER_FORMAT = "Error in user format: "
 
@@ -68,8 +71,17 @@ class Row:
         try:
             return self._texts[key]
         except KeyError:
-            text = self._texts[key] = _compile(spec, conversion)(self.get(name))
-            return text
+            pass
+        value = self.get(name)
+        try:
+            text = self._texts[key] = _compile(spec, conversion)(value)
+        except FormatError:
+            raise
+        except (ValueError, TypeError, OverflowError) as exc:
+            # The spec is sound (checked when the format was parsed) but not for this value,
+            # e.g. `{id!d}` (a jobid is no time) or `{nodelist:=6}` (`=` is for numbers).
+            raise FormatError(f"{USER_FORMAT}field {name}: {exc}") from None
+        return text
 
     def sort_value(self, name: str) -> Any:
         """What `sort:` compares; a field whose text does not order well overrides it."""
@@ -87,22 +99,37 @@ class _Field(NamedTuple):
     fit: bool = False
 
 
+def _number(value: Any, conversion: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"!{conversion} needs a number, not {value!r}") from None
+
+
+def _date(value: Any, conversion: str, timefmt: str) -> str:
+    seconds = _number(value, conversion)
+    try:
+        return datetime.fromtimestamp(seconds).strftime(timefmt)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"!{conversion}: {value!r} is not a date") from None
+
+
 def _iso_date(value: Any) -> str:
-    return datetime.fromtimestamp(float(value)).strftime("%FT%T") if value else ""
+    return _date(value, "D", "%FT%T") if value else ""
 
 
 def _fsd(value: Any) -> str:
-    return format_fsd(float(value))
+    return format_fsd(_number(value, "F"))
 
 
 def _hours(value: Any) -> str:
-    seconds = float(value)
+    seconds = _number(value, "H")
     # Anything in (0, 1) s shows as a second, as in Flux.
     return str(timedelta(seconds=round(1 if 0 < seconds < 1 else seconds)))
 
 
 def _percent(value: Any) -> str:
-    ratio = float(value)
+    ratio = _number(value, "P")
     return f"{ratio * 100:.2f}%" if 0 < ratio < 1 else f"{ratio * 100:.3g}%"
 
 
@@ -124,7 +151,7 @@ def _converter(conversion: str, strftime: str = "") -> Callable[[Any], Any]:
         return ascii
     if conversion == "d":
         timefmt = strftime or "%FT%T"
-        return lambda v: datetime.fromtimestamp(float(v)).strftime(timefmt) if v else ""
+        return lambda v: _date(v, "d", timefmt) if v else ""
     if conversion not in _CONVERSIONS:
         raise FormatError(f"Unknown conversion specifier {conversion}")
     convert = _CONVERSIONS[conversion]
@@ -164,7 +191,7 @@ def _compile(spec: str, conversion: str | None) -> Callable[[Any], str]:
     convert = _converter(conversion, strftime) if conversion is not None else None
     match = _SPEC.match(base)
     if match is None:
-        message = f"Invalid format specifier '{base}'"
+        message = f"{USER_FORMAT}invalid format specifier '{spec}'"
 
         def invalid(value: Any) -> str:
             raise FormatError(message)
@@ -180,21 +207,43 @@ def _compile(spec: str, conversion: str | None) -> Callable[[Any], str]:
             value = convert(value)
         if hyphen and str(value) in EMPTY_STRINGS:
             value = "-"
-        spec = base
         if isinstance(value, str):
             if limit and len(value) > limit:
                 value = value[: limit - 1] + "+"
-            spec = text_spec
-        try:
-            return format(value, spec)
-        except (ValueError, TypeError) as exc:
-            raise FormatError(f"cannot format value {value!r} with '{spec}': {exc}") from None
+            return format(value, text_spec)
+        return format(value, base)
 
     return run
 
 
-def format_value(value: Any, spec: str, conversion: str | None) -> str:
-    return _compile(spec, conversion)(value)
+def _check_field(name: str, spec: str, conversion: str | None) -> None:
+    """A spec no value could be formatted with is an error before any row exists."""
+    base = _split_suffixes(spec)[0]
+    if conversion == "d":
+        base = base.partition("::")[2]
+    match = _SPEC.match(base)
+    if match is None:
+        raise FormatError(f"{USER_FORMAT}field {name}: invalid format specifier '{spec}'")
+    for part in ("width", "precision"):
+        size = match.group(part) or ""
+        digits = size.lstrip("0")
+        # Checked before any trial below: format() would build a string that long.
+        if len(digits) > len(str(MAX_WIDTH)) or int(digits or 0) > MAX_WIDTH:
+            raise FormatError(
+                f"{USER_FORMAT}field {name}: {part} {size} is over {MAX_WIDTH:,} ('{spec}')"
+            )
+    # Strings keep only the layout of a numeric spec (see _compile).
+    text_spec = _layout_only(base) if match.group("type") not in (None, "s") else base
+    # Conversions all give strings; other fields are strings, ints or floats.
+    samples: tuple[Any, ...] = ("",) if conversion is not None else ("", 0, 0.0)
+    first_error = ""
+    for sample in samples:
+        try:
+            format(sample, text_spec if isinstance(sample, str) else base)
+            return
+        except (ValueError, TypeError) as exc:
+            first_error = first_error or str(exc)
+    raise FormatError(f"{USER_FORMAT}field {name}: {first_error} ('{spec}')")
 
 
 def _layout_only(spec: str) -> str:
@@ -258,6 +307,8 @@ class OutputFormat:
             if name is None:
                 self.trailer += literal
                 continue
+            if not name:
+                raise FormatError(f"{USER_FORMAT}empty field name {{}}: name a field, e.g. {{id}}")
             clean = name.removeprefix("0.")
             if clean not in headings:
                 raise FormatError(f"{USER_FORMAT}Unknown format field: {name}")
@@ -269,6 +320,7 @@ class OutputFormat:
                     break
             if conversion is not None and conversion not in "sradDFHP":
                 raise FormatError(f"{USER_FORMAT}Unknown conversion specifier {conversion}")
+            _check_field(clean, spec or "", conversion)
             self.fields.append(_Field(literal, clean, spec or "", conversion, drop, fit))
 
     # -- rendering ----------------------------------------------------------
@@ -278,8 +330,7 @@ class OutputFormat:
         fields: list[_Field] = []
         for field in self.fields:
             if field.drop_if_empty and all(
-                format_value(r.get(field.name), "", field.conversion).strip() in EMPTY_STRINGS
-                for r in rows
+                r.text(field.name, "", field.conversion).strip() in EMPTY_STRINGS for r in rows
             ):
                 continue
             spec = field.spec
@@ -296,10 +347,10 @@ class OutputFormat:
             strftime, _, base = base.partition("::")
             strftime += "::"
         match = _SPEC.match(base)
-        if match is None:
-            raise FormatError(f"Invalid format specifier '{field.spec}'")
+        if match is None:  # never: the spec was checked when the format was parsed
+            raise FormatError(f"{USER_FORMAT}field {field.name}: invalid format specifier")
         widest = max(
-            (len(format_value(r.get(field.name), field.spec, field.conversion)) for r in rows),
+            (len(r.text(field.name, field.spec, field.conversion)) for r in rows),
             default=0,
         )
         if match.group("precision") is not None and match.group("type") in (None, "s"):
@@ -337,7 +388,9 @@ class OutputFormat:
             match = _SPEC.match(_split_suffixes(spec)[0])
             layout = ""
             if match is not None:
-                layout = f"{match.group('align') or ''}{match.group('width') or ''}"
+                # `=` (padding after the sign) is for numbers only: a heading goes right.
+                align = (match.group("align") or "").replace("=", ">")
+                layout = f"{align}{match.group('width') or ''}"
             out.append(field.literal + format(self.headings[field.name], layout))
         return "".join(out) + self.trailer
 
@@ -392,6 +445,33 @@ def merge_rows(
     ]
 
 
+_TOML_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def toml_string(text: str) -> str:
+    """A TOML basic string that reads back as `text` (control characters escaped too)."""
+    out = []
+    for char in text:
+        escaped = _TOML_ESCAPES.get(char)
+        if escaped is None and (char < " " or char == "\x7f"):
+            escaped = f"\\u{ord(char):04X}"
+        out.append(escaped or char)
+    return '"' + "".join(out) + '"'
+
+
+def toml_key(name: str) -> str:
+    return name if _BARE_KEY.fullmatch(name) else toml_string(name)
+
+
 class NamedFormat(NamedTuple):
     name: str
     description: str
@@ -402,9 +482,16 @@ class FormatRegistry:
     """Built-in and configured named formats of one command, with Flux's `-o` rules."""
 
     def __init__(
-        self, command: str, builtins: Sequence[NamedFormat], env_default: str | None = None
+        self,
+        command: str,
+        builtins: Sequence[NamedFormat],
+        env_default: str | None = None,
+        table: str = "formats",
     ) -> None:
         self.command = command
+        # Where hkconsole.toml holds this command's formats: get-config prints that table,
+        # so its output can be pasted into the file as it is.
+        self.table = table
         self.builtins = {f.name: f for f in builtins}
         self.configured: dict[str, NamedFormat] = {}
         self.env_default = env_default
@@ -431,9 +518,11 @@ class FormatRegistry:
         entry = self.all().get(name)
         if entry is None:
             raise FormatError(f"--format: No such format {name}")
-        description = entry.description.replace('"', '\\"')
-        fmt = entry.format.replace('"', '\\"')
-        return f'[formats.{name}]\ndescription = "{description}"\nformat = "{fmt}"'
+        return (
+            f"[{self.table}.{toml_key(name)}]\n"
+            f"description = {toml_string(entry.description)}\n"
+            f"format = {toml_string(entry.format)}"
+        )
 
     def resolve(self, arg: str) -> str:
         if "{" in arg:

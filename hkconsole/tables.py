@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from hkconsole.formatter import FormatError, FormatRegistry, NamedFormat, Row
 from hkservice.cluster import Cluster
 from hkservice.idset import format_idset, parse_idset
-from hkservice.jobid import encode_jobid, f58_prefix
+from hkservice.jobid import encode_jobid
 
 JOBID_KINDS = ("dec", "hex", "f58", "f58plain", "kvs", "words", "dothex")
 
@@ -161,16 +161,8 @@ def merge_units(units: list[Unit]) -> Unit:
     return Unit(first.jobid, first.userid, first.t_start, allocated, pending, failed)
 
 
-_f58_cache: tuple[tuple[str | None, str | None], str] | None = None
-
-
 def f58(jobid: int) -> str:
-    """f58, with the prefix's locale lookup done once, not once per row."""
-    global _f58_cache
-    key = (os.environ.get("HK_F58_FORCE_ASCII"), os.environ.get("FLUX_F58_FORCE_ASCII"))
-    if _f58_cache is None or _f58_cache[0] != key:
-        _f58_cache = (key, f58_prefix())
-    return _f58_cache[1] + encode_jobid(jobid, "f58plain")[1:]
+    return encode_jobid(jobid, "f58")
 
 
 def encode(jobid: int, kind: str) -> str:
@@ -423,7 +415,10 @@ def config_dirs() -> list[str]:
 
 
 def load_config() -> dict[str, Any]:
-    """hk/hkconsole.toml from every XDG config dir, deep-merged, later ones winning."""
+    """hk/hkconsole.toml from every XDG config dir, deep-merged, later ones winning.
+
+    `__files__` keeps each file's own table, so an error can name the file it is in.
+    """
     merged: dict[str, Any] = {}
     for directory in config_dirs():
         path = os.path.join(directory, "hk", "hkconsole.toml")
@@ -434,11 +429,33 @@ def load_config() -> dict[str, Any]:
         try:
             with open(path, "rb") as fh:
                 data = tomllib.load(fh)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except UnicodeDecodeError as exc:
+            line = exc.object[: exc.start].count(b"\n") + 1
+            raise FormatError(
+                f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}); "
+                "TOML files must be UTF-8"
+            ) from None
+        except OSError as exc:
+            raise FormatError(f"{path}: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
             raise FormatError(f"{path}: {exc}") from None
         _deep_merge(merged, data)
         merged.setdefault("__sources__", []).append(path)
+        merged.setdefault("__files__", []).append((path, data))
     return merged
+
+
+def config_source(config: Mapping[str, Any], keys: Sequence[str]) -> str:
+    """The file whose value of `keys` (a dotted path) won the merge, for messages."""
+    for path, data in reversed(config.get("__files__", [])):
+        value: Any = data
+        for key in keys:
+            if not isinstance(value, Mapping) or key not in value:
+                break
+            value = value[key]
+        else:
+            return str(path)
+    return " ".join(config.get("__sources__", [])) or "hkconsole.toml"
 
 
 def _deep_merge(into: dict[str, Any], data: Mapping[str, Any]) -> None:
@@ -475,15 +492,17 @@ def _registry(
     config: Mapping[str, Any] | None,
     env_default: str | None = None,
 ) -> FormatRegistry:
-    registry = FormatRegistry(command, builtins, env_default)
+    registry = FormatRegistry(command, builtins, env_default, ".".join(path))
     config = load_config() if config is None else config
     formats: Any = config
-    for key in path:
-        formats = formats.get(key, {}) if isinstance(formats, Mapping) else {}
-    if not isinstance(formats, Mapping):
-        raise FormatError(f"{'.'.join(path)} in hkconsole.toml must be a table of formats")
-    if formats:
-        registry.add_configured(formats, " ".join(config.get("__sources__", [])) or "config")
+    for depth, key in enumerate(path, 1):
+        formats = formats.get(key, {})
+        if not isinstance(formats, Mapping):
+            table = ".".join(path[:depth])
+            what = "a table of formats" if depth == len(path) else "a table"
+            raise FormatError(f"{config_source(config, path[:depth])}: {table} must be {what}")
+    for name, entry in formats.items():
+        registry.add_configured({name: entry}, config_source(config, (*path, name)))
     return registry
 
 

@@ -259,6 +259,14 @@ def test_widths_on_rank_and_host_fields_where_flux_crashes(run: Run) -> None:
     ]
 
 
+def test_numeric_alignment_keeps_the_header(run: Run) -> None:
+    # `=` (pad after the sign) suits numbers; the heading, a string, is right-aligned.
+    assert lines(run("list", "-o", "{nnodes:=6}|{pending.nnodes:=+8}")[1]) == [
+        "NNODES| #ACTIVE",
+        "     4|+      3",
+    ]
+
+
 def test_runtime_conversions(run: Run) -> None:
     out = lines(run("list", "-o", "{id.f58:<12}|{runtime!F:<10}|{nnodes:<3}|")[1])
     assert out[0] == "JOBID       |RUNTIME   |NNODES|"
@@ -390,6 +398,35 @@ def test_configured_formats(run: Run, tmp_path: Path, monkeypatch: pytest.Monkey
     assert err.endswith(": override of builtin format 'pending' not permitted\n")
 
 
+def test_get_config_round_trips_and_config_errors_name_the_file(run: Run, tmp_path: Path) -> None:
+    import tomllib
+
+    config = tmp_path / "home" / "hk" / "hkconsole.toml"
+    config.parent.mkdir(parents=True)
+    description = 'C:\\path\\to "mine"\ttabbed'
+    fmt = "{id.f58} \\ {nodelist}"
+    config.write_text(
+        "[formats.mine]\n"
+        "description = 'C:\\path\\to \"mine\"\ttabbed'\n"
+        "format = '{id.f58} \\ {nodelist}'\n"
+    )
+    code, out, _ = run("list", "-o", "get-config=mine")
+    assert code == 0
+    assert tomllib.loads(out) == {"formats": {"mine": {"description": description, "format": fmt}}}
+    # nodes' formats live in [nodes.formats]: get-config prints the table to paste there.
+    assert lines(run("nodes", "-o", "get-config=long")[1])[0] == "[nodes.formats.long]"
+
+    config.write_bytes(b'[formats.mine]\ndescription = "caf\xe9"\nformat = "{id}"\n')
+    code, out, err = run("list")
+    assert (code, out) == (1, "")
+    assert err == (
+        f"hkconsole: ERROR: {config}: not UTF-8 text (byte 0xe9 on line 2); "
+        "TOML files must be UTF-8\n"
+    )
+    config.write_text("formats = 3\n")
+    assert run("list")[2] == f"hkconsole: ERROR: {config}: formats must be a table of formats\n"
+
+
 # -- list and kill errors ------------------------------------------------------
 
 
@@ -410,6 +447,27 @@ def test_configured_formats(run: Run, tmp_path: Path, monkeypatch: pytest.Monkey
         (("list", "-o", "{allocated}"), "Error in user format: Unknown format field: allocated"),
         (("list", "-o", "{id"), "Error in user format: expected '}' before end of string"),
         (("list", "-o", "sort:foo {id.f58}"), "Error in user format: Invalid sort key: foo"),
+        # Bad specs are errors with no rows to render too (-i 7 matches nothing).
+        (
+            ("list", "-i", "7", "-o", "{runtime!F:abc}"),
+            "Error in user format: field runtime: invalid format specifier 'abc'",
+        ),
+        (
+            ("list", "-o", "{runtime!F:abc}"),
+            "Error in user format: field runtime: invalid format specifier 'abc'",
+        ),
+        (("history", "-o", "{t_end:>q}"), "Error in user format: field t_end: invalid format"),
+        (("drain", "-o", "{reason:,s}"), "field reason: Cannot specify ',' with 's'."),
+        (("list", "-o", "{nnodes:2000000000}"), "field nnodes: width 2000000000 is over"),
+        (("list", "-o", "{}"), "Error in user format: empty field name {}: name a field"),
+        (("list", "-o", "{id.f58} {}"), "Error in user format: empty field name {}"),
+        # Sound specs that do not suit a value: the field is named.
+        (("list", "-o", "{id!d}"), "Error in user format: field id: !d needs a number, not 'fE"),
+        (("list", "-o", "{nodelist!H}"), "field nodelist: !H needs a number, not 'node[0-3]'"),
+        (
+            ("list", "-o", "{nodelist:=12}"),
+            "Error in user format: field nodelist: '=' alignment not allowed",
+        ),
         (("list", "-i", "foo["), "invalid targets 'foo[': not an idset or a hostlist"),
         (("list", "-i", "3,1"), "invalid targets '3,1': range '1' is out of order"),
         (("kill",), "specify at least one of --targets, --jobid, or --all"),

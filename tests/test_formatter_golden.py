@@ -190,6 +190,56 @@ def test_format_errors(fmt: str, message: str) -> None:
         OutputFormat(fmt, HEADINGS)
 
 
+@pytest.mark.parametrize(
+    ("fmt", "message"),
+    [
+        ("{f:abc}", "field f: invalid format specifier 'abc'"),
+        ("{t!F:abc}", "field t: invalid format specifier 'abc'"),
+        ("{t!d:%H::abc}", "field t: invalid format specifier '%H::abc'"),
+        ("{s:,s}", "field s: Cannot specify ',' with 's'. (',s')"),
+        ("{t!H:=8}", "field t: '=' alignment not allowed in string format specifier ('=8')"),
+        ("{i:{i}}", "field i: invalid format specifier '{i}'"),
+        ("{i:>2000000}", "field i: width 2000000 is over 1,000,000 ('>2000000')"),
+        ("{f:.9999999999}", "field f: precision 9999999999 is over 1,000,000 ('.9999999999')"),
+        ("{}", "empty field name {}: name a field, e.g. {id}"),
+        ("{s} {}", "empty field name {}: name a field, e.g. {id}"),
+    ],
+)
+def test_every_spec_is_checked_before_any_row(fmt: str, message: str) -> None:
+    """A bad format is an error with no rows at all, not a header and exit 0."""
+    with pytest.raises(FormatError) as exc:
+        OutputFormat(fmt, HEADINGS).render([])
+    assert str(exc.value) == "Error in user format: " + message
+
+
+@pytest.mark.parametrize(
+    ("fmt", "value", "message"),
+    [
+        ("{s!d}", "fEL6aVGK", "field s: !d needs a number, not 'fEL6aVGK'"),
+        ("{s!D}", "abc", "field s: !D needs a number, not 'abc'"),
+        ("{s!F}", "abc", "field s: !F needs a number, not 'abc'"),
+        ("{s!H}", "abc", "field s: !H needs a number, not 'abc'"),
+        ("{s!P}", "abc", "field s: !P needs a number, not 'abc'"),
+        ("{t!d}", 1e300, "field t: !d: 1e+300 is not a date"),
+        ("{s:=6}", "node[0-3]", "field s: '=' alignment not allowed in string format specifier"),
+        ("{i:c}", -1, "field i: %c arg not in range(0x110000)"),
+    ],
+)
+def test_value_errors_name_the_field(fmt: str, value: Any, message: str) -> None:
+    name = fmt[1]
+    for prefix in ("", "+:", "?:"):  # fitted and optional columns format values too
+        with pytest.raises(FormatError) as exc:
+            OutputFormat(prefix + fmt, HEADINGS).render(rows({name: value}))
+        assert str(exc.value) == "Error in user format: " + message
+
+
+def test_equals_alignment_in_the_header() -> None:
+    assert render("{i:=6}|{f:=+8.1f}|{i:0=4}", rows({"i": 3, "f": -1.25})) == [
+        "   INT|   FLOAT| INT",
+        "     3|-    1.2|0003",
+    ]
+
+
 def test_named_formats_help_get_config_and_suggestions() -> None:
     registry = FormatRegistry("hkconsole list", UNIT_FORMATS)
     assert registry.help_text().splitlines()[:4] == [
@@ -205,6 +255,75 @@ def test_named_formats_help_get_config_and_suggestions() -> None:
     with pytest.raises(FormatError, match=r"--format: No such format nope$"):
         registry.get_config("nope")
     assert registry.resolve("{id}") == "{id}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'back\\slash "quoted" {id}',
+        "tab\there, newline\nthere, cr\r, bell\a, del\x7f, nul\x00",
+        "unicode \u0192 \u00e9 \u6f22 \u2028",
+        "trailing backslash \\",
+        "'''  \"\"\"",
+    ],
+)
+def test_get_config_is_valid_toml(text: str) -> None:
+    import tomllib
+
+    registry = FormatRegistry("hkconsole list", UNIT_FORMATS)
+    registry.add_configured({"mine": {"description": text, "format": text}}, "test")
+    registry.add_configured({"my format": {"description": "", "format": "{id}"}}, "test")
+    assert tomllib.loads(registry.get_config("mine")) == {
+        "formats": {"mine": {"description": text, "format": text}}
+    }
+    assert tomllib.loads(registry.get_config("my format")) == {
+        "formats": {"my format": {"description": "", "format": "{id}"}}
+    }
+    for name, builtin in registry.builtins.items():
+        document = tomllib.loads(registry.get_config(name))
+        assert document["formats"][name] == {
+            "description": builtin.description,
+            "format": builtin.format,
+        }
+    # nodes, drain and history read theirs from [COMMAND.formats]: get-config prints that.
+    nodes = command_formats("nodes", {})
+    assert tomllib.loads(nodes.get_config("long"))["nodes"]["formats"]["long"]["format"] == (
+        nodes.builtins["long"].format
+    )
+
+
+def test_config_errors_name_the_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    system, home = tmp_path / "etc", tmp_path / "home"
+    for directory in (system, home):
+        (directory / "hk").mkdir(parents=True)
+    monkeypatch.setenv("XDG_CONFIG_DIRS", str(system))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    user, site = home / "hk" / "hkconsole.toml", system / "hk" / "hkconsole.toml"
+
+    def error(load: Any) -> str:
+        with pytest.raises(FormatError) as exc:
+            load()
+        return str(exc.value)
+
+    user.write_bytes(b'[formats.mine]\nformat = "\xff{id}"\n')
+    assert error(unit_formats) == (
+        f"{user}: not UTF-8 text (byte 0xff on line 2); TOML files must be UTF-8"
+    )
+    site.write_text('[formats.site]\nformat = "{id}"\n')
+    user.write_text('formats = "not a table"\n')
+    assert error(unit_formats) == f"{user}: formats must be a table of formats"
+    user.write_text("nodes = 5\n")
+    assert error(lambda: command_formats("nodes")) == f"{user}: nodes must be a table"
+    user.write_text('[history]\nformats = ["a"]\n')
+    assert error(lambda: command_formats("history")) == (
+        f"{user}: history.formats must be a table of formats"
+    )
+    # Two files: the one holding the offending entry is named, not both.
+    user.write_text('[formats.mine]\nformat = "{id}"\n')
+    site.write_text('[formats.pending]\nformat = "{id}"\n')
+    assert error(unit_formats) == f"{site}: override of builtin format 'pending' not permitted"
+    site.write_text("[formats.bad]\nformat = 5\n")
+    assert error(unit_formats) == f"{site}: formats.bad needs a format string"
 
 
 def test_configured_formats_from_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
