@@ -270,3 +270,63 @@ async def test_output_help_pause_filter_and_sort(
         assert 302 in rows(app)  # paused: the table holds still
         await pilot.press("p")
         await until(pilot, lambda: 302 not in rows(app))
+
+
+# -- at scale, on fixed data (no service: the cost is the console's own) ------------
+
+
+def many_units(count: int, nodes: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    config = {
+        "hostlist": f"node[0-{nodes - 1}]",
+        "release-after": 5.0,
+        "timeout": 120.0,
+        "kill-grace": 5.0,
+        "events-endpoint": "",
+    }
+    units = [
+        {
+            "jobid": 1_000_000 + i,
+            "userid": 1000 + i % 50,
+            "t_start": 1000.0 + i,
+            "ranks": str(i % nodes),
+            "allocated": str(i % nodes),
+            "pending": str(i % nodes),
+            "failed": "",
+        }
+        for i in range(count)
+    ]
+    status = {"drained": [{"ranks": "0-9", "reason": "housekeeping@fX exit-code: 1", "t": 0}]}
+    return config, {"units": units}, status
+
+
+async def test_a_filter_hiding_most_of_5000_units_is_quick_and_keeps_the_highlight() -> None:
+    # Textual's remove_row is O(rows): hiding 4,500 rows one by one took ~10 s here.
+    app = HkConsole("ipc:///nowhere", clock=lambda: 9000.0, live=False)
+    async with app.run_test(size=SIZE) as pilot:
+        app.load(*many_units(5000, 8192))
+        await pilot.pause()
+        table = app.units_table
+        target = 1_004_321  # matches the filter below: its row must stay highlighted
+        table.move_cursor(row=table.get_row_index(str(target)))
+        await until(pilot, lambda: app.selected == target)
+        start = time.monotonic()
+        await pilot.press("slash", *"432", "enter")
+        await pilot.pause()
+        assert time.monotonic() - start < 3.0
+        shown = rows(app)
+        expected = [
+            j
+            for j in range(1_000_000, 1_005_000)
+            if any(
+                "432" in text for text in (str(j), encode_jobid(j), f"node{(j - 1_000_000) % 8192}")
+            )
+        ]
+        assert shown == expected and len(shown) >= 10
+        assert app.selected == target and table.cursor_row == shown.index(target)
+        start = time.monotonic()
+        await pilot.press("escape")
+        await pilot.pause()
+        assert time.monotonic() - start < 3.0
+        assert rows(app) == list(range(1_000_000, 1_005_000))  # start order, all back
+        assert table.cursor_row == target - 1_000_000
+        assert str(table.get_cell(str(target), "nodelist")) == f"node{(target - 1_000_000) % 8192}"

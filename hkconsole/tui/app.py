@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import time
 from collections.abc import Callable, Iterable
@@ -50,6 +51,7 @@ UNIT_COLUMNS = (
     ("runtime", "RUNTIME"),
     ("nodelist", "NODELIST"),
 )
+RUNTIME_INDEX = [key for key, _ in UNIT_COLUMNS].index("runtime")
 NODE_COLUMNS = (
     ("rank", "RANK"),
     ("host", "HOST"),
@@ -73,6 +75,10 @@ STATE_STYLES = {
     "idle": "green",
     "offline": "magenta",
 }
+
+
+# The f58 prefix is read from the locale on every call: fixed for the console's life.
+jobid_text = functools.lru_cache(maxsize=1 << 16)(encode_jobid)
 
 
 class Cell(Text):
@@ -161,6 +167,9 @@ class HkConsole(App[int]):
         self._detail_task: asyncio.Task[None] | None = None
         self._nodes_dirty = True
         self._header_dirty = False
+        self._hay: dict[int, str] = {}
+        self._nodelists: dict[int, str] = {}
+        self._hidden_cells: dict[int, list[Any]] = {}
 
     # -- layout -------------------------------------------------------------
 
@@ -288,9 +297,16 @@ class HkConsole(App[int]):
     # -- applying changes ---------------------------------------------------
 
     def apply_changes(self, changed: Iterable[int], full: bool = False) -> None:
+        changed = set(changed)
+        if full:
+            self._hay.clear()
+            self._nodelists.clear()
+        for jobid in changed:
+            self._hay.pop(jobid, None)
+            self._nodelists.pop(jobid, None)
         self._nodes_dirty = True
         if not self.paused:
-            self.refresh_units(set(changed), full)
+            self.refresh_units(changed, full)
             if self.view == "nodes":
                 self.refresh_nodes()
             self.schedule_detail()
@@ -305,19 +321,28 @@ class HkConsole(App[int]):
     def unit_matches(self, unit: Unit) -> bool:
         if not self.filter_text:
             return True
-        needle = self.filter_text.lower()
-        cluster = self.model.cluster
-        hay = [encode_jobid(unit.jobid), str(unit.jobid), str(unit.userid)]
-        if cluster is not None:
-            hay.append(cluster.nodelist(unit.allocated))
-        return any(needle in h.lower() for h in hay)
+        hay = self._hay.get(unit.jobid)
+        if hay is None:
+            # Kept until the unit changes: typing a filter over 10,000 units must not
+            # format 10,000 jobids and nodelists per key stroke.
+            fields = (jobid_text(unit.jobid), str(unit.jobid), str(unit.userid))
+            hay = "\n".join((*fields, self.unit_nodelist(unit)))
+            hay = self._hay[unit.jobid] = hay.lower()
+        return self.filter_text.lower() in hay
+
+    def unit_nodelist(self, unit: Unit) -> str:
+        nodes = self._nodelists.get(unit.jobid)
+        if nodes is None:
+            cluster = self.model.cluster
+            nodes = cluster.nodelist(unit.allocated) if cluster is not None else ""
+            self._nodelists[unit.jobid] = nodes
+        return nodes
 
     def unit_cells(self, unit: Unit, now: float) -> list[Cell]:
-        cluster = self.model.cluster
         runtime = max(0.0, now - unit.t_start)
         return [
             Cell("●" if unit.jobid in self.marked else "", style="bold yellow"),
-            Cell(encode_jobid(unit.jobid), unit.t_start),
+            Cell(jobid_text(unit.jobid), unit.t_start),
             Cell(str(unit.userid), unit.userid),
             Cell(str(len(unit.allocated)), len(unit.allocated), right=True),
             Cell(str(len(unit.pending)), len(unit.pending), right=True),
@@ -328,7 +353,7 @@ class HkConsole(App[int]):
                 right=True,
             ),
             self.runtime_cell(runtime),
-            Cell(cluster.nodelist(unit.allocated) if cluster else "", str(sorted(unit.allocated))),
+            Cell(self.unit_nodelist(unit), min(unit.allocated, default=-1)),
         ]
 
     def refresh_units(self, changed: set[int], full: bool = False) -> None:
@@ -340,21 +365,35 @@ class HkConsole(App[int]):
         else:
             wanted = set(units)
         present = {int(k.value or 0) for k in table.rows}
+        stash = self._hidden_cells
+        if full:
+            stash.clear()
+        for jobid in changed:
+            stash.pop(jobid, None)
         self._applying = True
         touched = False
         try:
             with self.batch_update():
-                for jobid in present - wanted:
-                    table.remove_row(str(jobid))
+                gone = present - wanted
+                if gone:
+                    # Rows hidden by a filter keep their cells, to come back cheaply.
+                    for jobid in gone & units.keys() - changed:
+                        stash[jobid] = table.get_row(str(jobid))
+                    table.remove_rows(str(jobid) for jobid in gone)
                     touched = True
                 # Only new rows and changed units are visited: 1% changed costs 1%.
                 fresh = wanted if full else (wanted - present) | (changed & wanted)
                 visit = {str(j): units[j] for j in sorted(fresh, key=lambda j: units[j].t_start)}
-                added = False
+                new_rows: list[tuple[str, list[Cell]]] = []
+                back_rows: list[tuple[str, list[Cell]]] = []
                 for key, unit in visit.items():
                     if key not in table.rows:
-                        table.add_row(*self.unit_cells(unit, now), key=key)
-                        touched = added = True
+                        cells = stash.pop(unit.jobid, None)
+                        if cells is None:
+                            new_rows.append((key, self.unit_cells(unit, now)))
+                        else:
+                            cells[RUNTIME_INDEX] = self.runtime_cell(max(0.0, now - unit.t_start))
+                            back_rows.append((key, cells))
                     else:
                         for (column, _), cell in zip(
                             UNIT_COLUMNS, self.unit_cells(unit, now), strict=True
@@ -362,6 +401,10 @@ class HkConsole(App[int]):
                             if str(table.get_cell(key, column)) != str(cell):
                                 table.update_cell(key, column, cell)
                                 touched = True
+                table.add_keyed_rows(back_rows, measure=False)
+                table.add_keyed_rows(new_rows)
+                added = bool(new_rows or back_rows)
+                touched = touched or added
                 if touched and self.sort_column is not None:
                     table.sort(self.sort_column, key=_sort_key, reverse=self.sort_reverse)
                 elif added and not self.is_start_ordered(table):
@@ -371,6 +414,8 @@ class HkConsole(App[int]):
                 self.restore_cursor(table, self.selected)
         finally:
             self._applying = False
+        for jobid in stash.keys() - units.keys():
+            del stash[jobid]
 
     def is_start_ordered(self, table: DataTable[Any]) -> bool:
         starts = [
@@ -399,18 +444,20 @@ class HkConsole(App[int]):
         self._applying = True
         try:
             with self.batch_update():
+                hidden: list[str] = []
                 for rank in range(cluster.size):
                     cells = self.node_cells(rank, holders)
                     key = str(rank)
                     visible = self.node_matches(cells)
                     if key in table.rows and not visible:
-                        table.remove_row(key)
+                        hidden.append(key)
                     elif key not in table.rows and visible:
                         table.add_row(*cells, key=key)
                     elif visible:
                         for (column, _), cell in zip(NODE_COLUMNS, cells, strict=True):
                             if str(table.get_cell(key, column)) != str(cell):
                                 table.update_cell(key, column, cell)
+                table.remove_rows(hidden)
                 if self.sort_column_nodes is not None:
                     table.sort(self.sort_column_nodes, key=_sort_key, reverse=self.sort_reverse)
                 if self.selected_node is not None and str(self.selected_node) in table.rows:
@@ -835,6 +882,8 @@ class HkConsole(App[int]):
 
     @on(Input.Changed, "#filter")
     def filter_changed(self, event: Input.Changed) -> None:
+        if event.value.strip() == self.filter_text:
+            return  # esc already applied the cleared filter
         self.filter_text = event.value.strip()
         self.refresh_units(set(), full=False)
         if self.view == "nodes":

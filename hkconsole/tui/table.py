@@ -1,18 +1,38 @@
-"""A DataTable whose cell updates cost what is on screen, not what is in the table.
+"""A DataTable whose cell updates and row removals cost what changed, not the table size.
 
 Textual's `update_cell` bumps the table's update counter, which invalidates every cache
 keyed on it, the row order and row offsets included: O(rows) work on the next repaint
 for a one-cell change. A cell update changes neither the rows nor their order, so here
-it drops only the render caches. Textual is pinned (pyproject.toml) because this leans
-on the names of those caches; tests cover the rendering of updated cells.
+it drops only the render caches.
+
+Textual's `remove_row` rebuilds the whole row-location map for each row removed, so a
+filter hiding 9,000 of 10,000 rows took 40 s (O(N²)). `remove_rows` removes any number
+of rows with one rebuild, keeping the survivors' order. `add_keyed_rows` adds many keyed
+rows with the per-table work (column order, cursor clamp) done once, not per row, and
+new rows of one-line `Text` cells are measured by their length instead of through Rich's
+measuring protocol: together a third of the cost of bringing back 9,000 rows.
+
+Textual is pinned (pyproject.toml) because this leans on the names of those internals;
+tests cover the rendering of updated cells and the order and cursor after removals.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from itertools import zip_longest
 from typing import Any
 
+from rich.text import Text
+from textual._two_way_dict import TwoWayDict
 from textual.widgets import DataTable
-from textual.widgets.data_table import CellDoesNotExist, ColumnKey, RowKey
+from textual.widgets.data_table import (
+    CellDoesNotExist,
+    CellKey,
+    ColumnKey,
+    DuplicateKey,
+    Row,
+    RowKey,
+)
 
 
 class LiveTable(DataTable[Any]):
@@ -40,3 +60,86 @@ class LiveTable(DataTable[Any]):
         ):
             cache.clear()
         self.refresh()
+
+    def remove_rows(self, row_keys: Iterable[RowKey | str]) -> None:
+        """Remove rows in one pass; unknown keys are ignored. The rest keep their order."""
+        doomed = {RowKey(k) if isinstance(k, str) else k for k in row_keys}
+        doomed &= self.rows.keys()
+        if not doomed:
+            return
+        if len(doomed) == 1:
+            self.remove_row(next(iter(doomed)))
+            return
+        locations = self._row_locations
+        survivors = sorted((locations.get(key), key) for key in locations if key not in doomed)
+        self._row_locations = TwoWayDict({key: i for i, (_, key) in enumerate(survivors)})
+        columns = list(self.columns)
+        for key in doomed:
+            if self._updated_cells:
+                for column in columns:
+                    self._updated_cells.discard(CellKey(key, column))
+            self._new_rows.discard(key)
+            del self.rows[key]
+            del self._data[key]
+        self._require_update_dimensions = True
+        self.check_idle()
+        # Re-assigning clamps the cursor and hover into the shorter table.
+        self.cursor_coordinate = self.cursor_coordinate
+        self.hover_coordinate = self.hover_coordinate
+        self._update_count += 1
+        self.refresh(layout=True)
+
+    def add_keyed_rows(
+        self, rows: Iterable[tuple[str, Sequence[Any]]], *, measure: bool = True
+    ) -> None:
+        """Add (key, cells) rows at the bottom, like `add_row` for each.
+
+        `measure=False` is for rows that were in the table before with the same cells
+        (back from a filter): columns never shrink, so they fit already.
+        """
+        columns = [column.key for column in self.ordered_columns]
+        locations = self._row_locations
+        before = index = self.row_count
+        for key, cells in rows:
+            row_key = RowKey(key)
+            if row_key in locations:
+                raise DuplicateKey(f"The row key {row_key!r} already exists.")
+            if len(cells) > len(columns):
+                raise ValueError("More values provided than there are columns.")
+            locations[row_key] = index
+            index += 1
+            self._data[row_key] = dict(zip_longest(columns, cells))
+            self.rows[row_key] = Row(row_key, 1)
+            if measure:
+                self._new_rows.add(row_key)
+        if index == before:
+            return
+        self._require_update_dimensions = True
+        self.cursor_coordinate = self.cursor_coordinate
+        if before == 0 and columns and self.show_cursor and self.cursor_type != "none":
+            self._highlight_cursor()
+        self._update_count += 1
+        self.check_idle()
+
+    def _update_dimensions(self, new_rows: Iterable[RowKey]) -> None:
+        # Rich's measure of a one-line Text is its cell length; anything else (labels,
+        # multi-line or non-Text cells) goes through Textual's own measuring.
+        columns = self.ordered_columns
+        slow: list[RowKey] = []
+        for key in new_rows:
+            data = self._data.get(key)
+            row = self.rows.get(key)
+            if data is None or row is None:
+                continue
+            if row.label is not None or row.auto_height:
+                slow.append(key)
+                continue
+            for column in columns:
+                cell = data.get(column.key)
+                if not isinstance(cell, Text) or "\n" in cell.plain or "\t" in cell.plain:
+                    slow.append(key)
+                    break
+                width = cell.cell_len
+                if width > column.content_width:
+                    column.content_width = width
+        super()._update_dimensions(slow)
