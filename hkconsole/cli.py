@@ -9,10 +9,11 @@ import argparse
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from hkconsole.client import Client, ServiceError
+from hkconsole.client import Client, ServiceError, check_endpoint, resolve_endpoint, tcp_address
 from hkconsole.formatter import FormatError, FormatRegistry, OutputFormat, merge_rows
 from hkconsole.tables import (
     DRAIN_HEADINGS,
@@ -37,7 +38,7 @@ from hkconsole.tables import (
 )
 from hkservice.cluster import Cluster, TargetError
 from hkservice.idset import format_idset, parse_idset
-from hkservice.jobid import JobidError, parse_jobid
+from hkservice.jobid import JobidError, parse_jobid, quoted
 
 PROG = "hkconsole"
 # Under 5 s with start-up included: a hung service is reported within 5 s of the command.
@@ -88,12 +89,27 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def ascii_number(text: str, high: int) -> int | None:
+    """`text` as a number if it is ASCII digits only and at most `high`, else None.
+
+    Not int(text) alone: it takes `٩` for 9, ` 9` for 9, `1_0` for 10, and stops at
+    4,300 digits with a message of its own.
+    """
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(high)):
+        return None
+    value = int(digits)
+    return value if value <= high else None
+
+
 def parse_signal(text: str) -> int:
     """`9`, `KILL`, `SIGKILL`, `kill` -> 9."""
-    if text.isdigit():
-        signum = int(text)
-        if not 0 < signum < signal.NSIG:
-            raise CliError(f"invalid signal number {text} (1-{signal.NSIG - 1})")
+    if text.isascii() and text.isdigit():
+        signum = ascii_number(text, signal.NSIG - 1)
+        if not signum:
+            raise CliError(f"invalid signal number '{text}' (1-{signal.NSIG - 1})")
         return signum
     name = text.upper()
     if not name.startswith("SIG"):
@@ -111,10 +127,26 @@ def signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+UID_MAX = 2**32 - 1
+HISTORY_MAX = 10_000  # the most the service returns
+
+
 def userid_arg(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"'{text}' is not a user id (a number, 0 or more)")
-    return int(text)
+    userid = ascii_number(text, UID_MAX)
+    if userid is None:
+        raise argparse.ArgumentTypeError(
+            f"{quoted(text)} is not a user id (a number from 0 to {UID_MAX})"
+        )
+    return userid
+
+
+def limit_arg(text: str) -> int:
+    limit = ascii_number(text, HISTORY_MAX)
+    if not limit:
+        raise argparse.ArgumentTypeError(
+            f"{quoted(text)} is not a limit (a number from 1 to {HISTORY_MAX:,})"
+        )
+    return limit
 
 
 def jobid_arg(text: str) -> int:
@@ -172,7 +204,13 @@ def build_parser() -> Parser:
     p.add_argument("--userid", type=userid_arg, help="the job's user id (default: yours)")
 
     p = sub.add_parser("history", help="recently finished units", allow_abbrev=False)
-    p.add_argument("-l", "--limit", type=int, default=20, help="how many (default 20)")
+    p.add_argument(
+        "-l",
+        "--limit",
+        type=limit_arg,
+        default=20,
+        help=f"how many, 1 to {HISTORY_MAX:,} (default 20)",
+    )
     _table_options(p)
 
     p = sub.add_parser("demo", help="a simulated cluster with the live console")
@@ -362,8 +400,6 @@ def cmd_start(args: argparse.Namespace, client: Client) -> int:
 
 
 def cmd_history(args: argparse.Namespace, client: Client) -> int:
-    if args.limit < 1:
-        raise CliError(f"--limit must be at least 1, not {args.limit}")
     fmt = _table_format("history", args.format, HISTORY_HEADINGS)
     cluster = _cluster(client)
     wire = client.call("housekeeping.history", {"limit": args.limit})["units"]
@@ -392,11 +428,19 @@ def error(message: str) -> int:
     return 1
 
 
+# A TCP handshake answered by a live host takes well under this; a silent one means a
+# host that is down or a firewall dropping packets.
+TCP_PROBE_TIMEOUT = 1.0
+
+
 def check_listening(endpoint: str) -> None:
-    """A socket file that nobody listens on (a service that died) is reported at once.
+    """A service that is not there (died, never started, wrong port) is reported at once.
 
     ZeroMQ would keep retrying in silence until the request timed out.
     """
+    if endpoint.startswith("tcp://"):
+        _probe_tcp(endpoint)
+        return
     if not endpoint.startswith("ipc://"):
         return
     path = endpoint[len("ipc://") :]
@@ -420,6 +464,38 @@ def check_listening(endpoint: str) -> None:
         probe.close()
 
 
+def _probe_tcp(endpoint: str) -> None:
+    import _socket
+
+    host, port = tcp_address(endpoint)
+    try:
+        addresses = _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM)
+    except _socket.gaierror as exc:
+        raise ServiceError(
+            "EHOSTDOWN", f"no hk service at {endpoint}: unknown host '{host}' ({exc.strerror})"
+        ) from None
+    failure: OSError | None = None
+    # Each address in turn, as a name such as localhost may give ::1 before 127.0.0.1 and
+    # the service listen on one of them only.
+    for family, kind, proto, _, address in addresses:
+        probe = _socket.socket(family, kind, proto)
+        probe.settimeout(TCP_PROBE_TIMEOUT)
+        try:
+            probe.connect(address)
+            return
+        except OSError as exc:
+            failure = failure if isinstance(failure, ConnectionRefusedError) else exc
+        finally:
+            probe.close()
+    if isinstance(failure, ConnectionRefusedError):
+        reason = "connection refused (is hkservice running? is this its port?)"
+    elif isinstance(failure, TimeoutError):
+        reason = f"no answer to a connection within {TCP_PROBE_TIMEOUT:g} s (is the host up?)"
+    else:
+        reason = (failure.strerror if failure else None) or str(failure)
+    raise ServiceError("EHOSTDOWN", f"no hk service at {endpoint}: {reason}")
+
+
 class CliClient(Client):
     """The blocking client, checking once, before the first request, that anyone listens.
 
@@ -430,7 +506,12 @@ class CliClient(Client):
 
     def call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         if not self._checked:
+            check_endpoint(self.endpoint)
+            start = time.monotonic()
             check_listening(self.endpoint)
+            # A slow probe comes out of the request's time: the whole command still
+            # reports a hung service within 5 s.
+            self.timeout = round(max(0.5, self.timeout - (time.monotonic() - start)), 1)
             self._checked = True
         return super().call(method, params)
 
@@ -446,6 +527,22 @@ def _quiet_stdout() -> None:
         pass
 
 
+NO_TERMINAL = "the console needs a terminal; use `hkconsole list` for scripts"
+
+
+def _on_a_terminal() -> bool:
+    """Both ends of the console on a terminal: without one, Textual never exits and spins."""
+    try:
+        return sys.stdin is not None and sys.stdin.isatty() and sys.stdout.isatty()
+    except (AttributeError, ValueError):  # closed or replaced streams
+        return False
+
+
+def _usage_error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -453,10 +550,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         if args.command is None:
+            if not _on_a_terminal():
+                return _usage_error(NO_TERMINAL)
+            # Checked before Textual starts: the console would only show it as a status.
+            check_endpoint(resolve_endpoint(args.endpoint))
             from hkconsole.tui import run_console
 
             return run_console(endpoint=args.endpoint, read_only=args.read_only)
         if args.command == "demo":
+            # Headless (--run-for, for tests) it needs none.
+            if args.run_for is None and not _on_a_terminal():
+                return _usage_error("the demo needs a terminal for its console")
             from hkconsole.demo import run_demo
 
             return run_demo(

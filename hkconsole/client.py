@@ -28,7 +28,46 @@ def resolve_endpoint(endpoint: str | None = None) -> str:
     return endpoint or os.environ.get("HK_ENDPOINT") or default_endpoint()
 
 
+# An AF_UNIX socket path (sun_path) holds 108 bytes with the terminating NUL.
+IPC_PATH_MAX = 107
+
+
+def check_endpoint(endpoint: str) -> None:
+    """The service's own rules for its endpoint, so a typo is named, not a ZMQError."""
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep or scheme not in ("ipc", "tcp"):
+        raise ServiceError(
+            "EINVAL",
+            f"invalid endpoint '{endpoint}': not ipc:// or tcp:// "
+            "(for example ipc:///run/hk/hk.sock or tcp://host:5555)",
+        )
+    if scheme == "ipc":
+        if not rest:
+            raise ServiceError("EINVAL", f"invalid endpoint '{endpoint}': no socket path")
+        if len(os.fsencode(rest)) > IPC_PATH_MAX:
+            raise ServiceError(
+                "EINVAL",
+                f"invalid endpoint '{endpoint}': the socket path is over the "
+                f"{IPC_PATH_MAX}-byte limit of ipc socket paths",
+            )
+        return
+    host, colon, port = rest.rpartition(":")
+    if not (colon and host and port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ServiceError(
+            "EINVAL", f"invalid endpoint '{endpoint}': needs a host and a port (tcp://host:5555)"
+        )
+
+
+def tcp_address(endpoint: str) -> tuple[str, int]:
+    """(host, port) of a checked tcp:// endpoint; an IPv6 host loses its brackets."""
+    host, _, port = endpoint[len("tcp://") :].rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
 def _check_reachable(endpoint: str) -> None:
+    check_endpoint(endpoint)
     # An ipc endpoint with no socket file means no service: say so at once instead of
     # letting the request time out.
     if endpoint.startswith("ipc://") and not os.path.exists(endpoint[len("ipc://") :]):
@@ -36,6 +75,16 @@ def _check_reachable(endpoint: str) -> None:
             "EHOSTDOWN",
             f"no hk service at {endpoint} (is hkservice running? set --endpoint or HK_ENDPOINT)",
         )
+
+
+def _connect(sock: Any, endpoint: str) -> None:
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        # What check_endpoint lets through but ZeroMQ still refuses (e.g. a host name
+        # it cannot parse): one line naming the endpoint, not a ZMQError.
+        sock.close(linger=0)
+        raise ServiceError("EINVAL", f"cannot connect to '{endpoint}': {exc.strerror}") from None
 
 
 def _result(reply: Any, endpoint: str) -> dict[str, Any]:
@@ -85,7 +134,7 @@ class Client:
             _check_reachable(self.endpoint)
             sock = self._context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(self.endpoint)
+            _connect(sock, self.endpoint)
             self._socket = sock
         return self._socket
 
@@ -135,7 +184,7 @@ class AsyncClient:
             _check_reachable(self.endpoint)
             sock = self._context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(self.endpoint)
+            _connect(sock, self.endpoint)
             self._socket = sock
         return self._socket
 

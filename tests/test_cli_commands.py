@@ -480,8 +480,13 @@ def test_get_config_round_trips_and_config_errors_name_the_file(run: Run, tmp_pa
         (("kill", "-t", ""), "empty targets"),
         (("kill", "-s", "notanumber", "--all"), "unknown signal 'notanumber'"),
         (("kill", "-s", "SIGFOO", "--all"), "unknown signal 'SIGFOO'"),
-        (("kill", "-s", "0", "--all"), "invalid signal number 0"),
-        (("kill", "-s", "999", "--all"), "invalid signal number 999"),
+        (("kill", "-s", "0", "--all"), "invalid signal number '0' (1-64)"),
+        (("kill", "-s", "999", "--all"), "invalid signal number '999' (1-64)"),
+        (("kill", "-s", "9" * 5000, "--all"), "invalid signal number '9999"),
+        # Only ASCII digits are numbers (`٩` was taken for 9, `²` crashed int()).
+        (("kill", "-s", "²", "--all"), "unknown signal '²'"),
+        (("kill", "-s", "٩", "-t", "0"), "unknown signal '٩'"),
+        (("kill", "-s", " 9", "--all"), "unknown signal ' 9'"),
         # Matching nothing is an error (Flux says nothing), and jobid 0 is a real jobid
         # (Flux takes it for "every job").
         (("kill", "-j", "f1"), "no housekeeping running for job f1"),
@@ -494,7 +499,6 @@ def test_get_config_round_trips_and_config_errors_name_the_file(run: Run, tmp_pa
         (("drain", "node9", "x"), "host 'node9' is not in the cluster"),
         (("undrain", "1"), "rank 1 is not drained"),
         (("nodes", "-s", "sleepy"), "unknown state 'sleepy'"),
-        (("history", "-l", "0"), "--limit must be at least 1"),
     ],
 )
 def test_errors(run: Run, args: tuple[str, ...], message: str) -> None:
@@ -516,6 +520,23 @@ def test_errors(run: Run, args: tuple[str, ...], message: str) -> None:
         (("bogus",), "invalid choice: 'bogus'"),
         (("start", "-t", "0"), "the following arguments are required: -j/--jobid"),
         (("start", "-j", "1", "-t", "0", "--userid", "-5"), "'-5' is not a user id"),
+        (
+            ("start", "-j", "1", "-t", "0", "--userid", "99999999999999999999"),
+            "'99999999999999999999' is not a user id (a number from 0 to 4294967295)",
+        ),
+        (("start", "-j", "1", "-t", "0", "--userid", "4294967296"), "'4294967296' is not a"),
+        (("start", "-j", "1", "-t", "0", "--userid", "١"), "'١' is not a user id"),
+        (("start", "-j", "1", "-t", "0", "--userid", "1_0"), "'1_0' is not a user id"),
+        (("start", "-j", "1", "-t", "0", "--userid", "7\n"), "'7\\n' is not a user id"),
+        (
+            ("history", "-l", "99999999999999999999"),
+            "argument -l/--limit: '99999999999999999999' is not a limit (a number from 1 to "
+            "10,000)",
+        ),
+        (("history", "-l", "0"), "'0' is not a limit"),
+        (("history", "-l", "10001"), "'10001' is not a limit"),
+        (("history", "-l", "١"), "'١' is not a limit"),
+        (("history", "-l", "-1"), "'-1' is not a limit"),
     ],
 )
 def test_usage_errors_exit_2(run: Run, args: tuple[str, ...], message: str) -> None:
@@ -571,6 +592,36 @@ def test_kill_sequence_like_flux(
     ]
     history = run("history", "-no", "sort:id {id.f58} {nnodes} {failed.ranks} {releases}")[1]
     assert history == "fEL6aVGK 2 0-1 1\nfESBRYLP 1 2 1\nfEWuhFUB 1 3 1\n"
+
+
+def test_a_non_ascii_digit_signals_nothing(
+    capsys: pytest.CaptureFixture[str], sleeping: RunningService
+) -> None:
+    """`kill -s ٩ --all` signalled every unit with SIGKILL."""
+    deadline = time.monotonic() + 10
+    while len(running := sleeping.command_pids()) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(running) == 4
+    code, _, err = runner(capsys, sleeping)("kill", "-s", "٩", "--all")
+    assert (code, err) == (
+        1,
+        "hkconsole: ERROR: unknown signal '٩' (try TERM, KILL, INT, HUP or a number)\n",
+    )
+    time.sleep(0.3)
+    assert sleeping.command_pids() == running
+    assert [u["pending"] for u in sleeping.call("housekeeping.list")["units"]] == ["0-1", "2", "3"]
+
+
+def test_limits_and_user_ids_at_their_bounds(
+    capsys: pytest.CaptureFixture[str], hk_service: ServiceFactory
+) -> None:
+    service = hk_service(hostlist="node[0-1]", command=["true"])
+    run = runner(capsys, service)
+    assert run("start", "-j", "1", "-t", "0", "--userid", "4294967295") == (0, "", "")
+    assert run("start", "-j", "2", "-t", "1", "--userid", "0007") == (0, "", "")
+    service.wait_idle()
+    assert run("history", "-l", "10000", "-no", "{id.dec} {userid}")[1] == "2 7\n1 4294967295\n"
+    assert run("history", "-l", "1", "-no", "{id.dec}")[1] == "2\n"
 
 
 def test_kill_all_and_signal_names(
@@ -714,6 +765,119 @@ def test_service_down_is_said_at_once(capsys: pytest.CaptureFixture[str], tmp_pa
     assert time.monotonic() - start < 1
     # Formats are listed without a service.
     assert main(["--endpoint", f"ipc://{stale}", "list", "-o", "help"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "message"),
+    [
+        ("bogus://x", "invalid endpoint 'bogus://x': not ipc:// or tcp://"),
+        ("/tmp/hk.sock", "invalid endpoint '/tmp/hk.sock': not ipc:// or tcp://"),
+        ("ipc://", "invalid endpoint 'ipc://': no socket path"),
+        ("ipc:///" + "x" * 200, "the socket path is over the 107-byte limit"),
+        ("tcp://127.0.0.1", "invalid endpoint 'tcp://127.0.0.1': needs a host and a port"),
+        ("tcp://:5555", "needs a host and a port"),
+        ("tcp://127.0.0.1:99999", "needs a host and a port"),
+        ("tcp://127.0.0.1:٥٥", "needs a host and a port"),
+        ("tcp://nosuchhost.invalid:5555", "unknown host 'nosuchhost.invalid'"),
+    ],
+)
+def test_bad_endpoints_are_named(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, endpoint: str, message: str
+) -> None:
+    for argv in (["--endpoint", endpoint, "list"], ["kill", "--all"]):
+        monkeypatch.setenv("HK_ENDPOINT", endpoint)  # the second run takes it from here
+        start = time.monotonic()
+        assert main(argv) == 1
+        assert time.monotonic() - start < 1
+        err = capsys.readouterr().err
+        assert err.startswith("hkconsole: ERROR: ") and message in err, err
+        assert len(err.splitlines()) == 1
+
+
+def test_tcp_connection_refused_is_said_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    # Bound but not listening: connections to it are refused, and no one else can take
+    # the port while the test runs.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{closed.getsockname()[1]}"
+        start = time.monotonic()
+        assert main(["--endpoint", endpoint, "list"]) == 1
+        assert time.monotonic() - start < 1
+    assert capsys.readouterr().err == (
+        f"hkconsole: ERROR: no hk service at {endpoint}: connection refused "
+        "(is hkservice running? is this its port?)\n"
+    )
+
+
+class TcpService(RunningService):
+    port = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+
+def free_port_pair() -> int:
+    """A port p with p and p + 1 (the events endpoint) free just now."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            try:
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free pair of ports")
+
+
+def test_a_tcp_service_is_reached(capsys: pytest.CaptureFixture[str]) -> None:
+    """The TCP probe lets a real service through (and goes away before ZeroMQ connects)."""
+    base = Path(tempfile.mkdtemp(prefix="hk-", dir="/tmp"))
+    service = TcpService(base, "node[0-1]", ["sleep", "600"])
+    service.port = free_port_pair()
+    try:
+        service.start()
+        run = runner(capsys, service)
+        assert run("start", "-j", "1", "-t", "0") == (0, "", "")
+        assert run("list", "-no", "{id.dec} {nodelist}") == (0, "1 node0\n", "")
+        assert run("kill", "--all", "-q") == (0, "", "")
+    finally:
+        service.stop()
+        service.kill_leftovers()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("argv", [[], ["--endpoint", "ipc:///nonexistent/hk.sock"], ["demo"]])
+def test_console_without_a_terminal_is_a_usage_error(argv: list[str]) -> None:
+    """Textual, started with no terminal, never exits and spins a CPU: refuse at once."""
+    check = (
+        "import sys; from hkconsole.cli import main; code = main(sys.argv[1:]); "
+        "assert 'textual' not in sys.modules, 'textual imported'; sys.exit(code)"
+    )
+    message = "the console needs a terminal; use `hkconsole list` for scripts"
+    if argv == ["demo"]:
+        message = "the demo needs a terminal for its console"
+    # stdin from /dev/null, stdout a pipe; then stdin a terminal but stdout still a pipe.
+    master, slave = os.openpty()
+    try:
+        for stdin in (subprocess.DEVNULL, slave):
+            proc = subprocess.run(
+                [sys.executable, "-c", check, *argv],
+                stdin=stdin,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
+            assert proc.stderr == f"hkconsole: error: {message}\n"
+    finally:
+        os.close(master)
+        os.close(slave)
 
 
 def test_hung_service_is_reported_within_5_s(
