@@ -46,6 +46,7 @@ RESET_SIGNALS = tuple(
     s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)
 )
 IDLE_EXIT_SECONDS = 30.0
+KILL_REAP_SECONDS = 5.0
 
 
 def status_text(wait_status: int) -> str:
@@ -143,13 +144,26 @@ class Agent:
             for seq in message.get("seqs", []):
                 self.unacked.pop(seq, None)
         elif op == "shutdown":
-            if message.get("kill"):
-                for pid in list(self.by_pid):
-                    with contextlib.suppress(OSError):
-                        os.killpg(pid, signal.SIGKILL)
             self.peer = identity
+            if message.get("kill"):
+                await self._kill_all()
             await self._send({"op": "bye"})
             self._done.set()
+
+    async def _kill_all(self) -> None:
+        """SIGKILL every command and report how they ended before saying bye: the
+        service records them as killed rather than finding them gone at its next start."""
+        for pid in list(self.by_pid):
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + KILL_REAP_SECONDS
+        while self.by_pid and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+            self._reap()
+        self._flush()
+        if self._pending_sends:
+            await asyncio.wait(self._pending_sends, timeout=KILL_REAP_SECONDS)
 
     async def _send(self, message: dict[str, Any]) -> None:
         if self._sock is not None and self.peer is not None:

@@ -14,6 +14,8 @@ from hkservice.fsd import parse_duration
 from hkservice.protocol import default_endpoint, events_endpoint_for
 
 DEFAULT_KILL_GRACE = 90.0
+# An AF_UNIX socket path (sun_path) holds 108 bytes with the terminating NUL.
+IPC_PATH_MAX = 107
 
 # table -> key -> (type name shown in errors, required)
 SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
@@ -55,6 +57,7 @@ def _default_state_dir() -> Path:
 
 
 def _duration(table: dict[str, Any], key: str, where: str) -> float | None:
+    """A duration string, or a bare TOML number of seconds (documented)."""
     if key not in table:
         return None
     value = table[key]
@@ -64,6 +67,31 @@ def _duration(table: dict[str, Any], key: str, where: str) -> float | None:
         return parse_duration(str(value))
     except ValueError as exc:
         raise ConfigError(f"{where}.{key}: {exc}") from None
+
+
+def _check_endpoint(endpoint: str, key: str) -> None:
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep or scheme not in ("ipc", "tcp"):
+        raise ConfigError(
+            f"{key}: '{endpoint}' is not an ipc:// or tcp:// endpoint "
+            "(for example ipc:///run/hk/hk.sock or tcp://host:5555)"
+        )
+    if scheme == "ipc":
+        if not rest:
+            raise ConfigError(f"{key}: '{endpoint}' has no socket path")
+        if rest.startswith("@"):
+            # An abstract socket has no file, so no permissions to restrict who connects.
+            raise ConfigError(f"{key}: '{endpoint}' is an abstract socket: give a file path")
+        size = len(os.fsencode(rest))
+        if size > IPC_PATH_MAX:
+            raise ConfigError(
+                f"{key}: the socket path of '{endpoint}' is {size} bytes, over the "
+                f"{IPC_PATH_MAX}-byte limit of ipc socket paths"
+            )
+        return
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host or not (port == "*" or (port.isdigit() and 0 < int(port) < 65536)):
+        raise ConfigError(f"{key}: '{endpoint}' needs a host and a port (tcp://host:5555)")
 
 
 def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
@@ -102,7 +130,13 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
     if release_after is not None and math.isinf(release_after):
         release_after = None
     timeout = _duration(hk, "timeout", "housekeeping")
-    if timeout is not None and (math.isinf(timeout) or timeout == 0):
+    if timeout == 0:
+        # Flux-style "0 = unlimited" would surprise here as much as "0 = kill at once".
+        raise ConfigError(
+            "housekeeping.timeout: 0 would time every command out at once; "
+            'leave it unset, or "inf", for no timeout'
+        )
+    if timeout is not None and math.isinf(timeout):
         timeout = None
     kill_grace = _duration(hk, "kill-grace", "housekeeping")
 
@@ -111,11 +145,26 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         if key in service and not isinstance(service[key], str):
             raise ConfigError(f"service.{key}: expected a string")
     endpoint = service.get("endpoint") or default_endpoint()
+    _check_endpoint(endpoint, "service.endpoint")
     try:
         events_endpoint = service.get("events-endpoint") or events_endpoint_for(endpoint)
     except ValueError as exc:
         raise ConfigError(f"service.endpoint: {exc}") from None
+    _check_endpoint(events_endpoint, "service.events-endpoint")
+    if events_endpoint == endpoint:
+        raise ConfigError(
+            f"service.events-endpoint: '{events_endpoint}' is also the request endpoint"
+        )
     state_dir = Path(service["state-dir"]) if "state-dir" in service else _default_state_dir()
+    # The local agent's socket lives in the state directory: a long state-dir would
+    # only fail when the first command is launched.
+    agent_socket = os.fsencode(state_dir / "run" / "agent.sock")
+    if len(agent_socket) > IPC_PATH_MAX:
+        raise ConfigError(
+            f"service.state-dir: '{state_dir}' is too long: the local agent's socket "
+            f"{os.fsdecode(agent_socket)} would be {len(agent_socket)} bytes, over the "
+            f"{IPC_PATH_MAX}-byte limit of ipc socket paths"
+        )
     return Config(
         cluster=cluster,
         command=list(command),

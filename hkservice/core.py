@@ -22,6 +22,8 @@ from hkservice.jobid import encode_jobid
 
 SIGTERM = int(signal_module.SIGTERM)
 SIGKILL = int(signal_module.SIGKILL)
+# How a rank the service killed as it stopped (--stop-commands-on-exit) is told.
+SHUTDOWN_TEXT = "as the service stopped"
 
 
 def signal_name(signum: int) -> str:
@@ -64,7 +66,8 @@ class Outcome:
         if self.kind == "exit":
             return f"exited {self.code}"
         if self.kind == "signal":
-            return f"killed {signal_name(self.signal or 0)}"
+            killed = f"killed {signal_name(self.signal or 0)}"
+            return f"{killed} {self.text}" if self.text else killed
         if self.kind == "core":
             return f"dumped {signal_name(self.signal or 0)}"
         if self.kind == "timeout":
@@ -182,8 +185,10 @@ class RankRecord:
     t_end: float | None = None
     outcome: Outcome | None = None
     released: bool = False
-    # Why the rank was signalled ("operator" or "timeout"), so its outcome can be told
-    # as what it was rather than as a plain crash.
+    # Why the rank was signalled ("operator", "timeout" or "shutdown"), so its outcome
+    # can be told as what it was rather than as a plain crash. Persisted with the
+    # escalation deadline: a restart must neither forget a pending SIGKILL nor take a
+    # trapped operator kill for a clean exit.
     kill_cause: str | None = None
     kill_signal: int | None = None
     escalate_at: float | None = None
@@ -322,6 +327,10 @@ class Housekeeping:
     def restore(self, unit: Unit) -> None:
         """Put back a unit read from persistent state after a restart."""
         self._add(unit)
+        for rank in unit.pending:
+            at = unit.records[rank].escalate_at
+            if at is not None:
+                self._escalations[(unit.jobid, rank)] = at
 
     def restore_drain(self, rank: int, reason: str, t: float) -> None:
         self.drains[rank] = (reason, t)
@@ -372,6 +381,8 @@ class Housekeeping:
             # The command caught the operator's signal and exited 0: its cleanup was
             # still cut short, so it counts as a failure (spec §5).
             return Outcome("signal", signal=record.kill_signal)
+        if record.kill_cause == "shutdown" and raw.kind == "signal" and raw.signal == SIGKILL:
+            return Outcome("signal", signal=SIGKILL, text=SHUTDOWN_TEXT)
         return raw
 
     def _after_completion(self, unit: Unit, now: float) -> list[Action]:
@@ -444,7 +455,15 @@ class Housekeeping:
         if record.kill_cause != "timeout":
             record.kill_cause = cause
         record.kill_signal = signum
-        if signum == SIGTERM and record.escalate_at is None:
+        if signum == SIGKILL:
+            # Nothing left to escalate to.
+            record.escalate_at = None
+            self._escalations.pop((unit.jobid, rank), None)
+        elif (
+            signum == SIGTERM
+            and record.escalate_at is None
+            and not math.isinf(self.policy.kill_grace)
+        ):
             record.escalate_at = now + self.policy.kill_grace
             self._escalations[(unit.jobid, rank)] = record.escalate_at
 
@@ -511,6 +530,22 @@ class Housekeeping:
         for r in ranks:
             del self.drains[r]
         return [Undrained(tuple(sorted(ranks)))]
+
+    def stop_all(self, now: float) -> list[Action]:
+        """The service is stopping and takes every command with it: SIGKILL all.
+
+        The ranks then end as killed (and are drained: their cleanup did not complete)
+        rather than being left for the next start to find gone and call lost.
+        """
+        actions: list[Action] = []
+        for unit in self.units.values():
+            running = sorted(unit.pending)
+            if not running:
+                continue
+            for r in running:
+                self._mark_signalled(unit, r, SIGKILL, "shutdown", now)
+            actions.append(Signal(unit.jobid, tuple(running), SIGKILL))
+        return actions
 
     def recover(self, now: float) -> list[Action]:
         """After restore: release what a crash left done-but-held, fire due timers."""

@@ -40,13 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"hkservice: ERROR: {exc}", file=sys.stderr)
         return 1
+    import zmq
+
     from hkservice.server import run_service
 
     try:
         return run_service(config, stop_commands_on_exit=args.stop_commands_on_exit)
     except KeyboardInterrupt:
         return 0
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, zmq.ZMQError) as exc:
         print(f"hkservice: ERROR: {exc}", file=sys.stderr)
         return 1
 

@@ -34,7 +34,9 @@ PING_SECONDS = 5.0
 AGENT_SILENCE_SECONDS = 20.0
 SHUTDOWN_TIMEOUT = 30.0
 
-ExitCallback = Callable[[int, int, Outcome], None]
+# (jobid, rank, outcome, receipt): the receipt, when not None, goes back through
+# Runner.ack once the outcome is saved; until then the runner keeps the exit status.
+ExitCallback = Callable[[int, int, Outcome, int | None], None]
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ class Runner(Protocol):
     def launch(self, spec: LaunchSpec) -> None: ...
 
     def signal(self, jobid: int, ranks: Iterable[int], signum: int) -> None: ...
+
+    def ack(self, receipts: list[int]) -> None:
+        """The outcomes with these receipts are saved: the runner may forget them."""
+        ...
 
     def output(self, jobid: int, ranks: Iterable[int], tail: int) -> list[list[object]]: ...
 
@@ -109,7 +115,7 @@ class LocalRunner:
         self.base_env = dict(os.environ if base_env is None else base_env)
         self.keep_finished = keep_finished
         self.endpoint = f"ipc://{run_dir}/agent.sock"
-        self._callback: ExitCallback = lambda jobid, rank, outcome: None
+        self._callback: ExitCallback = lambda jobid, rank, outcome, receipt: None
         self._ctx = zmq.asyncio.Context.instance()
         self._sock: zmq.asyncio.Socket | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -132,6 +138,7 @@ class LocalRunner:
 
     async def start(self, expected: Callable[[], Iterable[tuple[int, int]]]) -> None:
         self._expected = expected
+        self._prune_output({jobid for jobid, _ in expected()})
         await self._reconcile()
         self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
 
@@ -156,20 +163,25 @@ class LocalRunner:
         hello = await self._connect()
         expected_set = set(self._expected())
         running = {(int(j), int(r)) for j, r in hello["running"]}
-        ended: dict[tuple[int, int], str] = {}
-        acks: list[int] = []
+        ended: dict[tuple[int, int], tuple[int, str]] = {}
+        saved: list[int] = []
         for seq, jobid, rank, status in hello["exits"]:
-            ended[(int(jobid), int(rank))] = status
-            acks.append(seq)
+            key = (int(jobid), int(rank))
+            if key in expected_set:
+                ended[key] = (int(seq), status)
+            else:
+                # Not running as far as the saved state knows: its outcome was saved
+                # before the acknowledgement got through.
+                saved.append(seq)
         for key in sorted(expected_set):
             if key in ended:
-                self._callback(*key, parse_status(ended[key]))
+                seq, status = ended[key]
+                self._callback(*key, parse_status(status), seq)
             elif key in running:
                 log.info("adopted job %d rank %d (still running)", *key)
             else:
-                self._callback(*key, LOST_AFTER_RESTART)
-        if acks:
-            self._send({"op": "ack", "seqs": acks})
+                self._callback(*key, LOST_AFTER_RESTART, None)
+        self.ack(saved)
 
     async def _connect(self) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -237,11 +249,10 @@ class LocalRunner:
             elif op == "pong":
                 pass
             elif op == "exits":
-                acks = []
+                # Acknowledged only once saved (Runner.ack): a service killed in between
+                # learns these exits again from the agent instead of calling them lost.
                 for seq, jobid, rank, status in message["exits"]:
-                    acks.append(seq)
-                    self._callback(int(jobid), int(rank), parse_status(status))
-                self._send({"op": "ack", "seqs": acks})
+                    self._callback(int(jobid), int(rank), parse_status(status), int(seq))
 
     def _send(self, message: dict[str, Any]) -> None:
         if self._sock is None:
@@ -268,6 +279,10 @@ class LocalRunner:
 
     def signal(self, jobid: int, ranks: Iterable[int], signum: int) -> None:
         self._send({"op": "signal", "jobid": jobid, "ranks": list(ranks), "signum": signum})
+
+    def ack(self, receipts: list[int]) -> None:
+        if receipts:
+            self._send({"op": "ack", "seqs": receipts})
 
     async def close(self, kill: bool) -> None:
         if self._keepalive is not None:
@@ -324,10 +339,26 @@ class LocalRunner:
 
     def forget(self, jobid: int) -> None:
         """A unit ended: keep its output for a while, for operators reading failures."""
+        if jobid in self._finished_units:
+            self._finished_units.remove(jobid)
         self._finished_units.append(jobid)
         while len(self._finished_units) > self.keep_finished:
             old = self._finished_units.pop(0)
             shutil.rmtree(self.unit_dir(old), ignore_errors=True)
+
+    def _prune_output(self, in_progress: set[int]) -> None:
+        """Take up the output of units that ended before this start, oldest first, so
+        the bound on kept output holds across restarts too."""
+        ended: list[tuple[float, int]] = []
+        with os.scandir(self.run_dir) as entries:
+            for entry in entries:
+                if entry.name.isdigit() and entry.is_dir(follow_symlinks=False):
+                    jobid = int(entry.name)
+                    if jobid not in in_progress:
+                        ended.append((entry.stat(follow_symlinks=False).st_mtime, jobid))
+        self._finished_units = []
+        for _, jobid in sorted(ended):
+            self.forget(jobid)
 
 
 def _tail_bytes(fh: io.BufferedReader, lines: int, block: int = 8192) -> bytes:

@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import signal as signal_module
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +50,17 @@ log = logging.getLogger("hkservice")
 
 BATCH_SECONDS = 0.010
 OUTPUT_TAIL_MAX = 1000
+MAX_USERID = (1 << 32) - 1
+MAX_JOBID = (1 << 64) - 1
+# Event sequence numbers are reserved on disk this many at a time (see Store.reserve_events).
+EVENT_SEQ_BLOCK = 1 << 20
+
+
+class StoreFailed(HkError):
+    """A change could not be saved: the service stops rather than run on unsaved state."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("EINTERNAL", message)
 
 
 def _ipc_path(endpoint: str) -> Path | None:
@@ -60,8 +72,20 @@ def _prepare_ipc(endpoint: str) -> None:
     if path is None:
         return
     # Only the service's user may enter the socket's directory: that is what gives
-    # kill, drain and start their operator rights on a local ipc endpoint.
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # kill, drain and start their operator rights on a local ipc endpoint. mkdir's mode
+    # only applies to a directory it creates, so one that was already there (a /tmp
+    # name anyone could have taken first) is checked.
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = directory.lstat()
+    uid = os.getuid()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a directory"
+        raise RuntimeError(
+            f"the socket directory {directory} must be private to the service's user: it "
+            f"is {what} owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}, "
+            f"where it needs owner uid {uid} and no group or other access (mode 0700)"
+        )
     if path.exists():
         path.unlink()
 
@@ -98,8 +122,8 @@ def _param(params: dict[str, Any], key: str, kind: type | tuple[type, ...], requ
 
 def _jobid(params: dict[str, Any], required: bool = True) -> int | None:
     value = _param(params, "jobid", int, required)
-    if value is not None and not 0 <= value < 1 << 64:
-        raise HkError("EINVAL", f"jobid {value} is out of range")
+    if value is not None and not 0 <= value <= MAX_JOBID:
+        raise HkError("EINVAL", f"jobid {value} is out of range (0-{MAX_JOBID})")
     return value
 
 
@@ -131,7 +155,11 @@ class Service:
         self._router: zmq.asyncio.Socket | None = None
         self._pub: zmq.asyncio.Socket | None = None
         self._seq = 0
+        self._seq_limit = 0
         self._batch: dict[int, list[tuple[int, core.Outcome]]] = {}
+        self._receipts: list[int] = []
+        self._failed: BaseException | None = None
+        self.exit_code = 0
         self._batch_handle: asyncio.TimerHandle | None = None
         self._deadline_handle: asyncio.TimerHandle | None = None
         self._stopping = asyncio.Event()
@@ -163,13 +191,14 @@ class Service:
                 self.config.endpoint,
             )
         await self._recover()
-        log.info(
-            "serving %s (events %s) for %s, %d nodes",
-            self.config.endpoint,
-            self.config.events_endpoint,
-            self.cluster.text,
-            self.cluster.size,
-        )
+        if self._failed is None:
+            log.info(
+                "serving %s (events %s) for %s, %d nodes",
+                self.config.endpoint,
+                self.config.events_endpoint,
+                self.cluster.text,
+                self.cluster.size,
+            )
         serve = asyncio.create_task(self._serve())
         heartbeat = asyncio.create_task(self._heartbeat())
         await self._stopping.wait()
@@ -178,8 +207,24 @@ class Service:
         for task in (serve, heartbeat):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.runner.close(kill=self.stop_commands_on_exit)
+        # After a store failure nothing more is changed or killed: the commands stay
+        # with the agent, and the next start carries on from what was saved.
+        kill = self.stop_commands_on_exit and self._failed is None
+        if kill:
+            with contextlib.suppress(StoreFailed):
+                self._apply(self.hk.stop_all(self.clock()))
+        await self.runner.close(kill=kill)
+        # The exits the runner reported while closing are saved before the store
+        # closes; no timer may fire after it has.
+        if self._batch_handle is not None:
+            self._batch_handle.cancel()
+            self._flush_batch()
+        if self._deadline_handle is not None:
+            self._deadline_handle.cancel()
+            self._deadline_handle = None
         self._shutdown()
+        if self._failed is not None:
+            self.exit_code = 1
 
     def stop(self) -> None:
         self._stopping.set()
@@ -189,11 +234,14 @@ class Service:
             _prepare_ipc(endpoint)
         router = self._ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
-        router.bind(self.config.endpoint)
         pub = self._ctx.socket(zmq.PUB)
         pub.setsockopt(zmq.LINGER, 0)
-        pub.bind(self.config.events_endpoint)
         self._router, self._pub = router, pub
+        for sock, endpoint in ((router, self.config.endpoint), (pub, self.config.events_endpoint)):
+            try:
+                sock.bind(endpoint)
+            except zmq.ZMQError as exc:
+                raise RuntimeError(f"cannot bind {endpoint}: {exc.strerror}") from None
         for endpoint in (self.config.endpoint, self.config.events_endpoint):
             path = _ipc_path(endpoint)
             if path is not None:
@@ -220,9 +268,13 @@ class Service:
         for unit in units:
             self.hk.restore(unit)
         await self.runner.start(self._running_ranks)
-        if units:
-            log.info("recovered %d units in progress", len(units))
-            self._apply(self.hk.recover(self.clock()))
+        try:
+            self._reserve_events()
+            if units:
+                log.info("recovered %d units in progress", len(units))
+                self._apply(self.hk.recover(self.clock()))
+        except StoreFailed:
+            pass  # logged; run() stops
 
     def _running_ranks(self) -> list[tuple[int, int]]:
         return [(u.jobid, r) for u in self.hk.units.values() for r in sorted(u.pending)]
@@ -230,15 +282,55 @@ class Service:
     # -- applying core actions ----------------------------------------------
 
     def _apply(self, actions: list[core.Action]) -> None:
+        if self._failed is not None:
+            raise StoreFailed("the service is stopping: it could not save its state")
         if actions:
-            self.store.apply(actions, self.hk)
+            try:
+                self.store.apply(actions, self.hk)
+            except Exception as exc:  # sqlite3.Error, or a value SQLite refuses
+                # The core has already changed its memory and cannot take it back; the
+                # disk has not. Carrying on would act on, and tell clients about, state
+                # a restart forgets (a unit holding nodes forever, never launched). So
+                # nothing of this change is acted on or published: the service stops,
+                # and the next start resumes from what was saved, learning from the
+                # agent again the exits that were not acknowledged.
+                self._fail(exc)
+                raise StoreFailed(
+                    f"could not save the state in {self.store.path} ({exc}): "
+                    "the service is stopping"
+                ) from exc
         for action in actions:
             self._effect(action)
         self._schedule_deadline()
 
+    def _fail(self, exc: BaseException) -> None:
+        if self._failed is None:
+            log.critical(
+                "could not save the state in %s: %s; stopping, so that the next start "
+                "resumes from what was saved",
+                self.store.path,
+                exc,
+            )
+            self._failed = exc
+        self.stop()
+
+    def _reserve_events(self) -> None:
+        try:
+            first = self.store.reserve_events(EVENT_SEQ_BLOCK)
+        except Exception as exc:
+            self._fail(exc)
+            raise StoreFailed(f"could not save the state in {self.store.path} ({exc})") from exc
+        self._seq = first - 1
+        self._seq_limit = first + EVENT_SEQ_BLOCK - 1
+
     def _publish(self, topic: str, body: dict[str, Any]) -> None:
-        if self._pub is None:
+        if self._pub is None or self._failed is not None:
             return
+        if self._seq >= self._seq_limit:
+            try:
+                self._reserve_events()
+            except StoreFailed:
+                return
         self._seq += 1
         body = {"v": PROTOCOL_VERSION, "seq": self._seq, "t": self.clock(), **body}
         with contextlib.suppress(zmq.ZMQError):
@@ -290,8 +382,10 @@ class Service:
             case _:
                 pass
 
-    def _on_exit(self, jobid: int, rank: int, outcome: core.Outcome) -> None:
+    def _on_exit(self, jobid: int, rank: int, outcome: core.Outcome, receipt: int | None) -> None:
         self._batch.setdefault(jobid, []).append((rank, outcome))
+        if receipt is not None:
+            self._receipts.append(receipt)
         if self._batch_handle is None:
             loop = asyncio.get_running_loop()
             self._batch_handle = loop.call_later(BATCH_SECONDS, self._flush_batch)
@@ -299,9 +393,15 @@ class Service:
     def _flush_batch(self) -> None:
         self._batch_handle = None
         batch, self._batch = self._batch, {}
+        receipts, self._receipts = self._receipts, []
         now = self.clock()
-        for jobid, results in batch.items():
-            self._apply(self.hk.finished(jobid, results, now))
+        try:
+            for jobid, results in batch.items():
+                self._apply(self.hk.finished(jobid, results, now))
+        except StoreFailed:
+            return  # unacknowledged: the agent reports them again to the next start
+        # Only now that they are saved may the agent forget these exits.
+        self.runner.ack(receipts)
 
     def _schedule_deadline(self) -> None:
         deadline = self.hk.next_deadline()
@@ -316,7 +416,8 @@ class Service:
 
     def _on_deadline(self) -> None:
         self._deadline_handle = None
-        self._apply(self.hk.tick(self.clock()))
+        with contextlib.suppress(StoreFailed):
+            self._apply(self.hk.tick(self.clock()))
 
     async def _heartbeat(self) -> None:
         while True:
@@ -331,10 +432,12 @@ class Service:
             frames = await self._router.recv_multipart(copy=True)
             if len(frames) < 2:
                 continue
-            identity, body = frames[0], frames[-1]
+            # Everything before the body is the envelope: the identity, and for a REQ
+            # client an empty delimiter, which REQ needs back to accept the reply.
+            envelope, body = frames[:-1], frames[-1]
             reply = self.handle_bytes(body)
             with contextlib.suppress(zmq.ZMQError):
-                await self._router.send_multipart([identity, pack(reply)])
+                await self._router.send_multipart([*envelope, pack(reply)])
 
     def handle_bytes(self, body: bytes) -> dict[str, Any]:
         if len(body) > MAX_MESSAGE_BYTES:
@@ -359,6 +462,8 @@ class Service:
             return reply_error(req_id, "EINTERNAL", f"internal error: {exc}")
 
     def handle(self, message: dict[str, Any]) -> dict[str, Any]:
+        if self._failed is not None:
+            raise StoreFailed("the service is stopping: it could not save its state")
         version = message.get("v")
         if version != PROTOCOL_VERSION:
             raise HkError(
@@ -412,6 +517,8 @@ class Service:
         userid = _param(params, "userid", int, False)
         if userid is None:
             userid = os.getuid()
+        elif not 0 <= userid <= MAX_USERID:
+            raise HkError("EINVAL", f"userid {userid} is out of range (0-{MAX_USERID})")
         self._apply(self.hk.start(jobid, userid, ranks, self.clock()))
         return {"jobid": jobid}
 
@@ -512,4 +619,4 @@ class Service:
 def run_service(config: Config, *, stop_commands_on_exit: bool = False) -> int:
     service = Service(config, stop_commands_on_exit=stop_commands_on_exit)
     asyncio.run(service.run())
-    return 0
+    return service.exit_code

@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS ranks (
     signal INTEGER,
     text TEXT,
     released INTEGER NOT NULL DEFAULT 0,
+    kill_cause TEXT,
+    kill_signal INTEGER,
+    escalate_at REAL,
     PRIMARY KEY (jobid, rank)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS drains (
@@ -53,7 +56,19 @@ CREATE TABLE IF NOT EXISTS history (
     failed TEXT NOT NULL,
     releases INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
+
+# Columns added since the first release: (table, column, declaration) added to a state
+# directory written by an older service.
+MIGRATIONS = [
+    ("ranks", "kill_cause", "TEXT"),
+    ("ranks", "kill_signal", "INTEGER"),
+    ("ranks", "escalate_at", "REAL"),
+]
 
 HISTORY_KEEP = 10_000
 # Uint64 jobids do not fit SQLite's signed 64-bit integers: store them shifted.
@@ -78,6 +93,10 @@ class Store:
         # lose the last transactions, and the wrappers' status files cover those ranks.
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        for table, column, declaration in MIGRATIONS:
+            columns = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in columns:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         self.db.close()
@@ -128,6 +147,27 @@ class Store:
                         _db(jobid),
                         rank,
                     ),
+                )
+            case core.Signal(jobid, ranks, _):
+                held = hk.units[jobid]
+                records = held.records
+                db.executemany(
+                    "UPDATE ranks SET kill_cause=?, kill_signal=?, escalate_at=?"
+                    " WHERE jobid=? AND rank=?",
+                    (
+                        (
+                            records[r].kill_cause,
+                            records[r].kill_signal,
+                            records[r].escalate_at,
+                            _db(jobid),
+                            r,
+                        )
+                        for r in ranks
+                    ),
+                )
+                # A timeout that fired must not fire again after a restart.
+                db.execute(
+                    "UPDATE units SET timeout_at=? WHERE jobid=?", (held.timeout_at, _db(jobid))
                 )
             case core.TimerArmed(jobid, deadline):
                 db.execute(
@@ -193,12 +233,33 @@ class Store:
         for jobid_db, userid, t_start, ranks_text, deadline, expired, timeout_at, rel in rows:
             ranks = tuple(sorted(parse_idset(ranks_text)))
             records: dict[int, RankRecord] = {}
-            for rank, t_end, kind, code, signal, text, released in self.db.execute(
-                "SELECT rank, t_end, kind, code, signal, text, released FROM ranks WHERE jobid=?",
+            for (
+                rank,
+                t_end,
+                kind,
+                code,
+                signal,
+                text,
+                released,
+                kill_cause,
+                kill_signal,
+                escalate_at,
+            ) in self.db.execute(
+                "SELECT rank, t_end, kind, code, signal, text, released, kill_cause,"
+                " kill_signal, escalate_at FROM ranks WHERE jobid=?",
                 (jobid_db,),
             ):
                 outcome = Outcome(kind, code, signal, text or "") if kind else None
-                records[rank] = RankRecord(rank, t_start, t_end, outcome, bool(released))
+                records[rank] = RankRecord(
+                    rank,
+                    t_start,
+                    t_end,
+                    outcome,
+                    bool(released),
+                    kill_cause,
+                    kill_signal,
+                    escalate_at if outcome is None else None,
+                )
             for r in ranks:
                 records.setdefault(r, RankRecord(r, t_start))
             units.append(
@@ -218,6 +279,21 @@ class Store:
                 )
             )
         return units
+
+    def reserve_events(self, block: int) -> int:
+        """Reserve the next `block` event sequence numbers; returns the first of them.
+
+        Only the ceiling of each block is written, so an event costs no write, and a
+        restarted service starts above every number its predecessor could have used.
+        """
+        row = self.db.execute("SELECT value FROM meta WHERE key='event_seq'").fetchone()
+        first = (row[0] if row else 0) + 1
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES ('event_seq', ?)"
+            " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (first + block - 1,),
+        )
+        return first
 
     def load_drains(self) -> list[tuple[int, str, float]]:
         return list(self.db.execute("SELECT rank, reason, t FROM drains ORDER BY rank"))

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -73,6 +78,15 @@ def events() -> Iterator[Callable[[RunningService], Events]]:
 def final_seen(jobid: int) -> Callable[[str, dict[str, Any]], bool]:
     return lambda topic, body: (
         topic == "housekeeping.released" and body["jobid"] == jobid and body["final"]
+    )
+
+
+def first_event_with(ev: Events, topic: str, rank: int) -> int:
+    """Index in ev.seen of the first `topic` event whose ranks include `rank`."""
+    return next(
+        i
+        for i, (seen_topic, body) in enumerate(ev.seen)
+        if seen_topic == topic and rank in parse_idset(body["ranks"])
     )
 
 
@@ -168,9 +182,11 @@ def test_drain_reasons_for_exit_signal_launch_and_timeout(
         0: f"housekeeping@{label} exit-code: exited 1",
         1: f"housekeeping@{label} signal: killed TERM",
     }
-    # Drained before released: the drain event comes first.
-    topics = [t for t, b in ev.seen if t in ("resource.drained", "housekeeping.released")]
-    assert topics.index("resource.drained") < topics.index("housekeeping.released")
+    # Each failed rank is drained before the release that hands it back.
+    for rank in (0, 1):
+        assert first_event_with(ev, "resource.drained", rank) < first_event_with(
+            ev, "housekeeping.released", rank
+        )
 
     missing = hk_service(hostlist="node[0-1]", command=["/no/such/cleanup"])
     missing.call("housekeeping.start", {"jobid": 11, "ranks": "0"})
@@ -410,9 +426,6 @@ def test_bad_requests_are_rejected_without_losing_state(hk_service: ServiceFacto
 def test_bad_config_stops_the_start_naming_the_key(
     tmp_path: Path, config: str, message: str
 ) -> None:
-    import subprocess
-    import sys
-
     path = tmp_path / "bad.toml"
     path.write_text(config)
     proc = subprocess.run(
@@ -445,9 +458,6 @@ def test_stop_commands_on_exit_leaves_no_process(hk_service: ServiceFactory) -> 
 def test_a_second_service_on_the_same_state_dir_refuses_to_start(
     hk_service: ServiceFactory,
 ) -> None:
-    import subprocess
-    import sys
-
     svc = hk_service()
     proc = subprocess.run(
         [sys.executable, "-m", "hkservice", "--config", str(svc.config_path)],
@@ -458,3 +468,358 @@ def test_a_second_service_on_the_same_state_dir_refuses_to_start(
     assert proc.returncode == 1
     assert "another hkservice is already running with state-dir" in proc.stderr
     assert svc.call("service.config")["size"] == 4  # the first one still serves
+
+
+# -- audit fixes -------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(0.05)
+
+
+def lock_the_store(svc: RunningService) -> sqlite3.Connection:
+    """Hold SQLite's write lock on the service's database: its next write fails after
+    the busy timeout, a real store failure with nothing faked."""
+    db = sqlite3.connect(svc.state_dir / "hk.db", isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")
+    return db
+
+
+def release_the_store(db: sqlite3.Connection) -> None:
+    db.execute("ROLLBACK")
+    db.close()
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"jobid": 900, "ranks": "0", "userid": 2**64 - 1}, "userid 18446744073709551615 is out"),
+        ({"jobid": 900, "ranks": "0", "userid": 2**32}, r"userid 4294967296 is out of range"),
+        ({"jobid": 900, "ranks": "0", "userid": -1}, r"userid -1 is out of range \(0-4294967295\)"),
+        ({"jobid": -1, "ranks": "0"}, r"jobid -1 is out of range \(0-18446744073709551615\)"),
+    ],
+    ids=["userid-2^64-1", "userid-2^32", "userid-negative", "jobid-negative"],
+)
+def test_ids_out_of_range_are_refused_and_leave_nothing_behind(
+    hk_service: ServiceFactory, params: dict[str, Any], message: str
+) -> None:
+    svc = hk_service()
+    with pytest.raises(ServiceError, match=message) as err:
+        svc.call("housekeeping.start", params)
+    assert err.value.code == "EINVAL"
+    assert svc.call("housekeeping.list")["units"] == []
+    assert svc.call("resource.status")["housekeeping"] == ""
+    svc.call("housekeeping.start", {"jobid": 900, "ranks": "0", "userid": 2**32 - 1})
+    svc.wait_idle()
+
+
+def test_a_change_that_cannot_be_saved_stops_the_service_without_acting_on_it(
+    hk_service: ServiceFactory, script: Script, tmp_path: Path
+) -> None:
+    ran = tmp_path / "ran"
+    svc = hk_service(command=[script(f'touch "{ran}"')], stop_commands_on_exit=False)
+    db = lock_the_store(svc)
+    try:
+        with (
+            svc.client(timeout=20) as client,
+            pytest.raises(ServiceError, match=r"could not save the state .*is stopping") as err,
+        ):
+            client.call("housekeeping.start", {"jobid": 900, "ranks": "0"})
+        assert err.value.code == "EINTERNAL"
+        assert svc.proc is not None
+        assert svc.proc.wait(15) == 1
+    finally:
+        release_the_store(db)
+    assert svc.stop() == 1
+    assert "could not save the state" in svc.log()
+    assert "Traceback" not in svc.log()
+    svc.start()
+    # What the disk says is what the service says: no unit, no held node, nothing run.
+    assert svc.call("housekeeping.list")["units"] == []
+    assert svc.call("resource.status")["housekeeping"] == ""
+    assert not ran.exists()
+    svc.call("housekeeping.start", {"jobid": 900, "ranks": "0"})
+    svc.wait_idle()
+    assert ran.exists()
+
+
+def peak_rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_huge_idsets_are_refused_without_expanding_them(hk_service: ServiceFactory) -> None:
+    svc = hk_service(command=["sleep", "600"])
+    svc.call("housekeeping.start", {"jobid": 1, "ranks": "0-1"})
+    assert svc.proc is not None
+    before = peak_rss_kb(svc.proc.pid)
+    huge = "0-2999999"  # three million ids: hundreds of MB had they been expanded
+    for method, params in (
+        ("resource.drain", {"ranks": huge, "reason": "x"}),
+        ("resource.undrain", {"ranks": huge}),
+        ("housekeeping.kill", {"ranks": huge}),
+        ("housekeeping.start", {"jobid": 2, "ranks": huge}),
+    ):
+        with pytest.raises(ServiceError, match=r"ranks 4-2999999 are not in the cluster \(0-3\)"):
+            svc.call(method, params)
+    assert peak_rss_kb(svc.proc.pid) - before < 20_000
+    assert [u["jobid"] for u in svc.call("housekeeping.list")["units"]] == [1]
+
+
+def test_a_pending_sigkill_survives_a_kill_9_of_the_service(
+    hk_service: ServiceFactory, script: Script
+) -> None:
+    stubborn = script("trap '' TERM; sleep 600 & wait; sleep 600")
+    svc = hk_service(
+        hostlist="node0", command=[stubborn], kill_grace="2s", stop_commands_on_exit=False
+    )
+    svc.call("housekeeping.start", {"jobid": 5, "ranks": "0"})
+    wait_until(lambda: (5, 0) in svc.command_pids())
+    svc.call("housekeeping.kill", {"jobid": 5})
+    svc.kill9()
+    svc.start()
+    svc.wait_idle(timeout=10)
+    assert drains(svc)[0].endswith("signal: killed KILL")
+
+
+def test_an_operator_kill_trapped_and_exited_0_still_fails_after_a_kill_9(
+    hk_service: ServiceFactory, script: Script, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    trapper = script(f"trap '' TERM; while [ ! -e \"{gate}\" ]; do sleep 0.05; done; exit 0")
+    svc = hk_service(hostlist="node[0-1]", command=[trapper], stop_commands_on_exit=False)
+    svc.call("housekeeping.start", {"jobid": 6, "ranks": "0"})
+    wait_until(lambda: (6, 0) in svc.command_pids())
+    svc.call("housekeeping.kill", {"jobid": 6})
+    svc.kill9()
+    svc.start()
+    gate.touch()
+    svc.wait_idle()
+    assert drains(svc) == {0: f"housekeeping@{encode_jobid(6, 'f58plain')} signal: killed TERM"}
+    assert svc.call("housekeeping.history")["units"][0]["failed"] == "0"
+
+
+def test_an_exit_is_acknowledged_to_the_agent_only_once_saved(
+    hk_service: ServiceFactory, script: Script, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    cmd = script(f'while [ ! -e "{gate}" ]; do sleep 0.05; done; exit 0')
+    svc = hk_service(hostlist="node[0-1]", command=[cmd], stop_commands_on_exit=False)
+    svc.call("housekeeping.start", {"jobid": 66, "ranks": "0"})
+    wait_until(lambda: (66, 0) in svc.command_pids())
+    # The service cannot save the exit while the lock is held: killed in that window,
+    # it must learn the exit again from the agent, not call the rank lost.
+    db = lock_the_store(svc)
+    try:
+        gate.touch()
+        wait_until(lambda: (66, 0) not in svc.command_pids())
+        time.sleep(1.0)  # the agent reports the exit; the service blocks on the lock
+        svc.kill9()
+    finally:
+        release_the_store(db)
+    svc.start()
+    svc.wait_idle()
+    assert drains(svc) == {}
+    assert svc.call("housekeeping.history")["units"][0]["failed"] == ""
+
+
+def test_commands_stopped_with_the_service_end_killed_and_saved(
+    hk_service: ServiceFactory,
+) -> None:
+    svc = hk_service(hostlist="node[0-3]", command=["sleep", "600"])
+    svc.call("housekeeping.start", {"jobid": 5, "ranks": "0-3"})
+    wait_until(lambda: len(svc.command_pids()) == 4)
+    assert svc.stop() == 0
+    log = svc.log()
+    assert "Traceback" not in log and "Exception in callback" not in log
+    svc.start()
+    assert svc.call("housekeeping.list")["units"] == []
+    reason = (
+        f"housekeeping@{encode_jobid(5, 'f58plain')} signal: killed KILL as the service stopped"
+    )
+    assert drains(svc) == dict.fromkeys(range(4), reason)
+    assert svc.call("housekeeping.history")["units"][0]["failed"] == "0-3"
+
+
+def run_hkservice(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hkservice", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+
+@pytest.mark.parametrize("case", ["world-writable", "group-readable", "other-owner", "symlink"])
+def test_the_socket_directory_must_be_private(case: str) -> None:
+    base = Path(tempfile.mkdtemp(prefix="hk-", dir="/tmp"))
+    try:
+        sockets = base / "sockets"
+        sockets.mkdir(mode=0o700)
+        if case == "world-writable":
+            sockets.chmod(0o777)
+        elif case == "group-readable":
+            sockets.chmod(0o750)
+        elif case == "other-owner":
+            os.chown(sockets, 65534, 65534)
+        else:
+            (base / "private").mkdir(mode=0o700)
+            sockets.rmdir()
+            sockets.symlink_to(base / "private")
+        config = base / "hk.toml"
+        config.write_text(
+            '[cluster]\nhostlist = "node[0-1]"\n[housekeeping]\ncommand = ["true"]\n'
+            f'[service]\nendpoint = "ipc://{sockets}/hk.sock"\nstate-dir = "{base}/state"\n'
+        )
+        proc = run_hkservice(config)
+        assert proc.returncode == 1
+        assert f"hkservice: ERROR: the socket directory {sockets} must be private" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert not (sockets / "hk.sock").exists()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_req_client_gets_its_reply(hk_service: ServiceFactory) -> None:
+    svc = hk_service()
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(svc.endpoint)
+    try:
+        for req_id in (7, 8):
+            sock.send(pack({"v": 1, "id": req_id, "method": "service.config"}))
+            assert sock.poll(5000), "no reply to a REQ socket"
+            reply = unpack(sock.recv())
+            assert reply["id"] == req_id and reply["result"]["size"] == 4
+    finally:
+        sock.close()
+
+
+LONG = "x" * 110
+
+
+@pytest.mark.parametrize(
+    ("service", "message"),
+    [
+        ('endpoint = "bogus://x"', "service.endpoint: 'bogus://x' is not an ipc:// or tcp://"),
+        (
+            'endpoint = "bogus://x"\nevents-endpoint = "ipc:///tmp/hk-x/ev"',
+            "service.endpoint: 'bogus://x' is not an ipc:// or tcp://",
+        ),
+        ('endpoint = "inproc://hk"', "service.endpoint: 'inproc://hk' is not an ipc:// or tcp://"),
+        ('endpoint = "ipc://"', "service.endpoint: 'ipc://' has no socket path"),
+        ('endpoint = "ipc://@hk"', "service.endpoint: 'ipc://@hk' is an abstract socket"),
+        (
+            f'endpoint = "ipc:///tmp/{LONG}/hk.sock"',
+            "service.endpoint: the socket path of 'ipc:///tmp/x",
+        ),
+        (
+            f'endpoint = "ipc:///tmp/hk-x/hk.sock"\nevents-endpoint = "ipc:///tmp/{LONG}/ev.sock"',
+            "service.events-endpoint: the socket path of 'ipc:///tmp/x",
+        ),
+        ('endpoint = "tcp://localhost"', "service.endpoint: 'tcp://localhost' needs a host and"),
+        (
+            f'endpoint = "ipc:///tmp/hk-x/hk.sock"\nstate-dir = "/tmp/{"d" * 90}"',
+            f"service.state-dir: '/tmp/{'d' * 90}' is too long: the local agent's socket",
+        ),
+    ],
+    ids=[
+        "bogus",
+        "bogus-with-events",
+        "inproc",
+        "empty-ipc",
+        "abstract",
+        "long-ipc",
+        "long-events",
+        "tcp-no-port",
+        "long-state-dir",
+    ],
+)
+def test_bad_endpoints_stop_the_start_with_one_line(
+    tmp_path: Path, service: str, message: str
+) -> None:
+    config = tmp_path / "hk.toml"
+    config.write_text(
+        '[cluster]\nhostlist = "n[0-3]"\n[housekeeping]\ncommand = ["true"]\n'
+        f"[service]\n{service}\n"
+    )
+    proc = run_hkservice(config)
+    assert proc.returncode == 1
+    assert f"hkservice: ERROR: {message}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_an_endpoint_that_cannot_be_bound_is_one_line() -> None:
+    base = Path(tempfile.mkdtemp(prefix="hk-", dir="/tmp"))
+    try:
+        config = base / "hk.toml"
+        config.write_text(
+            '[cluster]\nhostlist = "n[0-3]"\n[housekeeping]\ncommand = ["true"]\n'
+            '[service]\nendpoint = "tcp://no-such-host.invalid:5555"\n'
+            f'events-endpoint = "ipc://{base}/ev"\nstate-dir = "{base}/state"\n'
+        )
+        proc = run_hkservice(config)
+        assert proc.returncode == 1
+        assert "hkservice: ERROR: cannot bind tcp://no-such-host.invalid:5555: " in proc.stderr
+        assert "Traceback" not in proc.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_event_seq_keeps_increasing_over_a_restart(hk_service: ServiceFactory, events: Any) -> None:
+    svc = hk_service(release_after="0")
+    before = events(svc)
+    svc.call("housekeeping.start", {"jobid": 1, "ranks": "0"})
+    before.wait(final_seen(1))
+    first = [body["seq"] for _, body in before.seen]
+    assert first == list(range(first[0], first[0] + len(first)))
+    svc.stop()
+    svc.start()
+    after = events(svc)
+    svc.call("housekeeping.start", {"jobid": 2, "ranks": "0"})
+    after.wait(final_seen(2))
+    second = [body["seq"] for _, body in after.seen]
+    assert second == list(range(second[0], second[0] + len(second)))
+    assert second[0] > first[-1]
+
+
+def test_output_of_units_ended_before_a_restart_is_pruned_too(
+    hk_service: ServiceFactory,
+) -> None:
+    svc = hk_service(hostlist="node[0-1]", command=["true"])
+
+    def run_units(first: int) -> None:
+        for jobid in range(first, first + 60):
+            svc.call("housekeeping.start", {"jobid": jobid, "ranks": "0"})
+        svc.wait_idle(timeout=60)
+
+    run_units(1000)
+    svc.stop()
+    svc.start()
+    run_units(2000)
+    kept = sorted(int(p.name) for p in (svc.state_dir / "run").iterdir() if p.name.isdigit())
+    # The last 100 finished units, the oldest ones from before the restart pruned.
+    assert kept == [*range(1020, 1060), *range(2000, 2060)]
+
+
+def test_durations_bare_numbers_are_seconds_and_a_zero_timeout_is_refused() -> None:
+    from hkservice.config import ConfigError, parse_config
+
+    def config(**housekeeping: object) -> dict[str, Any]:
+        return {
+            "cluster": {"hostlist": "n[0-1]"},
+            "housekeeping": {"command": ["true"], **housekeeping},
+            "service": {"endpoint": "ipc:///tmp/hk-x/hk.sock", "state-dir": "/tmp/hk-x"},
+        }
+
+    parsed = parse_config(config(**{"release-after": 30, "kill-grace": 1.5, "timeout": "inf"}))
+    assert (parsed.release_after, parsed.kill_grace, parsed.timeout) == (30.0, 1.5, None)
+    for zero in ("0", 0, "0s"):
+        with pytest.raises(ConfigError, match=r"^housekeeping.timeout: 0 would time every"):
+            parse_config(config(timeout=zero))
