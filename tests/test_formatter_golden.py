@@ -93,6 +93,18 @@ def test_merging_node_fields() -> None:
     assert list_output("{pending.nodelist}", done, header=False) == []
 
 
+def test_rows_merge_on_printed_text_not_on_values() -> None:
+    """What the man page says: runtime merges when it prints alike; the full id never does."""
+    units = [*UNITS, unit(3, {100}, {100}, 53.6)]  # 53.6 s and 53.92 s are both 0:00:54
+    assert list_output("{runtime!H} {nnodes}", units, header=False) == ["0:00:54 5", "0:00:16 4"]
+    assert list_output("{runtime!F} {nnodes}", units, header=False) == [
+        "53.92s 4",
+        "16.14s 4",
+        "53.6s 1",
+    ]
+    assert len(list_output("{id} {runtime!H}", units, header=False)) == 3
+
+
 def test_widths_work_on_rank_and_host_fields() -> None:
     assert list_output("{ranks:>30}|{nodelist:.12+}|", UNITS[:1], header=False) == [
         "               174,747-748,751|tuolumne[11+|"
