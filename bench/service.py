@@ -4,7 +4,8 @@
    time to spawn and reap 16,384 `true` processes the same way (posix_spawn in a new
    session with the same file actions, reaped on SIGCHLD), in the same run. Target <= 1.3x.
 2. housekeeping.list round-trip p50 with 1,000 units in progress. Target <= 5 ms.
-3. Service RSS with 16,384 ranks in housekeeping. Target <= 300 MB.
+3. Service RSS with 16,384 ranks in housekeeping. Target <= 300 MB. The local agent's
+   RSS (the parent of the 16,384 commands) is reported beside it.
 
 usage: .venv/bin/python bench/service.py [--nodes 16384] [--units 1000]
 """
@@ -76,6 +77,16 @@ def bare_spawn(n: int, workdir: Path) -> float:
     return asyncio.run(run())
 
 
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 class Service:
     def __init__(self, base: Path, hostlist: str, command: list[str]) -> None:
         self.base = base
@@ -97,9 +108,20 @@ class Service:
             raise RuntimeError(f"hkservice did not start; see {base / 'service.log'}")
 
     def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+        return rss_mb(self.proc.pid)
+
+    def agent_rss_mb(self) -> float:
+        """RSS of this service's local agent, found by its run directory."""
+        marker = f"{self.base}/state/run".encode()
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"hkservice.agent" in argv and marker in argv:
+                return rss_mb(int(entry.name))
         return 0.0
 
     def stop(self) -> None:
@@ -173,6 +195,7 @@ def main() -> int:
             time.sleep(0.5)
         time.sleep(5)  # let the launch finish before measuring
         rss = svc.rss_mb()
+        agent_rss = svc.agent_rss_mb()
         svc.client.call("housekeeping.kill", {"all": True, "signum": 9})
         svc.stop()
 
@@ -186,6 +209,7 @@ def main() -> int:
             f"p50 {p50:.2f} ms (target <= 5 ms)"
         )
         print(f"  service RSS with {n} ranks in housekeeping: {rss:.0f} MB (target <= 300 MB)")
+        print(f"  local agent RSS with {n} commands running: {agent_rss:.0f} MB")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0

@@ -17,7 +17,9 @@ Messages are msgpack maps on a ZeroMQ ROUTER (agent) / DEALER (service) pair:
                     {"op": "ping"}                         -> {"op": "pong"}
                     {"op": "shutdown", "kill": bool}       -> {"op": "bye"}
   agent -> service  {"op": "exits", "exits": [[seq, jobid, rank, status], ...]}
-where status is "exit N", "signal N", "core N" or "launch <error text>".
+where status is "exit N", "signal N", "core N" or "launch <error text>". The service
+acks an exit only once it has saved it. A shutdown with kill SIGKILLs every command and
+sends their exits before the bye.
 """
 
 from __future__ import annotations

@@ -209,11 +209,10 @@ class Service:
                 await task
         # After a store failure nothing more is changed or killed: the commands stay
         # with the agent, and the next start carries on from what was saved.
-        kill = self.stop_commands_on_exit and self._failed is None
-        if kill:
+        if self.stop_commands_on_exit and self._failed is None:
             with contextlib.suppress(StoreFailed):
                 self._apply(self.hk.stop_all(self.clock()))
-        await self.runner.close(kill=kill)
+        await self.runner.close(kill=self.stop_commands_on_exit and self._failed is None)
         # The exits the runner reported while closing are saved before the store
         # closes; no timer may fire after it has.
         if self._batch_handle is not None:

@@ -235,3 +235,39 @@ def test_units_listed_in_start_order_with_cached_wire_form() -> None:
     hk.finished(40, [(4, Outcome("exit", code=3))], 101)
     assert hk.units[40].to_wire()["failed"] == "4"
     assert hk.units[40].to_wire()["allocated"] == "5"
+
+
+def test_restored_unit_keeps_its_pending_sigkill_and_kill_cause() -> None:
+    hk = started(Policy(kill_grace=90))
+    hk.kill(15, 200, ranks={0, 1})
+    unit = hk.units[JOB]
+    fresh = Housekeeping(8, Policy(kill_grace=90))
+    fresh.restore(unit)
+    assert fresh.next_deadline() == 290
+    assert fresh.recover(289) == []
+    assert fresh.tick(290) == [core.Signal(JOB, (0, 1), core.SIGKILL)]
+    actions = fresh.finished(JOB, [(0, OK)], 291)
+    assert core.Drained((0,), f"housekeeping@{LABEL} signal: killed TERM", 291) in actions
+
+
+def test_infinite_kill_grace_never_escalates() -> None:
+    hk = started(Policy(kill_grace=float("inf")))
+    hk.kill(15, 200, jobid=JOB)
+    assert hk.next_deadline() is None
+    assert hk.units[JOB].records[0].escalate_at is None
+
+
+def test_stop_all_kills_every_running_rank_and_says_so() -> None:
+    hk = started(Policy(kill_grace=90))
+    hk.finished(JOB, [(0, OK)], 101)
+    hk.kill(15, 102, ranks={1})
+    assert hk.stop_all(103) == [core.Signal(JOB, (1, 2, 3), core.SIGKILL)]
+    # SIGKILL leaves nothing to escalate.
+    assert hk.next_deadline() is None
+    killed = Outcome("signal", signal=core.SIGKILL)
+    actions = hk.finished(JOB, [(1, killed), (2, killed), (3, OK)], 104)
+    reason = f"housekeeping@{LABEL} signal: killed KILL as the service stopped"
+    assert core.Drained((1, 2), reason, 104) in actions
+    # A command that ended on its own before the SIGKILL keeps its real status.
+    assert 3 not in hk.drains
+    assert hk.units == {} and releases(actions) == [((0, 1, 2, 3), True)]
