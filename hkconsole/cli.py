@@ -213,10 +213,57 @@ def build_parser() -> Parser:
     )
     _table_options(p)
 
-    p = sub.add_parser("demo", help="a simulated cluster with the live console")
-    p.add_argument("--nodes", type=int, default=64)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--state-dir", help="keep the demo's state here")
+    def demo_int(low: int, high: int) -> Any:
+        def parse(text: str) -> int:
+            try:
+                value = int(text)
+            except ValueError:
+                value = low - 1
+            if not low <= value <= high:
+                raise argparse.ArgumentTypeError(
+                    f"'{text}' is not a whole number from {low} to {high}"
+                )
+            return value
+
+        return parse
+
+    p = sub.add_parser(
+        "demo",
+        help="a simulated cluster with the live console",
+        description="Start a private hkservice on a simulated cluster sim[0-N-1], with a "
+        "simulated scheduler whose jobs' cleanups succeed, straggle, fail or hang, and "
+        "open the console on it. Quitting stops everything the demo started.",
+        allow_abbrev=False,
+    )
+    p.add_argument(
+        "--nodes",
+        type=demo_int(1, 4096),
+        default=64,
+        metavar="N",
+        help="how many simulated nodes, 1 to 4096 (default: 64)",
+    )
+    p.add_argument(
+        "--seed",
+        type=demo_int(0, (1 << 64) - 1),
+        metavar="SEED",
+        help="replay the same jobs with the same cleanup outcomes (default: a random seed, "
+        "printed at start and exit and shown in the console's header); which nodes a job "
+        "lands on, and when, still depends on timing",
+    )
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="keep the demo's config, service log and state here after it ends (default: "
+        "a temporary directory, removed at exit); a demo started again on the same DIR "
+        "starts clean",
+    )
+    p.add_argument(
+        "--read-only",
+        action="store_true",
+        # Unset unless given here: `hkconsole --read-only demo` must keep working.
+        default=argparse.SUPPRESS,
+        help="console: hide kill and drain actions (default: off)",
+    )
     p.add_argument("--run-for", type=float, help=argparse.SUPPRESS)
     return parser
 
