@@ -1,49 +1,85 @@
-"""`hkconsole demo`: a real service and scheduler, run headless, leave nothing behind."""
+"""`hkconsole demo`: a real service and scheduler, run headless, leave nothing behind.
+
+Every test finds the demo's processes by HK_DEMO_MARK, which the demo sets in its
+service's environment (so the agent, every cleanup and every `sleep` a cleanup starts
+carry it), checks that some exist while the demo runs, so it cannot pass for want of
+any, and that none is left after.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from hkconsole.demo import DemoCluster
+import pytest
+
+from hkconsole.cli import main
+from hkconsole.client import Client, ServiceError
+from hkconsole.demo import MARK_VARIABLE, DemoCluster, Job, draw_job, jobid_base
 from hkservice.idset import parse_idset
 
 
-def processes_mentioning(marker: str) -> list[int]:
+def marked(marker: str) -> list[tuple[int, str]]:
+    """(pid, command line) of every process marked with `marker` in its environment or
+    naming it in its command line; not this process."""
+    needle = f"\0{MARK_VARIABLE}={marker}\0".encode()
     found = []
     for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if marker.encode() in Path(f"/proc/{entry.name}/cmdline").read_bytes():
-                    found.append(int(entry.name))
-                environ = Path(f"/proc/{entry.name}/environ").read_bytes()
-                if f"HK_DEMO_MARK={marker}".encode() in environ:
-                    found.append(int(entry.name))
-            except OSError:
-                continue
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+            environ = b"\0" + Path(f"/proc/{entry.name}/environ").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline or needle in environ:
+            found.append((int(entry.name), cmdline.replace(b"\0", b" ").decode(errors="replace")))
     return found
+
+
+def cleanups(marker: str) -> list[str]:
+    """Command lines of the marked cleanups and the `sleep`s they run."""
+    return [cmd for _, cmd in marked(marker) if "cleanup.sh" in cmd or cmd.startswith("sleep ")]
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout:g} s")
+        time.sleep(0.1)
+
+
+def demo_command(state: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "hkconsole", "demo", "--state-dir", str(state), *args]
 
 
 def test_demo_runs_headless_and_quits_leaving_nothing(tmp_path: Path) -> None:
     state = tmp_path / "demo"
-    env = {**os.environ, "HK_DEMO_MARK": str(state)}
-    proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "hkconsole", "demo", "--nodes", "16", "--seed", "42"),
-            *("--state-dir", str(state), "--run-for", "7"),
-        ],
-        capture_output=True,
+    env = {**os.environ, MARK_VARIABLE: str(state)}
+    proc = subprocess.Popen(
+        demo_command(state, "--nodes", "16", "--seed", "42", "--run-for", "8"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=60,
         env=env,
     )
-    assert proc.returncode == 0, proc.stderr
-    assert "seed 42" in proc.stderr
+    try:
+        wait_for(lambda: cleanups(str(state)), 15, "cleanup running")
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    start, end = stderr.strip().splitlines()[-2:]
+    assert "seed 42 (reproduce with --seed 42)" in start
+    assert "hk demo: ended" in end and "seed 42 (reproduce with --seed 42)" in end
     time.sleep(0.5)
-    assert processes_mentioning(str(state)) == []
+    assert marked(str(state)) == []
     log = (state / "service.log").read_text()
     assert "started on sim" in log  # the scheduler handed jobs to housekeeping
 
@@ -51,43 +87,195 @@ def test_demo_runs_headless_and_quits_leaving_nothing(tmp_path: Path) -> None:
 def test_demo_cluster_shows_partial_release_and_failures() -> None:
     with DemoCluster(nodes=32, seed=3) as demo:
         base = demo.base
-        assert demo.scheduler is not None
-        seen_release = False
-        deadline = time.monotonic() + 25
-        from hkconsole.client import Client
-
+        scheduler = demo.scheduler
+        assert scheduler is not None
+        seen_release = seen_failure = False
+        deadline = time.monotonic() + 40
         with Client(demo.endpoint) as client:
-            while time.monotonic() < deadline and not seen_release:
+            while time.monotonic() < deadline and not (seen_release and seen_failure):
                 for unit in client.call("housekeeping.list")["units"]:
                     allocated = parse_idset(unit["allocated"])
                     if allocated and allocated != parse_idset(unit["ranks"]):
                         seen_release = True  # some nodes back, a straggler still held
+                seen_failure = seen_failure or bool(client.call("resource.status")["drained"])
                 time.sleep(0.2)
+            assert cleanups(str(base)), "no cleanup running while the demo runs"
+            # Fate files are pruned: each belongs to a unit still in housekeeping.
+            files = {int(p.name.split(".")[0]) for p in (base / "fates").iterdir()}
+            units = {u["jobid"] for u in client.call("housekeeping.list")["units"]}
+            assert files <= units, f"fate files of finished jobs: {sorted(files - units)}"
         assert seen_release
-        assert demo.scheduler.jobs_started > 0
+        assert seen_failure
+        assert scheduler.jobs_started > 0
     assert not base.exists()
-    assert processes_mentioning(str(base)) == []
+    assert marked(str(base)) == []
 
 
-def test_demo_cleans_up_when_its_terminal_goes_away(tmp_path: Path) -> None:
-    import signal
-
-    state = tmp_path / "demo"
-    env = {**os.environ, "HK_DEMO_MARK": str(state)}
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "hkconsole", "demo", "--nodes", "8", "--seed", "1"),
-            *("--state-dir", str(state), "--run-for", "60"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
+def first_seed_with(fate: str, nodes: int) -> int:
+    return next(
+        s for s in range(1000) if any(f == fate for f, _ in draw_job(s, 0, nodes, True).cleanups)
     )
-    deadline = time.monotonic() + 20
-    while not (state / "hk.sock").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(3)
-    proc.send_signal(signal.SIGHUP)
-    assert proc.wait(30) == 128 + signal.SIGHUP
-    time.sleep(0.5)
-    assert processes_mentioning(str(state)) == []
+
+
+def test_backstop_kills_what_a_dead_service_left() -> None:
+    # The service dies without stopping its cleanups: the demo's backstop must still
+    # find all of them, the hung `exec sleep 100000` and plain `sleep`s included.
+    seed = first_seed_with("hang", 16)
+    demo = DemoCluster(nodes=16, seed=seed).start()
+    base = str(demo.base)
+    try:
+        wait_for(
+            lambda: (
+                any(c == "sleep 100000 " for c in cleanups(base))
+                and any(c.startswith("sleep ") and c != "sleep 100000 " for c in cleanups(base))
+            ),
+            20,
+            "hung cleanup and sleeping cleanup",
+        )
+        assert demo.proc is not None
+        demo.proc.send_signal(signal.SIGKILL)
+        demo.proc.wait()
+        assert cleanups(base)  # the agent outlives its service
+    finally:
+        demo.close()
+    assert marked(base) == []
+
+
+def run_briefly(seed: int, seconds: float) -> list[Job]:
+    """The jobs a demo started in `seconds`, checking that the first three's cleanups
+    did what their draw said."""
+    with DemoCluster(nodes=16, seed=seed) as demo:
+        scheduler = demo.scheduler
+        assert scheduler is not None
+        time.sleep(seconds)
+        jobs = list(scheduler.started)
+        with Client(demo.endpoint) as client:
+            for job in jobs[:3]:
+                for rank, (fate, _) in zip(scheduler.placed[job.jobid], job.cleanups, strict=True):
+                    said = f"cleaning sim{rank} for job {job.jobid}: {fate}"
+                    wait_for(
+                        lambda s=said, j=job.jobid, r=rank: s in output(client, j, r), 15, said
+                    )
+    return jobs
+
+
+def output(client: Client, jobid: int, rank: int) -> str:
+    try:
+        lines = client.call("housekeeping.output", {"jobid": jobid, "rank": rank})["lines"]
+    except ServiceError:
+        return ""  # not started yet
+    return "\n".join(str(line) for line in lines)
+
+
+def test_a_seed_replays_the_same_jobs_with_the_same_fates() -> None:
+    first = run_briefly(11, 5)
+    again = run_briefly(11, 5)
+    other = run_briefly(12, 2)
+    common = min(len(first), len(again))
+    assert common >= 3
+    assert first[:common] == again[:common]
+    assert first[0].jobid == jobid_base(11)
+    assert [j.cleanups for j in other[:3]] != [j.cleanups for j in first[:3]]
+    assert other[0].jobid != first[0].jobid
+
+
+def test_the_seed_shows_in_the_console_header() -> None:
+    import asyncio
+
+    from textual.widgets import Static
+
+    from hkconsole.tui.app import HkConsole
+
+    async def header_text(endpoint: str) -> str:
+        app = HkConsole(endpoint=endpoint)
+        async with app.run_test() as pilot:
+            deadline = time.monotonic() + 10
+            while not app.connected and time.monotonic() < deadline:
+                await pilot.pause(0.1)
+            return str(app.query_one("#header", Static).render())
+
+    with DemoCluster(nodes=4, seed=987654) as demo:
+        wait_for(lambda: cleanups(str(demo.base)), 15, "cleanup running")
+        header = asyncio.run(header_text(demo.endpoint))
+    assert "demo-seed-987654" in header
+    assert marked(str(demo.base)) == []
+
+
+def test_a_kept_state_dir_starts_clean_when_used_again(tmp_path: Path) -> None:
+    state = tmp_path / "demo"
+    env = {**os.environ, MARK_VARIABLE: str(state)}
+    for run in range(2):
+        proc = subprocess.Popen(
+            demo_command(state, "--nodes", "16", "--seed", "5", "--run-for", "6"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            wait_for(lambda: cleanups(str(state)), 15, "cleanup running")
+            # Stopped while cleanups run: units in progress, the case a resume gets wrong.
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        assert proc.returncode == 0, stderr
+        assert ("previous demo's state there was cleared" in stderr) == (run == 1)
+        time.sleep(0.3)
+        assert marked(str(state)) == []
+    log = (state / "service.log").read_text()
+    assert "recovered" not in log, "the second demo recovered the first one's units"
+    assert "lost" not in log
+
+
+def test_a_state_dir_that_is_not_a_demos_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "precious.db").write_text("keep me")
+    assert main(["demo", "--state-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"--state-dir '{tmp_path}' is not empty and holds no earlier demo" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious.db"]
+
+
+def test_a_state_dir_too_long_for_a_socket_is_refused_up_front(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    long_dir = tmp_path / ("d" * (110 - len(str(tmp_path))))
+    started = time.monotonic()
+    assert main(["demo", "--state-dir", str(long_dir)]) == 1
+    assert time.monotonic() - started < 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hkconsole: ERROR: --state-dir '{long_dir}' is too long")
+    assert "107-byte limit" in err and "Traceback" not in err
+    assert not long_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--nodes", "5000"], "argument --nodes: '5000' is not a whole number from 1 to 4096"),
+        (["--nodes", "0"], "argument --nodes: '0' is not a whole number from 1 to 4096"),
+        (["--nodes", "many"], "argument --nodes: 'many' is not a whole number from 1 to 4096"),
+        (["--seed", "-3"], "argument --seed: '-3' is not a whole number from 0 to"),
+        (["--seed", "x1"], "argument --seed: 'x1' is not a whole number from 0 to"),
+    ],
+)
+def test_bad_demo_options_are_usage_errors(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_demo_help_shows_every_option_with_its_default(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["demo", "--help"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  --")}
+    assert "(default: 64)" in lines["--nodes"]
+    assert "(default: a random seed" in lines["--seed"]
+    assert "(default: a temporary directory" in lines["--state-dir"]
+    assert "(default: off)" in lines["--read-only"]
+    assert "--run-for" not in out
