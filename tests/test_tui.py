@@ -162,6 +162,12 @@ async def test_nodes_view_drain_and_undrain(busy: RunningService) -> None:
         await until(pilot, lambda: nodes.row_count == 8)
         assert str(nodes.get_cell("0", "state")) == "housekeeping"
         assert str(nodes.get_cell("6", "state")) == "idle"
+        node_rows = lambda: [int(row.key.value or 0) for row in nodes.ordered_rows]  # noqa: E731
+        await pilot.press("slash", *"idle", "enter")
+        await until(pilot, lambda: node_rows() == [6, 7])
+        await pilot.press("escape")
+        # Rows back from a filter return to rank order, not to the bottom.
+        await until(pilot, lambda: node_rows() == list(range(8)))
         for _ in range(6):
             await pilot.press("down")
         await pilot.press("d")
@@ -330,3 +336,67 @@ async def test_a_filter_hiding_most_of_5000_units_is_quick_and_keeps_the_highlig
         assert rows(app) == list(range(1_000_000, 1_005_000))  # start order, all back
         assert table.cursor_row == target - 1_000_000
         assert str(table.get_cell(str(target), "nodelist")) == f"node{(target - 1_000_000) % 8192}"
+
+
+class CountingConsole(HkConsole):
+    """Counts the node rows built, to show which ones an update touches."""
+
+    def __init__(self) -> None:
+        super().__init__("ipc:///nowhere", clock=lambda: 9000.0, live=False)
+        self.built: list[int] = []
+
+    def node_cells(self, rank: int) -> list[Any]:
+        self.built.append(rank)
+        return super().node_cells(rank)
+
+
+async def test_nodes_view_updates_touch_only_the_ranks_that_changed() -> None:
+    # Every event used to rebuild all 16,384 node rows: ~300 ms each.
+    app = CountingConsole()
+    config, units, status = many_units(3000, 16384)
+    async with app.run_test(size=SIZE) as pilot:
+        app.load(config, units, status)
+        await pilot.press("2")
+        nodes = app.nodes_table
+        await until(pilot, lambda: nodes.row_count == 16384)
+        assert str(nodes.get_cell("5", "state")) == "draining"
+        app.built.clear()
+        events = [
+            ("housekeeping.released", {"jobid": 1_000_005, "ranks": "5"}),
+            (
+                "housekeeping.started",
+                {
+                    "jobid": 7,
+                    "userid": 1,
+                    "t_start": 1.0,
+                    "ranks": "9000-9003",
+                    "allocated": "9000-9003",
+                    "pending": "9000-9003",
+                    "failed": "",
+                },
+            ),
+            ("resource.drained", {"ranks": "12000", "reason": "bad fan", "t": 5.0}),
+            ("resource.undrained", {"ranks": "5"}),
+        ]
+        for topic, body in events:
+            changed, _ = app.model.apply_event(topic, body)
+            app.apply_changes(changed)
+        await pilot.pause()
+        assert sorted(app.built) == [5, 5, 9000, 9001, 9002, 9003, 12000]
+        assert str(nodes.get_cell("5", "state")) == "idle"
+        assert str(nodes.get_cell("9002", "units")) == encode_jobid(7)
+        assert str(nodes.get_cell("12000", "reason")) == "bad fan"
+        # A resync that finds what the events said rebuilds nothing.
+        app.built.clear()
+        released = next(u for u in units["units"] if u["jobid"] == 1_000_005)
+        released.update(allocated="", pending="")
+        units["units"].append(events[1][1])
+        app.apply_changes(app.model.apply_list(units))
+        status["drained"] = [
+            {"ranks": "12000", "reason": "bad fan", "t": 5.0},
+            {"ranks": "0-4,6-9", "reason": "housekeeping@fX exit-code: 1", "t": 0},
+        ]
+        app.model.apply_status(status)
+        app.apply_changes(set())
+        await pilot.pause()
+        assert app.built == []

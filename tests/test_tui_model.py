@@ -42,8 +42,7 @@ def test_events_update_units_and_detect_gaps() -> None:
     assert model.units[5].allocated == {0, 2, 3}
     _, gap = model.apply_event("resource.drained", {"seq": 5, "ranks": "1", "reason": "x", "t": 1})
     assert gap  # seq 4 was missed: the view must resync
-    holders = model.holders()
-    assert [model.node_state(r, holders) for r in range(5)] == [
+    assert [model.node_state(r) for r in range(5)] == [
         "housekeeping",
         "drained",
         "housekeeping",
@@ -54,3 +53,32 @@ def test_events_update_units_and_detect_gaps() -> None:
     model.apply_event("resource.undrained", {"seq": 7, "ranks": "1"})
     assert model.units == {} and model.drains == {}
     assert model.counts() == {"units": 0, "housekeeping": 0, "drained": 0, "failed": 0}
+
+
+def test_dirty_ranks_name_exactly_the_node_rows_that_changed() -> None:
+    model = ConsoleModel()
+    model.set_config(CONFIG)
+    model.apply_list({"units": [wire(1, "0-1", "0-1"), wire(2, "2-3", "2-3")]})
+    model.apply_status({"drained": [{"ranks": "7", "reason": "fan", "t": 1.0}]})
+    assert model.take_dirty_ranks() == {0, 1, 2, 3, 7}
+    assert model.take_dirty_ranks() == set()
+    # The same snapshot again changes nothing: a resync costs no node rows.
+    model.apply_list({"units": [wire(1, "0-1", "0-1"), wire(2, "2-3", "2-3")]})
+    model.apply_status({"drained": [{"ranks": "7", "reason": "fan", "t": 1.0}]})
+    assert model.take_dirty_ranks() == set()
+    model.apply_event("housekeeping.finished", {"jobid": 2, "rank": 3, "outcome": {}})
+    assert model.take_dirty_ranks() == set()  # a node's state is not its command's
+    model.apply_event("housekeeping.released", {"jobid": 1, "ranks": "1"})
+    assert model.take_dirty_ranks() == {1}
+    assert model.node_state(1) == "idle" and model.node_state(0) == "housekeeping"
+    model.apply_event("resource.drained", {"ranks": "3", "reason": "x", "t": 2.0})
+    assert model.take_dirty_ranks() == {3} and model.node_state(3) == "draining"
+    model.apply_event("housekeeping.ended", {"jobid": 2})
+    assert model.take_dirty_ranks() == {2, 3}
+    assert model.node_state(3) == "drained" and model.node_state(2) == "idle"
+    # A resync after missed events reports the difference with what the model had.
+    model.apply_list({"units": [wire(3, "5", "5")]})
+    model.apply_status({"drained": [{"ranks": "7", "reason": "fan, new", "t": 1.0}]})
+    assert model.take_dirty_ranks() == {0, 3, 5, 7}
+    assert dict(model.holders()) == {5: {3}}
+    assert model.counts()["housekeeping"] == 1

@@ -1,7 +1,9 @@
 """What the console knows of the service: pure state, no Textual, no sockets.
 
 It takes full snapshots (`housekeeping.list`, `resource.status`) and events, and says
-which units changed, so the view can apply a keyed diff instead of rebuilding tables.
+which units changed and which nodes' rows changed (`take_dirty_ranks`), so the view can
+apply a keyed diff instead of rebuilding tables: with 16,384 nodes, an event touches the
+few rows of the ranks it names.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ class ConsoleModel:
     offline: set[int] = field(default_factory=set)
     last_seq: int | None = None
     _wire_forms: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+    # rank -> jobids of the units holding it, kept up to date by every change.
+    _holders: dict[int, set[int]] = field(default_factory=dict)
+    # Ranks whose node row may have changed since the view last asked.
+    _dirty_ranks: set[int] = field(default_factory=set)
 
     # -- snapshots ----------------------------------------------------------
 
@@ -58,6 +64,15 @@ class ConsoleModel:
                 fresh[jobid] = Unit.from_wire(wire)
                 changed.add(jobid)
         changed |= set(self.units) - set(fresh)
+        for jobid in changed:
+            old = self.units.get(jobid)
+            new = fresh.get(jobid)
+            before = old.allocated if old is not None else set()
+            after = new.allocated if new is not None else set()
+            # Only ranks whose holding changed are dirty: a unit parsed again after an
+            # event (its wire form is unknown then) often holds just what it held.
+            self._unhold(jobid, before - after)
+            self._hold(jobid, after - before)
         self.units = fresh
         self._wire_forms = wire_forms
         return changed
@@ -67,8 +82,12 @@ class ConsoleModel:
         for entry in status["drained"]:
             for rank in parse_idset(entry["ranks"]):
                 drains[rank] = Drain(entry["reason"], float(entry["t"]))
+        offline = parse_idset(status.get("offline", ""))
+        old = self.drains
+        self._dirty_ranks |= {r for r in old.keys() | drains.keys() if old.get(r) != drains.get(r)}
+        self._dirty_ranks |= offline ^ self.offline
         self.drains = drains
-        self.offline = parse_idset(status.get("offline", ""))
+        self.offline = offline
 
     # -- events -------------------------------------------------------------
 
@@ -83,7 +102,11 @@ class ConsoleModel:
             self._wire_forms.pop(body["jobid"], None)
         if topic == "housekeeping.started":
             unit = Unit.from_wire(body)
+            old = self.units.get(unit.jobid)
+            if old is not None:
+                self._unhold(old.jobid, old.allocated)
             self.units[unit.jobid] = unit
+            self._hold(unit.jobid, unit.allocated)
             changed.add(unit.jobid)
         elif topic == "housekeeping.finished":
             held = self.units.get(int(body["jobid"]))
@@ -98,43 +121,61 @@ class ConsoleModel:
         elif topic == "housekeeping.released":
             releasing = self.units.get(int(body["jobid"]))
             if releasing is not None:
-                releasing.allocated.difference_update(parse_idset(body["ranks"]))
+                released = releasing.allocated & parse_idset(body["ranks"])
+                self._unhold(releasing.jobid, released)
+                releasing.allocated.difference_update(released)
                 changed.add(releasing.jobid)
         elif topic == "housekeeping.ended":
-            if self.units.pop(int(body["jobid"]), None) is not None:
-                changed.add(int(body["jobid"]))
+            ended = self.units.pop(int(body["jobid"]), None)
+            if ended is not None:
+                self._unhold(ended.jobid, ended.allocated)
+                changed.add(ended.jobid)
         elif topic == "resource.drained":
             for rank in parse_idset(body["ranks"]):
                 self.drains.setdefault(rank, Drain(body["reason"], float(body["t"])))
+                self._dirty_ranks.add(rank)
         elif topic == "resource.undrained":
             for rank in parse_idset(body["ranks"]):
                 self.drains.pop(rank, None)
+                self._dirty_ranks.add(rank)
         return changed, gap
+
+    def _hold(self, jobid: int, ranks: set[int]) -> None:
+        for rank in ranks:
+            self._holders.setdefault(rank, set()).add(jobid)
+        self._dirty_ranks |= ranks
+
+    def _unhold(self, jobid: int, ranks: set[int]) -> None:
+        for rank in ranks:
+            holding = self._holders.get(rank)
+            if holding is not None:
+                holding.discard(jobid)
+                if not holding:
+                    del self._holders[rank]
+        self._dirty_ranks |= ranks
+
+    def take_dirty_ranks(self) -> set[int]:
+        """The ranks whose node row may have changed since the last call."""
+        dirty, self._dirty_ranks = self._dirty_ranks, set()
+        return dirty
 
     # -- derived views ------------------------------------------------------
 
-    def holders(self) -> dict[int, list[int]]:
-        """rank -> jobids of the units holding it."""
-        out: dict[int, list[int]] = {}
-        for unit in self.units.values():
-            for rank in unit.allocated:
-                out.setdefault(rank, []).append(unit.jobid)
-        return out
+    def holders(self) -> Mapping[int, set[int]]:
+        """rank -> jobids of the units holding it (read-only: the model keeps it)."""
+        return self._holders
 
-    def node_state(self, rank: int, holders: Mapping[int, list[int]]) -> str:
+    def node_state(self, rank: int) -> str:
         if rank in self.offline:
             return "offline"
         if rank in self.drains:
-            return "draining" if rank in holders else "drained"
-        return "housekeeping" if rank in holders else "idle"
+            return "draining" if rank in self._holders else "drained"
+        return "housekeeping" if rank in self._holders else "idle"
 
     def counts(self) -> dict[str, int]:
-        in_housekeeping: set[int] = set()
-        for unit in self.units.values():
-            in_housekeeping |= unit.allocated
         return {
             "units": len(self.units),
-            "housekeeping": len(in_housekeeping),
+            "housekeeping": len(self._holders),
             "drained": len(self.drains),
             "failed": sum(len(u.failed) for u in self.units.values()),
         }
