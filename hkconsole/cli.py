@@ -605,9 +605,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_console(endpoint=args.endpoint, read_only=args.read_only)
         if args.command == "demo":
-            # Headless (--run-for, for tests) it needs none.
-            if args.run_for is None and not _on_a_terminal():
-                return _usage_error("the demo needs a terminal for its console")
             from hkconsole.demo import run_demo
 
             return run_demo(

@@ -852,7 +852,7 @@ def test_a_tcp_service_is_reached(capsys: pytest.CaptureFixture[str]) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.mark.parametrize("argv", [[], ["--endpoint", "ipc:///nonexistent/hk.sock"], ["demo"]])
+@pytest.mark.parametrize("argv", [[], ["--endpoint", "ipc:///nonexistent/hk.sock"]])
 def test_console_without_a_terminal_is_a_usage_error(argv: list[str]) -> None:
     """Textual, started with no terminal, never exits and spins a CPU: refuse at once."""
     check = (
@@ -860,8 +860,6 @@ def test_console_without_a_terminal_is_a_usage_error(argv: list[str]) -> None:
         "assert 'textual' not in sys.modules, 'textual imported'; sys.exit(code)"
     )
     message = "the console needs a terminal; use `hkconsole list` for scripts"
-    if argv == ["demo"]:
-        message = "the demo needs a terminal for its console"
     # stdin from /dev/null, stdout a pipe; then stdin a terminal but stdout still a pipe.
     master, slave = os.openpty()
     try:
