@@ -92,19 +92,6 @@ def test_jobid_reference_values(value: int) -> None:
         assert parse_jobid(text) == value
 
 
-def test_f58_prefix_follows_locale_and_force_ascii(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("locale.getpreferredencoding", lambda do_setlocale=True: "UTF-8")
-    monkeypatch.delenv("HK_F58_FORCE_ASCII", raising=False)
-    monkeypatch.delenv("FLUX_F58_FORCE_ASCII", raising=False)
-    assert encode_jobid(1) == "ƒ2"
-    monkeypatch.setenv("FLUX_F58_FORCE_ASCII", "1")
-    assert encode_jobid(1) == "f2"
-    monkeypatch.delenv("FLUX_F58_FORCE_ASCII")
-    monkeypatch.setattr("locale.getpreferredencoding", lambda do_setlocale=True: "ANSI_X3.4-1968")
-    assert encode_jobid(1) == "f2"
-    assert parse_jobid("ƒ2") == parse_jobid("f2") == 1
-
-
 @pytest.mark.parametrize(
     "text",
     [
