@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from rich.console import Console
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
+from textual.widgets._footer import FooterKey
+from textual.widgets.data_table import ColumnKey
 
-from hkconsole.tui.app import HkConsole
+from hkconsole.tui.app import NODE_STATES, HkConsole
+from hkconsole.tui.fixed import disconnect, fixed_app, load_sample
+from hkconsole.tui.sample import T0
 from hkconsole.tui.screens import ConfirmScreen, PromptScreen
 from hkservice.idset import parse_idset
 from hkservice.jobid import encode_jobid
@@ -86,8 +92,7 @@ async def test_the_right_unit_dies_when_rows_move_under_the_dialog(
         # re-sorts, so another unit now sits where the cursor was.
         busy.call("housekeeping.kill", {"jobid": 101, "signum": 9})
         await until(pilot, lambda: 101 not in rows(app))
-        app.sort_reverse = True
-        app.set_sort("jobid")
+        app.set_sort("jobid", reverse=True)
         await pilot.pause(0.1)
         assert rows(app) == [103, 102]
         await pilot.press("y")
@@ -262,7 +267,7 @@ async def test_output_help_pause_filter_and_sort(
         await until(pilot, lambda: rows(app) == [301, 302, 303])
 
         await pilot.press("greater_than_sign", "greater_than_sign", "greater_than_sign")
-        assert app.sort_column == "nnodes"
+        assert app.sorting["units"].column == "nnodes"
         await pilot.press("I")
         assert rows(app) == [301, 303, 302]
         # The highlight followed 302 through the filter and the sorts: by key, not row.
@@ -400,3 +405,131 @@ async def test_nodes_view_updates_touch_only_the_ranks_that_changed() -> None:
         app.apply_changes(set())
         await pilot.pause()
         assert app.built == []
+
+
+def node_rows(app: HkConsole) -> list[int]:
+    return [int(row.key.value or 0) for row in app.nodes_table.ordered_rows]
+
+
+def header_lines(app: HkConsole) -> list[str]:
+    return [app.header_pane.render_line(y).text.rstrip() for y in range(3)]
+
+
+async def test_nodes_state_filter_is_a_state_not_a_substring(busy: RunningService) -> None:
+    # A drained node's reason reads "housekeeping@ƒ…": `/housekeeping` matches it; the
+    # state filter must not. The key is remapped, as every binding can be.
+    busy.call("housekeeping.kill", {"jobid": 103, "signum": 15})
+    busy.call("resource.drain", {"ranks": "7", "reason": "bad fan"})
+    app = HkConsole(busy.endpoint, keymap={"nodes.state": "z"})
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: rows(app) == [101, 102])
+        await pilot.press("2")
+        await until(pilot, lambda: node_rows(app) == list(range(8)))
+        await until(pilot, lambda: "housekeeping@" in str(app.nodes_table.get_cell("4", "reason")))
+        footer = {key.description: key.key for key in app.query(FooterKey)}
+        assert footer["State"] == "z"
+        await pilot.press("f")  # the default key is gone once remapped
+        await pilot.pause(0.1)
+        assert app.node_state_filter is None
+        seen = {}
+        for _ in range(len(NODE_STATES) + 1):
+            await pilot.press("z")
+            await pilot.pause(0.05)
+            seen[app.node_state_filter] = node_rows(app)
+            if app.node_state_filter:
+                assert f"state {app.node_state_filter}" in header_lines(app)[2]
+            else:
+                assert "state" not in header_lines(app)[2]
+        assert seen == {
+            "idle": [6],
+            "housekeeping": [0, 1, 2, 3],
+            "draining": [],
+            "drained": [4, 5, 7],
+            "offline": [],
+            None: list(range(8)),
+        }
+        # Combined with text: housekeeping nodes of one unit.
+        await pilot.press("z", "z")
+        await pilot.press("slash", *encode_jobid(102), "enter")
+        await until(pilot, lambda: node_rows(app) == [2, 3])
+        # The state filter is the nodes view's: the units view has no such key.
+        await pilot.press("1")
+        assert app.check_action("state_filter", ()) is False
+        assert "state" not in header_lines(app)[2]
+
+
+async def test_footer_fits_80_columns_and_header_lines_are_clipped() -> None:
+    app = fixed_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        load_sample(app)
+        disconnect(app)
+        await pilot.pause()
+        for view, wanted in (
+            ("1", {"Nodes", "Kill", "Filter", "Pause", "Help", "Quit"}),
+            ("2", {"Units", "Drain", "State", "Filter", "Pause", "Help", "Quit"}),
+        ):
+            await pilot.press(view)
+            await pilot.pause()
+            keys = list(app.query(FooterKey))
+            assert wanted <= {key.description for key in keys}
+            assert all(key.region.right <= 80 for key in keys)
+        # A long DISCONNECTED reason is cut at the edge, not wrapped over the counts.
+        top, counts, settings = header_lines(app)
+        assert top.startswith("hk  DISCONNECTED: retry 3 in 4s") and top.endswith("…")
+        assert counts.startswith("9 units")
+        assert settings.startswith("release-after ")
+        # Everything the footer leaves out is still listed by `?`.
+        await pilot.press("1", "question_mark")
+        await until(pilot, lambda: bool(app.screen.query("HelpPanel")))
+        console = Console(width=60, record=True, file=io.StringIO())
+        console.print(app.screen.query_one("BindingsTable").render())
+        help_text = console.export_text()
+        for description in ("Kill on nodes", "Kill all", "Signal", "Invert", "Rate"):
+            assert description in help_text
+
+
+async def test_each_view_keeps_its_own_sort_marked_in_the_column_header() -> None:
+    app = fixed_app()
+    async with app.run_test(size=SIZE) as pilot:
+        load_sample(app)
+        await pilot.pause()
+        units = app.units_table
+        await pilot.press(*["greater_than_sign"] * 3, "I")  # NNODES, descending
+        nnodes = [int(str(units.get_cell(str(j), "nnodes"))) for j in rows(app)]
+        assert nnodes == sorted(nnodes, reverse=True)
+        labels = {str(c.key.value): c.label.plain for c in units.columns.values()}
+        assert labels["nnodes"] == "NNODES ▼" and labels["jobid"] == "JOBID"
+        assert "sort nnodes ▼" in header_lines(app)[2]
+        await pilot.press("2")
+        await pilot.pause()
+        # The nodes view shows its own (no) sort, not the units' one.
+        assert "sort" not in header_lines(app)[2]
+        assert node_rows(app) == list(range(64))
+        await pilot.press("I")
+        assert node_rows(app) == list(range(63, -1, -1))
+        assert "sort rank ▼" in header_lines(app)[2]
+        assert app.nodes_table.columns[ColumnKey("rank")].label.plain == "RANK ▼"
+        await pilot.press("I")
+        assert node_rows(app) == list(range(64))
+        await pilot.press("1")
+        assert app.sorting["units"].reverse and app.sorting["units"].column == "nnodes"
+        assert "sort nnodes ▼" in header_lines(app)[2]
+
+
+async def test_runtime_freezes_while_disconnected() -> None:
+    now = [T0]
+    app = fixed_app()
+    app.clock = lambda: now[0]
+    async with app.run_test(size=SIZE) as pilot:
+        load_sample(app)
+        await pilot.pause()
+        first = rows(app)[0]
+        runtime = lambda: str(app.units_table.get_cell(str(first), "runtime"))  # noqa: E731
+        before = runtime()
+        disconnect(app)
+        now[0] += 600
+        app.tick()
+        assert runtime() == before  # stale data does not look live
+        app.connected = True
+        app.tick()
+        assert runtime() != before

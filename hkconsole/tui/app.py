@@ -62,6 +62,11 @@ NODE_COLUMNS = (
     ("reason", "REASON"),
     ("since", "SINCE"),
 )
+WRITES = frozenset({"kill_unit", "kill_targets", "kill_all", "drain", "undrain", "choose_signal"})
+NEEDS_SERVICE = WRITES | {"output"}
+UNITS_ONLY = frozenset({"kill_unit", "mark", "output"})
+NODES_ONLY = frozenset({"drain", "undrain", "state_filter"})
+NODE_STATES = ("idle", "housekeeping", "draining", "drained", "offline")
 REFRESH_CHOICES = (1.0, 2.0, 5.0, 10.0)
 BACKOFF_MAX = 10.0
 HEARTBEAT_TIMEOUT = 6.0
@@ -115,6 +120,12 @@ def _sort_key(cell: Any) -> Any:
 
 
 @dataclass
+class Sort:
+    column: str | None = None
+    reverse: bool = False
+
+
+@dataclass
 class Dialog:
     """What a kill dialog captured when it opened, so the action cannot drift."""
 
@@ -128,16 +139,19 @@ class HkConsole(App[int]):
     TITLE = "hk housekeeping"
     ENABLE_COMMAND_PALETTE = False
 
+    # The footer shows what fits in 80 columns on either view; the rest (show=False)
+    # is listed by `?` and can be remapped like any other binding.
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("1", "view('units')", "Units", id="view.units"),
         Binding("2", "view('nodes')", "Nodes", id="view.nodes"),
         Binding("k", "kill_unit", "Kill", id="kill.unit"),
-        Binding("t", "kill_targets", "Kill on…", id="kill.targets"),
-        Binding("A", "kill_all", "Kill all", id="kill.all"),
-        Binding("s", "choose_signal", "Signal", id="signal"),
+        Binding("t", "kill_targets", "Kill on nodes", show=False, id="kill.targets"),
+        Binding("A", "kill_all", "Kill all", show=False, id="kill.all"),
+        Binding("s", "choose_signal", "Signal", show=False, id="signal"),
         Binding("space", "mark", "Mark", id="mark"),
         Binding("d", "drain", "Drain", id="drain"),
         Binding("u", "undrain", "Undrain", id="undrain"),
+        Binding("f", "state_filter", "State", id="nodes.state"),
         Binding("o", "output", "Output", id="output"),
         Binding("slash", "filter", "Filter", id="filter"),
         Binding("escape", "clear", "Clear", show=False, id="clear"),
@@ -173,8 +187,9 @@ class HkConsole(App[int]):
         self.signal_name = "TERM"
         self.paused = False
         self.refresh_interval = 2.0
-        self.sort_column: str | None = None
-        self.sort_reverse = False
+        # Each view keeps its own sort: column key (None: natural order) and direction.
+        self.sorting: dict[str, Sort] = {"units": Sort(), "nodes": Sort()}
+        self.node_state_filter: str | None = None
         self.filter_text = ""
         self.marked: set[int] = set()
         self.selected: int | None = None
@@ -219,10 +234,11 @@ class HkConsole(App[int]):
             self.set_keymap(self._keymap)
         units = self.units_table
         for key, label in UNIT_COLUMNS:
-            units.add_column(label, key=key)
+            # Room for the ▲/▼ a sorted column gets, so sorting does not shift columns.
+            units.add_column(Text(label if key == "mark" else label + "  "), key=key)
         nodes = self.nodes_table
         for key, label in NODE_COLUMNS:
-            nodes.add_column(label, key=key)
+            nodes.add_column(Text(label + "  "), key=key)
         self.filter_box.display = False
         units.focus()
         self.render_header()
@@ -428,8 +444,9 @@ class HkConsole(App[int]):
                 settle_heap(len(new_rows))
                 added = bool(new_rows or back_rows)
                 touched = touched or added
-                if touched and self.sort_column is not None:
-                    table.sort(self.sort_column, key=_sort_key, reverse=self.sort_reverse)
+                sort = self.sorting["units"]
+                if touched and sort.column is not None:
+                    table.sort(sort.column, key=_sort_key, reverse=sort.reverse)
                 elif added and not self.is_start_ordered(table):
                     # Rows coming back when a filter is cleared belong in start order,
                     # not at the bottom (the JOBID cell sorts by start time).
@@ -519,9 +536,10 @@ class HkConsole(App[int]):
                 settle_heap(len(new_rows))
                 measured.update(int(key) for key, _ in new_rows)
                 new_rows += back_rows
-                if self.sort_column_nodes is not None:
+                sort = self.sorting["nodes"]
+                if sort.column is not None:
                     if touched or new_rows:
-                        table.sort(self.sort_column_nodes, key=_sort_key, reverse=self.sort_reverse)
+                        table.sort(sort.column, key=_sort_key, reverse=sort.reverse)
                 elif new_rows and not self.is_rank_ordered(table):
                     # Rows back from a filter go where their rank says, not at the bottom.
                     table.sort("rank", key=_sort_key)
@@ -537,14 +555,12 @@ class HkConsole(App[int]):
                 table.move_cursor(row=row, animate=False, scroll=False)
 
     def node_filter_key(self) -> tuple[str, str | None]:
-        return (self.filter_text, None)
+        return (self.filter_text, self.node_state_filter)
 
     @staticmethod
     def is_rank_ordered(table: DataTable[Any]) -> bool:
         ranks = [int(row.key.value or 0) for row in table.ordered_rows]
         return all(a < b for a, b in itertools.pairwise(ranks))
-
-    sort_column_nodes: str | None = None
 
     def node_cells(self, rank: int) -> list[Cell]:
         cluster = self.model.cluster
@@ -564,6 +580,8 @@ class HkConsole(App[int]):
         ]
 
     def node_matches(self, rank: int, cells: list[Cell]) -> bool:
+        if self.node_state_filter is not None and cells[2].sort_value != self.node_state_filter:
+            return False
         if not self.filter_text:
             return True
         hay = self._node_hay.get(rank)
@@ -574,7 +592,8 @@ class HkConsole(App[int]):
     def tick(self) -> None:
         """RUNTIME ticks on the client, only for the rows on screen."""
         self.render_header()
-        if self.paused or self.view != "units":
+        # Stale data does not tick: a RUNTIME that kept counting would look live.
+        if self.paused or self.view != "units" or not self.connected:
             return
         table = self.units_table
         top = int(table.scroll_offset.y)
@@ -594,23 +613,22 @@ class HkConsole(App[int]):
         return Cell(format_fsd(runtime), runtime, style="bold yellow" if slow else "", right=True)
 
     def render_header(self) -> None:
+        # Three lines, each clipped to the width (hkconsole.tcss): the connection first,
+        # so a long DISCONNECTED reason is what gets cut, not the retry countdown.
         counts = self.model.counts()
         cfg = self.model.config
         if self.connected:
             state = Text(" CONNECTED ", style="bold black on green")
         else:
             state = Text(f" {self.status_line} ", style="bold white on red")
-        parts: list[Text | str | tuple[str, str]] = [
-            ("hk ", "bold"),
-            (self.endpoint, "cyan"),
-            "  ",
-            state,
-        ]
+        parts: list[Text | str | tuple[str, str]] = [("hk ", "bold"), state]
         if self.paused:
-            parts += ["  ", Text(" PAUSED ", style="bold black on yellow")]
+            parts += [" ", Text(" PAUSED ", style="bold black on yellow")]
         if self.read_only:
-            parts += ["  ", Text(" READ-ONLY ", style="bold black on cyan")]
+            parts += [" ", Text(" READ-ONLY ", style="bold black on cyan")]
         parts += [
+            "  ",
+            (self.endpoint, "cyan"),
             "\n",
             (f"{counts['units']}", "bold"),
             " units  ",
@@ -621,9 +639,22 @@ class HkConsole(App[int]):
             (f"{counts['failed']}", "bold red" if counts["failed"] else "bold"),
             " failed ranks",
         ]
+        # What shapes the current view comes before the (static) service settings.
+        shaping: list[Text | str | tuple[str, str]] = []
+        sort = self.sorting[self.view]
+        if sort.column:
+            shaping += [("sort ", "dim"), f"{sort.column} {'▼' if sort.reverse else '▲'}  "]
+        if self.filter_text:
+            shaping += [("filter ", "dim"), (self.filter_text, "bold"), "  "]
+        if self.view == "nodes" and self.node_state_filter:
+            state_style = f"bold {STATE_STYLES.get(self.node_state_filter, '')}"
+            shaping += [("state ", "dim"), (self.node_state_filter, state_style), "  "]
+        if shaping or cfg:
+            parts += ["\n", *shaping]
+        if shaping and cfg:
+            parts += [("│ ", "dim")]
         if cfg:
             parts += [
-                "\n",
                 ("release-after ", "dim"),
                 format_duration_config(cfg.get("release-after")),
                 ("  timeout ", "dim"),
@@ -635,13 +666,6 @@ class HkConsole(App[int]):
                 ("  refresh ", "dim"),
                 f"{self.refresh_interval:g}s",
             ]
-            if self.sort_column:
-                parts += [
-                    ("  sort ", "dim"),
-                    f"{self.sort_column}{' ▼' if self.sort_reverse else ' ▲'}",
-                ]
-            if self.filter_text:
-                parts += [("  filter ", "dim"), (self.filter_text, "bold")]
         text = Text.assemble(*parts)
         self.header_pane.update(text)
         self.set_class(not self.connected, "stale")
@@ -748,17 +772,18 @@ class HkConsole(App[int]):
     # -- actions ------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        destructive = {"kill_unit", "kill_targets", "kill_all", "drain", "undrain", "choose_signal"}
-        if action in destructive:
-            if self.read_only:
-                return False
-            if action in ("drain", "undrain") and self.view != "nodes":
-                return False
-            if action in ("kill_unit",) and self.view != "units":
-                return False
-            if not self.connected:
-                return None
-        return not (action in ("mark", "output") and self.view != "units")
+        """False hides a key (not for this view, or read-only); None greys it out."""
+        if action == "view":
+            return parameters[0] != self.view  # the footer offers the other view
+        if action in UNITS_ONLY and self.view != "units":
+            return False
+        if action in NODES_ONLY and self.view != "nodes":
+            return False
+        if action in WRITES and self.read_only:
+            return False
+        if action in NEEDS_SERVICE and not self.connected:
+            return None
+        return True
 
     def watch_view(self, view: str) -> None:
         self.switcher.current = f"{view}-view" if view == "units" else "nodes"
@@ -766,6 +791,7 @@ class HkConsole(App[int]):
         table.focus()
         if view == "nodes" and not self.paused:
             self.refresh_nodes()
+        self.render_header()
 
     def action_view(self, view: str) -> None:
         self.view = view
@@ -987,21 +1013,29 @@ class HkConsole(App[int]):
     def action_sort(self, step: int) -> None:
         columns = [key for key, _ in (UNIT_COLUMNS if self.view == "units" else NODE_COLUMNS)]
         columns = [c for c in columns if c != "mark"]
-        current = self.sort_column if self.view == "units" else self.sort_column_nodes
+        current = self.sorting[self.view].column
         index = columns.index(current) + step if current in columns else 0
         self.set_sort(columns[index % len(columns)])
 
-    def set_sort(self, column: str) -> None:
+    def set_sort(self, column: str, reverse: bool | None = None) -> None:
+        """Sort the current view by `column` (keeping its direction unless given)."""
+        sort = self.sorting[self.view]
+        sort.column = column
+        if reverse is not None:
+            sort.reverse = reverse
+        table = self.current_table()
+        table.sort(column, key=_sort_key, reverse=sort.reverse)
+        self.mark_sorted_column(table, sort)
         if self.view == "units":
-            self.sort_column = column
-            table = self.units_table
-            table.sort(column, key=_sort_key, reverse=self.sort_reverse)
             self.restore_cursor(table, self.selected)
         else:
-            self.sort_column_nodes = column
-            self.nodes_table.sort(column, key=_sort_key, reverse=self.sort_reverse)
             self.restore_node_cursor()
         self.render_header()
+
+    def mark_sorted_column(self, table: LiveTable, sort: Sort) -> None:
+        for key, label in UNIT_COLUMNS if table is self.units_table else NODE_COLUMNS:
+            arrow = ("▼" if sort.reverse else "▲") if key == sort.column else ""
+            table.set_column_label(key, f"{label} {arrow}" if arrow else label)
 
     @on(DataTable.HeaderSelected)
     def header_clicked(self, event: DataTable.HeaderSelected) -> None:
@@ -1009,9 +1043,16 @@ class HkConsole(App[int]):
             self.set_sort(event.column_key.value)
 
     def action_invert(self) -> None:
-        self.sort_reverse = not self.sort_reverse
-        column = self.sort_column if self.view == "units" else self.sort_column_nodes
-        self.set_sort(column or ("jobid" if self.view == "units" else "rank"))
+        sort = self.sorting[self.view]
+        default = "jobid" if self.view == "units" else "rank"
+        self.set_sort(sort.column or default, reverse=not sort.reverse)
+
+    def action_state_filter(self) -> None:
+        """Cycle the nodes view through all → idle → housekeeping → … → offline → all."""
+        cycle = (None, *NODE_STATES)
+        self.node_state_filter = cycle[(cycle.index(self.node_state_filter) + 1) % len(cycle)]
+        self.refresh_nodes()
+        self.render_header()
 
     def action_pause(self) -> None:
         self.paused = not self.paused

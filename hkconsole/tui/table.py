@@ -143,3 +143,16 @@ class LiveTable(DataTable[Any]):
                 if width > column.content_width:
                     column.content_width = width
         super()._update_dimensions(slow)
+
+    def set_column_label(self, column_key: str, label: str) -> None:
+        column = self.columns[ColumnKey(column_key)]
+        if column.label.plain == label:
+            return
+        column.label = Text(label)
+        if column.label.cell_len > column.content_width:
+            column.content_width = column.label.cell_len
+            self._require_update_dimensions = True
+            self.check_idle()
+        # Row renderables (the header's included) are cached by update count.
+        self._update_count += 1
+        self.refresh()
