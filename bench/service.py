@@ -151,7 +151,7 @@ def main() -> int:
         bare_dir.mkdir()
         bare = bare_spawn(n, bare_dir)
 
-        (base / "a").mkdir()
+        (base / "a").mkdir(mode=0o700)  # the socket directory must be private
         svc = Service(base / "a", hostlist, ["true"])
         sub = events_socket(svc.endpoint)
         start = time.perf_counter()
@@ -164,7 +164,7 @@ def main() -> int:
         svc.stop()
         sub.close()
 
-        (base / "b").mkdir()
+        (base / "b").mkdir(mode=0o700)  # the socket directory must be private
         svc = Service(base / "b", hostlist, ["sleep", "600"])
         per_unit = max(1, min(4, n // args.units))
         for u in range(args.units):
@@ -183,7 +183,7 @@ def main() -> int:
         svc.client.call("housekeeping.kill", {"all": True, "signum": 9})
         svc.stop()
 
-        (base / "c").mkdir()
+        (base / "c").mkdir(mode=0o700)  # the socket directory must be private
         svc = Service(base / "c", hostlist, ["sleep", "600"])
         svc.client.call("housekeeping.start", {"jobid": 2, "ranks": f"0-{n - 1}"})
         time.sleep(2)
