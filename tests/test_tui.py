@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -188,9 +188,12 @@ async def test_nodes_view_drain_and_undrain(busy: RunningService) -> None:
 async def test_detail_shows_ranks_and_output(
     hk_service: ServiceFactory, script: Callable[[str], str]
 ) -> None:
-    cmd = script('echo "scrubbing $HK_HOSTNAME"; [ "$HK_RANK" = 1 ] && exit 3; sleep 600')
+    cmd = script(
+        'echo "scrubbing $HK_HOSTNAME"; [ "$HK_RANK" = 1 ] && exit 3;'
+        ' [ "$HK_RANK" = 2 ] && exit 0; sleep 600'
+    )
     svc = hk_service(hostlist="node[0-3]", command=[cmd])
-    svc.call("housekeeping.start", {"jobid": 7, "ranks": "0-1"})
+    svc.call("housekeeping.start", {"jobid": 7, "ranks": "0-2"})
     app = HkConsole(svc.endpoint)
     async with app.run_test(size=SIZE) as pilot:
         detail = app.query_one("#detail", Static)
@@ -199,8 +202,48 @@ async def test_detail_shows_ranks_and_output(
             return text in str(detail.render())
 
         await until(pilot, lambda: shows("exited 3") and shows("scrubbing node1"))
-        assert shows("running")
-        await asyncio.sleep(0)
+        lines = str(detail.render()).splitlines()
+        ranks = [line.split()[:3] for line in lines[1:4]]
+        # Failed first, then running, then the node that finished cleanly (held: no
+        # release-after), each with its duration.
+        assert ranks == [["1", "node1", "failed"], ["0", "node0", "running"], ["2", "node2", "ok"]]
+        assert re.search(r"node2 +ok +[0-9.]+m?s$", lines[3])
+
+
+async def test_detail_of_a_big_unit_lists_64_ranks_then_summarises() -> None:
+    app = fixed_app()
+    async with app.run_test(size=SIZE) as pilot:
+        load_sample(app)
+        await pilot.pause()
+
+        def rank(r: int, state: str, code: int | None) -> dict[str, Any]:
+            outcome = (
+                None if code is None else {"kind": "exit", "code": code, "text": f"exited {code}"}
+            )
+            end = None if code is None else T0 - 10 - r
+            return {
+                "rank": r,
+                "hostname": f"sim{r}",
+                "state": state,
+                "t_start": T0 - 100,
+                "t_end": end,
+                "outcome": outcome,
+            }
+
+        detail = (
+            [rank(r, "done", 1) for r in range(2)]
+            + [rank(r, "running", None) for r in range(2, 12)]
+            + [rank(r, "done", 0) for r in range(12, 62)]
+            + [rank(r, "released", 0) for r in range(62, 100)]
+        )
+        unit = {"jobid": 5, "userid": 1000, "ranks": "0-99", "rank_detail": detail}
+        app.selected = None
+        app.show_detail(unit, [])
+        lines = str(app.detail_pane.render()).splitlines()
+        states = [line.split()[2] for line in lines[1:65]]
+        assert states == ["failed"] * 2 + ["running"] * 10 + ["ok"] * 50 + ["released"] * 2
+        assert lines[64].split() == ["63", "sim63", "released", "27s"]
+        assert lines[65].strip() == "… 36 more released: sim[64-99]"
 
 
 async def test_keys_remapped_from_config_and_long_running_threshold(
@@ -477,7 +520,7 @@ async def test_footer_fits_80_columns_and_header_lines_are_clipped() -> None:
         top, counts, settings = header_lines(app)
         assert top.startswith("hk  DISCONNECTED: retry 3 in 4s") and top.endswith("…")
         assert counts.startswith("9 units")
-        assert settings.startswith("release-after ")
+        assert settings.startswith("release-after 5s  timeout 2m  kill-grace 5s")
         # Everything the footer leaves out is still listed by `?`.
         await pilot.press("1", "question_mark")
         await until(pilot, lambda: bool(app.screen.query("HelpPanel")))

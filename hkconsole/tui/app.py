@@ -25,7 +25,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.coordinate import Coordinate
 from textual.reactive import reactive
 from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Static
@@ -224,7 +224,10 @@ class HkConsole(App[int]):
         with self.switcher:
             with Vertical(id="units-view"):
                 yield self.units_table
-                yield self.detail_pane
+                # Scrolls (mouse, or tab to it and arrows) when a big unit lists more
+                # ranks than fit.
+                with VerticalScroll(id="detail-scroll"):
+                    yield self.detail_pane
             yield self.nodes_table
         yield self.filter_box
         yield Footer(show_command_palette=False)
@@ -725,40 +728,40 @@ class HkConsole(App[int]):
         out = Text()
         out.append(f"{encode_jobid(unit['jobid'])}", style="bold")
         out.append(f"  user {unit['userid']}  ranks {unit['ranks']}\n", style="dim")
-        # What needs the operator first: failures, then what still runs; nodes that
-        # finished cleanly are only summarised.
-        failed: list[dict[str, Any]] = []
-        running: list[dict[str, Any]] = []
-        clean: dict[str, list[dict[str, Any]]] = {"held": [], "released": []}
+        # What needs the operator first: failures, then what still runs, then the nodes
+        # that finished cleanly (held, then already released), each with its duration.
+        # Past DETAIL_RANKS_SHOWN rows, the rest of each group is one summary line.
+        groups: dict[str, list[dict[str, Any]]] = {
+            "failed": [],
+            "running": [],
+            "ok": [],
+            "released": [],
+        }
         for rank in unit["rank_detail"]:
             outcome = rank["outcome"]
             if rank["state"] == "running":
-                running.append(rank)
+                groups["running"].append(rank)
             elif outcome and outcome["kind"] == "exit" and outcome["code"] == 0:
-                clean["released" if rank["state"] == "released" else "held"].append(rank)
+                groups["released" if rank["state"] == "released" else "ok"].append(rank)
             else:
-                failed.append(rank)
-        shown = 0
-        for state, ranks in (("failed", failed), ("running", running)):
-            for rank in ranks:
-                if shown == DETAIL_RANKS_SHOWN:
-                    break
-                shown += 1
+                groups["failed"].append(rank)
+        room = DETAIL_RANKS_SHOWN
+        cluster = self.model.cluster
+        for group, ranks in groups.items():
+            shown, rest = ranks[:room], ranks[room:]
+            room -= len(shown)
+            for rank in shown:
                 end = rank["t_end"] or now
                 out.append(f"  {rank['rank']:>6} {rank['hostname']:<14}")
-                out.append(f"{state:<9}", style=STATE_STYLES.get(state, ""))
-                out.append(f" {format_fsd(max(0.0, end - rank['t_start'])):>8}  ")
-                text = rank["outcome"]["text"] if state == "failed" and rank["outcome"] else ""
-                out.append(text + "\n", style="red")
-        hidden = len(failed) + len(running) - shown
-        if hidden > 0:
-            out.append(f"  … {hidden} more failed or running\n", style="dim")
-        cluster = self.model.cluster
-        for label, ranks in (("ok, held", clean["held"]), ("ok, released", clean["released"])):
-            if ranks:
-                nodes = cluster.nodelist(r["rank"] for r in ranks) if cluster else ""
-                out.append(f"  {len(ranks):>6} ", style="green")
-                out.append(f"{label}: {nodes}\n", style="dim")
+                out.append(f"{group:<9}", style=STATE_STYLES.get(group, ""))
+                out.append(f" {format_fsd(max(0.0, end - rank['t_start'])):>8}")
+                failure = rank["outcome"]["text"] if group == "failed" and rank["outcome"] else ""
+                out.append(f"  {failure}" if failure else "", style="red")
+                out.append("\n")
+            if rest:
+                nodes = cluster.nodelist(r["rank"] for r in rest) if cluster else ""
+                out.append(f"  … {len(rest)} more {group}: ", style="dim")
+                out.append(f"{nodes}\n", style=STATE_STYLES.get(group, ""))
         if lines:
             out.append("output (last lines per rank, o for all):\n", style="dim")
             # stderr first: in a short pane the complaints are what must show.

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from hkconsole.tui.app import HkConsole
-from hkconsole.tui.sample import T0, sample_data, sample_detail
+from hkconsole.tui.sample import ENDPOINT, T0, sample_data, sample_detail
 
 
 class FixedConsole(HkConsole):
-    """The real console, fed sample data instead of a service."""
+    """The real console, fed sample data (a moment of the demo) instead of a service."""
 
-    def __init__(self, nodes: int, units: int, read_only: bool) -> None:
-        super().__init__(
-            endpoint="ipc:///run/hk/hk.sock", read_only=read_only, clock=lambda: T0, live=False
-        )
-        self.sample = sample_data(nodes, units)
+    def __init__(self, read_only: bool) -> None:
+        super().__init__(endpoint=ENDPOINT, read_only=read_only, clock=lambda: T0, live=False)
+        self.sample = sample_data()
 
     def schedule_detail(self, restart: bool = False) -> None:
         for unit in self.sample[1]["units"]:
@@ -21,8 +19,8 @@ class FixedConsole(HkConsole):
                 self.show_detail(*sample_detail(unit))
 
 
-def fixed_app(nodes: int = 64, units: int = 9, read_only: bool = False) -> FixedConsole:
-    return FixedConsole(nodes, units, read_only)
+def fixed_app(read_only: bool = False) -> FixedConsole:
+    return FixedConsole(read_only)
 
 
 def load_sample(app: FixedConsole) -> None:
@@ -32,5 +30,5 @@ def load_sample(app: FixedConsole) -> None:
 
 def disconnect(app: HkConsole) -> None:
     app.connected = False
-    app.status_line = "DISCONNECTED: retry 3 in 4s (no hk service at ipc:///run/hk/hk.sock)"
+    app.status_line = f"DISCONNECTED: retry 3 in 4s (no hk service at {ENDPOINT})"
     app.render_header()
