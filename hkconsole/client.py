@@ -14,7 +14,14 @@ from typing import Any
 
 import zmq
 
-from hkservice.protocol import ProtocolError, default_endpoint, pack, request, unpack
+from hkservice.protocol import (
+    ProtocolError,
+    default_endpoint,
+    endpoint_problem,
+    pack,
+    request,
+    unpack,
+)
 
 # Short enough that a dead service is reported within 5 s, start-up included.
 DEFAULT_TIMEOUT = 4.0
@@ -28,34 +35,10 @@ def resolve_endpoint(endpoint: str | None = None) -> str:
     return endpoint or os.environ.get("HK_ENDPOINT") or default_endpoint()
 
 
-# An AF_UNIX socket path (sun_path) holds 108 bytes with the terminating NUL.
-IPC_PATH_MAX = 107
-
-
 def check_endpoint(endpoint: str) -> None:
-    """The service's own rules for its endpoint, so a typo is named, not a ZMQError."""
-    scheme, sep, rest = endpoint.partition("://")
-    if not sep or scheme not in ("ipc", "tcp"):
-        raise ServiceError(
-            "EINVAL",
-            f"invalid endpoint '{endpoint}': not ipc:// or tcp:// "
-            "(for example ipc:///run/hk/hk.sock or tcp://host:5555)",
-        )
-    if scheme == "ipc":
-        if not rest:
-            raise ServiceError("EINVAL", f"invalid endpoint '{endpoint}': no socket path")
-        if len(os.fsencode(rest)) > IPC_PATH_MAX:
-            raise ServiceError(
-                "EINVAL",
-                f"invalid endpoint '{endpoint}': the socket path is over the "
-                f"{IPC_PATH_MAX}-byte limit of ipc socket paths",
-            )
-        return
-    host, colon, port = rest.rpartition(":")
-    if not (colon and host and port.isascii() and port.isdigit() and 0 < int(port) < 65536):
-        raise ServiceError(
-            "EINVAL", f"invalid endpoint '{endpoint}': needs a host and a port (tcp://host:5555)"
-        )
+    problem = endpoint_problem(endpoint)
+    if problem is not None:
+        raise ServiceError("EINVAL", f"invalid endpoint: {problem}")
 
 
 def tcp_address(endpoint: str) -> tuple[str, int]:

@@ -11,11 +11,15 @@ from typing import Any
 
 from hkservice.cluster import Cluster
 from hkservice.fsd import parse_duration
-from hkservice.protocol import default_endpoint, events_endpoint_for
+from hkservice.protocol import (
+    IPC_PATH_MAX,
+    default_endpoint,
+    endpoint_problem,
+    events_endpoint_for,
+)
 
 DEFAULT_KILL_GRACE = 90.0
 # An AF_UNIX socket path (sun_path) holds 108 bytes with the terminating NUL.
-IPC_PATH_MAX = 107
 
 # table -> key -> (type name shown in errors, required)
 SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
@@ -70,28 +74,9 @@ def _duration(table: dict[str, Any], key: str, where: str) -> float | None:
 
 
 def _check_endpoint(endpoint: str, key: str) -> None:
-    scheme, sep, rest = endpoint.partition("://")
-    if not sep or scheme not in ("ipc", "tcp"):
-        raise ConfigError(
-            f"{key}: '{endpoint}' is not an ipc:// or tcp:// endpoint "
-            "(for example ipc:///run/hk/hk.sock or tcp://host:5555)"
-        )
-    if scheme == "ipc":
-        if not rest:
-            raise ConfigError(f"{key}: '{endpoint}' has no socket path")
-        if rest.startswith("@"):
-            # An abstract socket has no file, so no permissions to restrict who connects.
-            raise ConfigError(f"{key}: '{endpoint}' is an abstract socket: give a file path")
-        size = len(os.fsencode(rest))
-        if size > IPC_PATH_MAX:
-            raise ConfigError(
-                f"{key}: the socket path of '{endpoint}' is {size} bytes, over the "
-                f"{IPC_PATH_MAX}-byte limit of ipc socket paths"
-            )
-        return
-    host, colon, port = rest.rpartition(":")
-    if not colon or not host or not (port == "*" or (port.isdigit() and 0 < int(port) < 65536)):
-        raise ConfigError(f"{key}: '{endpoint}' needs a host and a port (tcp://host:5555)")
+    problem = endpoint_problem(endpoint, bind=True)
+    if problem is not None:
+        raise ConfigError(f"{key}: {problem}")
 
 
 def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:

@@ -55,6 +55,44 @@ def default_endpoint() -> str:
     return f"ipc://{base}/hk.sock"
 
 
+# An AF_UNIX socket path (sun_path) holds 108 bytes with the terminating NUL.
+IPC_PATH_MAX = 107
+
+
+def endpoint_problem(endpoint: str, *, bind: bool = False) -> str | None:
+    """What is wrong with an endpoint, quoting it; None if the service could use it.
+
+    One set of rules for the service's config and its clients, so a typo is named the
+    same way on both sides instead of surfacing as a ZMQError. `bind` allows tcp port `*`.
+    """
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep or scheme not in ("ipc", "tcp"):
+        return (
+            f"'{endpoint}' is not an ipc:// or tcp:// endpoint "
+            "(for example ipc:///run/hk/hk.sock or tcp://host:5555)"
+        )
+    if scheme == "ipc":
+        if not rest:
+            return f"'{endpoint}' has no socket path"
+        if rest.startswith("@"):
+            # An abstract socket has no file, so no permissions to restrict who connects.
+            return f"'{endpoint}' is an abstract socket: give a file path"
+        size = len(os.fsencode(rest))
+        if size > IPC_PATH_MAX:
+            return (
+                f"the socket path of '{endpoint}' is {size} bytes, over the "
+                f"{IPC_PATH_MAX}-byte limit of ipc socket paths"
+            )
+        return None
+    host, colon, port = rest.rpartition(":")
+    port_ok = (bind and port == "*") or (
+        port.isascii() and port.isdigit() and 0 < int(port) < 65536
+    )
+    if not (colon and host and port_ok):
+        return f"'{endpoint}' needs a host and a port (tcp://host:5555)"
+    return None
+
+
 def events_endpoint_for(endpoint: str) -> str:
     if endpoint.startswith("ipc://"):
         return endpoint + "-events"

@@ -770,11 +770,12 @@ def test_service_down_is_said_at_once(capsys: pytest.CaptureFixture[str], tmp_pa
 @pytest.mark.parametrize(
     ("endpoint", "message"),
     [
-        ("bogus://x", "invalid endpoint 'bogus://x': not ipc:// or tcp://"),
-        ("/tmp/hk.sock", "invalid endpoint '/tmp/hk.sock': not ipc:// or tcp://"),
-        ("ipc://", "invalid endpoint 'ipc://': no socket path"),
-        ("ipc:///" + "x" * 200, "the socket path is over the 107-byte limit"),
-        ("tcp://127.0.0.1", "invalid endpoint 'tcp://127.0.0.1': needs a host and a port"),
+        ("bogus://x", "invalid endpoint: 'bogus://x' is not an ipc:// or tcp:// endpoint"),
+        ("/tmp/hk.sock", "invalid endpoint: '/tmp/hk.sock' is not an ipc:// or tcp://"),
+        ("ipc://", "invalid endpoint: 'ipc://' has no socket path"),
+        ("ipc://@hk", "invalid endpoint: 'ipc://@hk' is an abstract socket"),
+        ("ipc:///" + "x" * 200, "bytes, over the 107-byte limit of ipc socket paths"),
+        ("tcp://127.0.0.1", "invalid endpoint: 'tcp://127.0.0.1' needs a host and a port"),
         ("tcp://:5555", "needs a host and a port"),
         ("tcp://127.0.0.1:99999", "needs a host and a port"),
         ("tcp://127.0.0.1:٥٥", "needs a host and a port"),
