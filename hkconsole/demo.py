@@ -145,6 +145,7 @@ class SimulatedScheduler:
     placed: dict[int, list[int]] = field(default_factory=dict)
     undrained: int = 0
     errors: int = 0
+    undrain_after: float = ADMIN_UNDRAIN_AFTER
     _next: Job | None = None
     _cleanups_drawn: int = 0
     _arrivals: random.Random = field(default_factory=random.Random)
@@ -258,7 +259,7 @@ class SimulatedScheduler:
         back: set[int] = set()
         for t, ranks in ours:
             age = now - t
-            if age >= ADMIN_UNDRAIN_AFTER or (over > 0 and age >= ADMIN_BUSY_UNDRAIN_AFTER):
+            if age >= self.undrain_after or (over > 0 and age >= ADMIN_BUSY_UNDRAIN_AFTER):
                 back |= ranks
                 over -= len(ranks)
         if not back:

@@ -111,6 +111,37 @@ def test_demo_cluster_shows_partial_release_and_failures() -> None:
     assert marked(str(base)) == []
 
 
+def test_the_site_admin_undrains_failed_nodes_but_not_an_operators_drains() -> None:
+    with DemoCluster(nodes=8, seed=1) as demo:
+        assert demo.scheduler is not None
+        demo.scheduler.undrain_after = 1.0  # 150 s in a demo: too long for a test
+        with Client(demo.endpoint) as client:
+            client.call("resource.drain", {"ranks": "6", "reason": "bad fan, ticket 42"})
+            client.call(
+                "resource.drain",
+                {"ranks": "7", "reason": "housekeeping@f1 exit-code: exited 1"},
+            )
+
+            def drained() -> set[int]:
+                status = client.call("resource.status")
+                return set().union(*(parse_idset(e["ranks"]) for e in status["drained"]))
+
+            wait_for(lambda: 7 not in drained(), 10, "undrain of rank 7")
+            time.sleep(1.5)
+            assert 6 in drained()
+        assert demo.scheduler.undrained >= 1
+        assert "site admin: undrained ranks" in (demo.base / "demo.log").read_text()
+
+
+def test_failures_are_frequent_in_the_first_minute_and_rare_after() -> None:
+    def bad_share(early: bool) -> float:
+        fates = [f for n in range(2000) for f, _ in draw_job(9, n, 64, early).cleanups]
+        return sum(f in ("fail", "hang") for f in fates) / len(fates)
+
+    assert 0.06 < bad_share(True) < 0.12
+    assert bad_share(False) < 0.015
+
+
 def first_seed_with(fate: str, nodes: int) -> int:
     return next(
         s for s in range(1000) if any(f == fate for f, _ in draw_job(s, 0, nodes, True).cleanups)
