@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 from rich.console import Console
+from textual.message import Message
+from textual.notifications import Notify
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
 from textual.widgets._footer import FooterKey
@@ -32,6 +34,16 @@ async def until(pilot: Pilot[Any], condition: Callable[[], bool], timeout: float
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await pilot.pause(0.05)
+
+
+def notes_into(notes: list[str]) -> Callable[[Message], None]:
+    """A message hook that keeps the text of every notification, except connecting."""
+
+    def hook(message: Message) -> None:
+        if isinstance(message, Notify) and not message.notification.message.startswith("connected"):
+            notes.append(message.notification.message)
+
+    return hook
 
 
 def rows(app: HkConsole) -> list[int]:
@@ -101,9 +113,72 @@ async def test_the_right_unit_dies_when_rows_move_under_the_dialog(
     assert running(busy) == {102: "2-3"}
 
 
+async def test_marked_units_are_killed_together_and_the_rest_untouched(
+    busy: RunningService,
+) -> None:
+    app = HkConsole(busy.endpoint)
+    notes: list[str] = []
+    async with app.run_test(size=SIZE, message_hook=notes_into(notes)) as pilot:
+        await until(pilot, lambda: rows(app) == [101, 102, 103])
+        await pilot.press("space")  # marks 101, moves down to 102
+        await until(pilot, lambda: app.selected == 102)
+        await pilot.press("down", "space")  # marks 103
+        assert app.marked == {101, 103}
+        assert str(app.units_table.get_cell("102", "mark")) == ""
+        assert str(app.units_table.get_cell("103", "mark")) == "●"
+        await pilot.press("k")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        body = str(app.screen.query_one("#dialog-body", Static).render())
+        assert encode_jobid(101) in body and encode_jobid(103) in body
+        assert encode_jobid(102) not in body
+        assert "2 units" in str(app.screen.query_one("#dialog-title").render())
+        await pilot.press("y")
+        await until(pilot, lambda: rows(app) == [102])
+        await until(pilot, lambda: bool(notes))
+        assert notes == [
+            f"killed {encode_jobid(101)} and {encode_jobid(103)} on 4 nodes with SIGTERM"
+        ]
+        assert app.marked == set()
+    assert running(busy) == {102: "2-3"}
+    assert sorted(drained(busy)) == [0, 1, 4, 5]
+
+
+async def test_refresh_rate_key_sets_how_often_the_console_resyncs(
+    busy: RunningService,
+) -> None:
+    app = HkConsole(busy.endpoint)
+    resyncs: list[float] = []
+    resync = app.resync
+
+    async def counted() -> None:
+        resyncs.append(time.monotonic())
+        await resync()
+
+    app.resync = counted  # type: ignore[method-assign]
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.connected)
+        assert app.refresh_interval == 2.0 and "refresh 2s" in header_lines(app)[2]
+        resyncs.clear()
+        await pilot.press("r")  # 2 s -> 5 s
+        assert app.refresh_interval == 5.0 and "refresh 5s" in header_lines(app)[2]
+        # A change of rate resyncs at once (within the feed's 0.5 s poll), then waits.
+        await until(pilot, lambda: bool(resyncs))
+        await pilot.pause(0.7)
+        resyncs.clear()
+        await pilot.pause(3.0)
+        assert resyncs == []  # none within 3 s at 5 s
+        await pilot.press("r", "r")  # 10 s, then around to 1 s
+        assert app.refresh_interval == 1.0 and "refresh 1s" in header_lines(app)[2]
+        await pilot.pause(0.8)
+        resyncs.clear()
+        await pilot.pause(3.0)
+        assert 2 <= len(resyncs) <= 4
+
+
 async def test_kill_on_targets_and_kill_all(busy: RunningService) -> None:
     app = HkConsole(busy.endpoint)
-    async with app.run_test(size=SIZE) as pilot:
+    notes: list[str] = []
+    async with app.run_test(size=SIZE, message_hook=notes_into(notes)) as pilot:
         await until(pilot, lambda: len(rows(app)) == 3)
         await pilot.press("t")
         await until(pilot, lambda: isinstance(app.screen, PromptScreen))
@@ -113,8 +188,17 @@ async def test_kill_on_targets_and_kill_all(busy: RunningService) -> None:
         assert error == "host 'node9' is not in the cluster"
         await pilot.press("backspace", *"[1-2]", "enter")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        # The confirm names the units the kill hits, from the data on screen.
+        body = str(app.screen.query_one("#dialog-body", Static).render())
+        assert f"{encode_jobid(101)}  running on node1" in body
+        assert f"{encode_jobid(102)}  running on node2" in body
+        assert encode_jobid(103) not in body
         await pilot.press("y")
         await until(pilot, lambda: running(busy) == {101: "0", 102: "3", 103: "4-5"})
+        await until(pilot, lambda: bool(notes))
+        assert notes[-1] == (
+            f"killed {encode_jobid(101)} and {encode_jobid(102)} on 2 nodes with SIGTERM"
+        )
 
         await pilot.press("A")
         await until(pilot, lambda: isinstance(app.screen, PromptScreen))
@@ -126,23 +210,28 @@ async def test_kill_on_targets_and_kill_all(busy: RunningService) -> None:
         await until(pilot, lambda: rows(app) == [])
 
 
-async def test_disconnect_keeps_data_and_reconnects(busy: RunningService) -> None:
+async def test_a_killed_service_leaves_stale_data_then_reconnects(busy: RunningService) -> None:
     app = HkConsole(busy.endpoint)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: len(rows(app)) == 3 and app.connected)
         assert app.check_action("kill_unit", ()) is True
-        busy.stop()
+        assert app.check_action("output", ()) is True
+        # SIGKILL: no goodbye, no last events; only the missing heartbeat tells.
+        busy.kill9()
         await until(pilot, lambda: not app.connected, timeout=15)
         assert rows(app) == [101, 102, 103]  # the last data stays, marked stale
         assert app.has_class("stale")
-        assert app.check_action("kill_unit", ()) is None
-        header = str(app.query_one("#header", Static).render())
-        assert "DISCONNECTED" in header
-        await pilot.press("k")
-        assert not isinstance(app.screen, ConfirmScreen)
-        busy.start()
+        for action in ("kill_unit", "output", "kill_all", "choose_signal"):
+            assert app.check_action(action, ()) is None
+        assert "DISCONNECTED" in header_lines(app)[0]
+        await pilot.press("k", "o")
+        await pilot.pause(0.1)
+        assert app.screen is app.screen_stack[0]  # neither a dialog nor output opened
+        busy.start()  # the same config, the same state directory
         await until(pilot, lambda: app.connected, timeout=20)
         assert not app.has_class("stale")
+        await until(pilot, lambda: rows(app) == sorted(running(busy)))
+        assert "CONNECTED" in header_lines(app)[0]
 
 
 async def test_read_only_hides_kill_and_drain(busy: RunningService) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import gc
 import itertools
+import signal as signal_module
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ REFRESH_CHOICES = (1.0, 2.0, 5.0, 10.0)
 BACKOFF_MAX = 10.0
 HEARTBEAT_TIMEOUT = 6.0
 DETAIL_RANKS_SHOWN = 64
+TARGET_UNITS_LISTED = 8
 STATE_STYLES = {
     "running": "yellow",
     "ok": "green",
@@ -86,6 +88,21 @@ STATE_STYLES = {
 
 # The f58 prefix is read from the locale on every call: fixed for the console's life.
 jobid_text = functools.lru_cache(maxsize=1 << 16)(encode_jobid)
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def unit_names(jobids: list[int], shown: int = 3) -> str:
+    """ƒA; ƒA and ƒB; ƒA, ƒB, ƒC and 4 more units."""
+    names = [jobid_text(j) for j in jobids[:shown]]
+    rest = len(jobids) - len(names)
+    if rest:
+        return f"{', '.join(names)} and {plural(rest, 'more unit')}"
+    if len(names) > 1:
+        return f"{', '.join(names[:-1])} and {names[-1]}"
+    return names[0] if names else "no unit"
 
 
 class Cell(Text):
@@ -825,26 +842,52 @@ class HkConsole(App[int]):
         for jobid in jobids:
             unit = self.model.units.get(jobid)
             nodes = cluster.nodelist(unit.pending) if unit and cluster else "?"
-            lines.append(f"  {encode_jobid(jobid)}  running on {nodes}")
+            lines.append(f"  {jobid_text(jobid)}  running on {nodes}")
         body = "\n".join(lines) + f"\n\nsignal: SIG{captured.signal}"
-        title = f"Kill housekeeping of {len(jobids)} unit{'s' if len(jobids) > 1 else ''}?"
+        title = f"Kill housekeeping of {plural(len(jobids), 'unit')}?"
         if not await self.push_screen_wait(ConfirmScreen(title, body)):
             return
-        sent = 0
+        killed: list[int] = []
+        ranks = 0
         for jobid in captured.jobids:
             # Checked again at send time: the unit may have finished while the dialog was open.
             if jobid not in self.model.units:
                 self.notify(
-                    f"{encode_jobid(jobid)} already finished: nothing sent",
+                    f"{jobid_text(jobid)} already finished: nothing sent",
                     severity="warning",
                     markup=False,
                 )
                 continue
-            if await self.send_kill({"jobid": jobid}, captured.signal):
-                sent += 1
-        if sent:
+            result = await self.send_kill({"jobid": jobid}, captured.signal)
+            if result is not None:
+                killed.append(jobid)
+                ranks += result["ranks"]
+        if killed:
+            self.report_kill(killed, ranks, captured.signal)
             self.marked -= set(captured.jobids)
             self.refresh_units(set(captured.jobids))
+
+    def running_on(self, ranks: set[int]) -> dict[int, set[int]]:
+        """jobid -> its ranks among `ranks` still running (what a kill there hits)."""
+        hits: dict[int, set[int]] = {}
+        for jobid in sorted({j for r in ranks for j in self.model.holders().get(r, ())}):
+            unit = self.model.units.get(jobid)
+            if unit is not None and unit.pending & ranks:
+                hits[jobid] = unit.pending & ranks
+        return hits
+
+    def report_kill(self, jobids: Iterable[int], ranks: int, signal_name: str) -> None:
+        jobids = list(jobids)
+        if not ranks:
+            self.notify(
+                "nothing was running there: nothing signalled", severity="warning", markup=False
+            )
+            return
+        self.notify(
+            f"killed {unit_names(jobids)} on {plural(ranks, 'node')} with SIG{signal_name}",
+            title="Kill sent",
+            markup=False,
+        )
 
     def validate_targets(self, text: str) -> str | None:
         if self.model.cluster is None:
@@ -858,22 +901,35 @@ class HkConsole(App[int]):
     @work(group="dialog", exclusive=True)
     async def action_kill_targets(self) -> None:
         signal_name = self.signal_name
+        cluster = self.model.cluster
+        example = cluster.nodelist(range(min(4, cluster.size))) if cluster else "node[0-3]"
         targets = await self.push_screen_wait(
             PromptScreen(
                 f"Kill housekeeping (SIG{signal_name}) on which ranks or hosts?",
-                "e.g. 0-3,7 or node[0-3]",
+                f"e.g. 0-3,7 or {example}",
                 self.validate_targets,
             )
         )
-        if not targets or self.model.cluster is None:
+        cluster = self.model.cluster
+        if not targets or cluster is None:
             return
-        ranks = self.model.cluster.parse_targets(targets, strict=True)
-        body = (
-            f"  every unit on {self.model.cluster.nodelist(ranks)} (ranks {format_idset(ranks)})"
-            f"\n\nsignal: SIG{signal_name}"
-        )
-        if await self.push_screen_wait(ConfirmScreen("Kill housekeeping on these nodes?", body)):
-            await self.send_kill({"ranks": format_idset(ranks)}, signal_name)
+        ranks = cluster.parse_targets(targets, strict=True)
+        # Which units it hits, from what the console knows now (the service decides at
+        # send time: a unit that started since is hit too).
+        hits = self.running_on(ranks)
+        lines = [f"  on {cluster.nodelist(ranks)} (ranks {format_idset(ranks)}):"]
+        for jobid, where in list(hits.items())[:TARGET_UNITS_LISTED]:
+            lines.append(f"    {jobid_text(jobid)}  running on {cluster.nodelist(where)}")
+        if len(hits) > TARGET_UNITS_LISTED:
+            lines.append(f"    … and {plural(len(hits) - TARGET_UNITS_LISTED, 'more unit')}")
+        if not hits:
+            lines.append("    no unit is running there now")
+        body = "\n".join(lines) + f"\n\nsignal: SIG{signal_name}"
+        title = f"Kill housekeeping of {plural(len(hits), 'unit')} on these nodes?"
+        if await self.push_screen_wait(ConfirmScreen(title, body)):
+            result = await self.send_kill({"ranks": format_idset(ranks)}, signal_name)
+            if result is not None:
+                self.report_kill(hits or (), result["ranks"], signal_name)
 
     @work(group="dialog", exclusive=True)
     async def action_kill_all(self) -> None:
@@ -888,24 +944,21 @@ class HkConsole(App[int]):
             )
         )
         if answer == "all":
-            await self.send_kill({"all": True}, signal_name)
+            running = [j for j, unit in self.model.units.items() if unit.pending]
+            result = await self.send_kill({"all": True}, signal_name)
+            if result is not None:
+                self.report_kill(running, result["ranks"], signal_name)
 
-    async def send_kill(self, params: dict[str, Any], signal_name: str) -> bool:
-        import signal as signal_module
-
+    async def send_kill(self, params: dict[str, Any], signal_name: str) -> dict[str, Any] | None:
+        """The service's answer, or None (the failure is reported)."""
         signum = int(signal_module.Signals[f"SIG{signal_name}"])
         try:
             result = await self.client.call("housekeeping.kill", {**params, "signum": signum})
         except ServiceError as exc:
             self.notify(exc.message, title="Kill failed", severity="error", markup=False)
-            return False
-        self.notify(
-            f"signalled {result['ranks']} ranks of {result['units']} units with SIG{signal_name}",
-            title="Kill sent",
-            markup=False,
-        )
+            return None
         self._resync_now.set()
-        return True
+        return dict(result)
 
     @work(group="dialog", exclusive=True)
     async def action_choose_signal(self) -> None:
@@ -1070,6 +1123,8 @@ class HkConsole(App[int]):
             else 0
         )
         self.refresh_interval = REFRESH_CHOICES[(index + 1) % len(REFRESH_CHOICES)]
+        # Resync now: the next one then comes at the new interval, not the old one.
+        self._resync_now.set()
         self.notify(f"resync every {self.refresh_interval:g}s", markup=False)
         self.render_header()
 
