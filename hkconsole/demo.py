@@ -51,11 +51,9 @@ import zmq
 
 from hkconsole.client import Client, ServiceError, wait_for_service
 from hkservice.idset import format_idset, parse_idset
-from hkservice.protocol import EVENT_RELEASED, unpack
+from hkservice.protocol import EVENT_RELEASED, IPC_PATH_MAX, unpack
 
 MAX_NODES = 4096
-# sun_path holds 108 bytes with the terminating NUL: longer ipc paths fail to bind.
-IPC_PATH_MAX = 107
 # Every process the demo's service starts (agent, cleanups and their children) inherits
 # this variable, set to the demo's directory: what the stray-killing backstop looks for.
 MARK_VARIABLE = "HK_DEMO_MARK"
