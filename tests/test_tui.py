@@ -648,6 +648,24 @@ async def test_each_view_keeps_its_own_sort_marked_in_the_column_header() -> Non
         assert "sort nnodes ▼" in header_lines(app)[2]
 
 
+async def test_detail_follows_the_cursor_when_a_filter_hides_the_highlighted_unit() -> None:
+    app = fixed_app()
+    async with app.run_test(size=SIZE) as pilot:
+        load_sample(app)
+        await pilot.pause()
+        first, *_ = rows(app)
+        assert str(app.detail_pane.render()).startswith(encode_jobid(first))
+        await pilot.press("slash", *"sim57", "enter")
+        await until(pilot, lambda: len(rows(app)) == 1)
+        (shown,) = rows(app)
+        assert app.selected == shown != first
+        assert str(app.detail_pane.render()).startswith(encode_jobid(shown))
+        await pilot.press("escape", "slash", *"nothing-matches")
+        await until(pilot, lambda: rows(app) == [])
+        assert app.selected is None
+        assert str(app.detail_pane.render()) == "no unit selected"
+
+
 async def test_runtime_freezes_while_disconnected() -> None:
     now = [T0]
     app = fixed_app()

@@ -35,7 +35,12 @@ def test_kill_dialog(snap_compare: Any) -> None:
 
 
 def test_kill_targets_dialog(snap_compare: Any) -> None:
-    press = ["t", *"node[0-3"]
+    press = ["t", *"sim[0-3"]
+    assert snap_compare(fixed_app(), press=press, run_before=loaded, terminal_size=SIZE)
+
+
+def test_kill_targets_confirm_lists_the_units(snap_compare: Any) -> None:
+    press = ["t", *"sim[25-30]", "enter"]
     assert snap_compare(fixed_app(), press=press, run_before=loaded, terminal_size=SIZE)
 
 
@@ -58,6 +63,49 @@ def test_read_only(snap_compare: Any) -> None:
 
 def test_kill_all_dialog(snap_compare: Any) -> None:
     assert snap_compare(fixed_app(), press=["A", "a", "l"], run_before=loaded, terminal_size=SIZE)
+
+
+def test_sigkill_confirm(snap_compare: Any) -> None:
+    press = ["s", "down", "down", "down", "enter"]
+    assert snap_compare(fixed_app(), press=press, run_before=loaded, terminal_size=SIZE)
+
+
+def test_output_dialog(snap_compare: Any) -> None:
+    # The unit with a failed node: stdout and the failure on stderr.
+    press = [*["down"] * 5, "o"]
+    assert snap_compare(fixed_app(), press=press, run_before=loaded, terminal_size=SIZE)
+
+
+def test_help(snap_compare: Any) -> None:
+    assert snap_compare(fixed_app(), press=["question_mark"], run_before=loaded, terminal_size=SIZE)
+
+
+def test_filter_active(snap_compare: Any) -> None:
+    press = ["slash", *"1001", "enter"]
+    assert snap_compare(fixed_app(), press=press, run_before=loaded, terminal_size=SIZE)
+
+
+def test_paused_with_marked_rows(snap_compare: Any) -> None:
+    press = ["space", "down", "space", "p"]
+    assert snap_compare(fixed_app(), press=press, run_before=loaded, terminal_size=SIZE)
+
+
+def test_nodes_state_filter_drained_sorted_by_since(snap_compare: Any) -> None:
+    press = ["2", "f", "f", "f", "f", *["greater_than_sign"] * 6]
+    assert snap_compare(fixed_app(), press=press, run_before=loaded, terminal_size=SIZE)
+
+
+def test_units_view_80_columns(snap_compare: Any) -> None:
+    assert snap_compare(fixed_app(), run_before=loaded, terminal_size=(80, 24))
+
+
+def test_disconnected_80_columns(snap_compare: Any) -> None:
+    async def before(pilot: Pilot[Any]) -> None:
+        await loaded(pilot)
+        disconnect(pilot.app)  # type: ignore[arg-type]
+        await pilot.pause()
+
+    assert snap_compare(fixed_app(), run_before=before, terminal_size=(80, 24))
 
 
 def test_drain_dialog(snap_compare: Any) -> None:

@@ -490,9 +490,16 @@ class HkConsole(App[int]):
             row = table.get_row_index(str(jobid))
             if table.cursor_row != row:
                 table.move_cursor(row=row, animate=False, scroll=False)
-        elif table.row_count:
-            key = table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key
-            self.selected = int(key.value) if key.value else None
+        else:
+            # The highlighted unit is gone (ended, or hidden by a filter): the detail pane
+            # follows whatever the cursor is on now.
+            selected = None
+            if table.row_count:
+                key = table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key
+                selected = int(key.value) if key.value else None
+            if selected != self.selected:
+                self.selected = selected
+                self.schedule_detail(restart=True)
 
     def refresh_nodes(self, full: bool = False) -> None:
         """Bring the nodes table up to date.
@@ -743,7 +750,7 @@ class HkConsole(App[int]):
             return
         now = self.clock()
         out = Text()
-        out.append(f"{encode_jobid(unit['jobid'])}", style="bold")
+        out.append(jobid_text(unit["jobid"]), style="bold")
         out.append(f"  user {unit['userid']}  ranks {unit['ranks']}\n", style="dim")
         # What needs the operator first: failures, then what still runs, then the nodes
         # that finished cleanly (held, then already released), each with its duration.
@@ -1029,12 +1036,17 @@ class HkConsole(App[int]):
         if jobid is None:
             return
         try:
-            result = await self.client.call("housekeeping.output", {"jobid": jobid, "tail": 200})
+            output = await self.fetch_output(jobid)
         except ServiceError as exc:
             self.notify(exc.message, title="No output", severity="error", markup=False)
             return
-        lines = [(f"[{rank}] {stream}", text) for rank, stream, text in result["lines"]]
-        await self.push_screen_wait(OutputScreen(f"Output of {encode_jobid(jobid)}", lines))
+        lines = [(f"[{rank}] {stream}", text) for rank, stream, text in output]
+        await self.push_screen_wait(OutputScreen(f"Output of {jobid_text(jobid)}", lines))
+
+    async def fetch_output(self, jobid: int) -> list[list[Any]]:
+        """The unit's output lines, [rank, stream, text], oldest first."""
+        result = await self.client.call("housekeeping.output", {"jobid": jobid, "tail": 200})
+        return list(result["lines"])
 
     def action_filter(self) -> None:
         box = self.filter_box

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hkconsole.tui.app import HkConsole
 from hkconsole.tui.sample import ENDPOINT, T0, sample_data, sample_detail
 
@@ -13,10 +15,19 @@ class FixedConsole(HkConsole):
         super().__init__(endpoint=ENDPOINT, read_only=read_only, clock=lambda: T0, live=False)
         self.sample = sample_data()
 
+    def sample_unit(self, jobid: int | None) -> dict[str, Any] | None:
+        return next((u for u in self.sample[1]["units"] if u["jobid"] == jobid), None)
+
     def schedule_detail(self, restart: bool = False) -> None:
-        for unit in self.sample[1]["units"]:
-            if unit["jobid"] == self.selected:
-                self.show_detail(*sample_detail(unit))
+        unit = self.sample_unit(self.selected)
+        if unit is not None:
+            self.show_detail(*sample_detail(unit))
+        else:
+            self.show_detail(None, [])
+
+    async def fetch_output(self, jobid: int) -> list[list[Any]]:
+        unit = self.sample_unit(jobid)
+        return sample_detail(unit)[1] if unit is not None else []
 
 
 def fixed_app(read_only: bool = False) -> FixedConsole:
