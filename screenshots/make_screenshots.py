@@ -51,8 +51,9 @@ async def main() -> int:
         await pilot.press("down", "k")
 
     async def detail(pilot: Pilot[Any]) -> None:
-        # The unit with a failed node: its detail shows the failure and its stderr.
-        await pilot.press("down", "down", "down", "down")
+        # The 8-node unit with a failed node and a straggler: its detail shows the
+        # failure and its stderr, the node still cleaning, and the ones released.
+        await pilot.press("down", "down")
 
     async def gone(pilot: Pilot[Any]) -> None:
         disconnect(pilot.app)  # type: ignore[arg-type]
