@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,10 @@ async def timed(pilot: Pilot[Any], step: Callable[[], Awaitable[None] | None]) -
 
 async def typed(pilot: Pilot[Any], keys: list[str]) -> float:
     """The slowest key stroke: each is timed until the console is idle again."""
-    return max([await timed(pilot, lambda key=key: pilot.press(key)) for key in keys])
+    slowest = 0.0
+    for key in keys:
+        slowest = max(slowest, await timed(pilot, partial(pilot.press, key)))
+    return slowest
 
 
 async def main() -> int:

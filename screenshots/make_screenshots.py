@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import cairosvg
+import cairosvg  # type: ignore[import-untyped]
 from textual.pilot import Pilot
 
 from hkconsole.tui.fixed import disconnect, fixed_app, load_sample

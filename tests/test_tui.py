@@ -13,7 +13,7 @@ from rich.console import Console
 from textual.message import Message
 from textual.notifications import Notify
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable, RichLog, Static
 from textual.widgets._footer import FooterKey
 from textual.widgets.data_table import ColumnKey
 
@@ -386,7 +386,8 @@ async def test_output_help_pause_filter_and_sort(
         await until(pilot, lambda: rows(app) == [301, 302, 303])
         await pilot.press("o")
         await until(pilot, lambda: isinstance(app.screen, OutputScreen))
-        log = "\n".join(str(line.text) for line in app.screen.query_one("#output-log").lines)
+        output = app.screen.query_one("#output-log", RichLog)
+        log = "\n".join(str(line.text) for line in output.lines)
         assert "scrub node0" in log and "warn [x] 3" in log
         await pilot.press("escape")
         await pilot.press("question_mark")
@@ -498,7 +499,7 @@ async def test_nodes_view_updates_touch_only_the_ranks_that_changed() -> None:
         await until(pilot, lambda: nodes.row_count == 16384)
         assert str(nodes.get_cell("5", "state")) == "draining"
         app.built.clear()
-        events = [
+        events: list[tuple[str, dict[str, Any]]] = [
             ("housekeeping.released", {"jobid": 1_000_005, "ranks": "5"}),
             (
                 "housekeeping.started",
@@ -563,7 +564,7 @@ async def test_nodes_state_filter_is_a_state_not_a_substring(busy: RunningServic
         await pilot.press("f")  # the default key is gone once remapped
         await pilot.pause(0.1)
         assert app.node_state_filter is None
-        seen = {}
+        seen: dict[str | None, list[int]] = {}
         for _ in range(len(NODE_STATES) + 1):
             await pilot.press("z")
             await pilot.pause(0.05)

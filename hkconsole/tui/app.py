@@ -823,7 +823,7 @@ class HkConsole(App[int]):
     def action_view(self, view: str) -> None:
         self.view = view
 
-    def current_table(self) -> DataTable[Any]:
+    def current_table(self) -> LiveTable:
         return self.units_table if self.view == "units" else self.nodes_table
 
     def action_mark(self) -> None:
