@@ -321,16 +321,19 @@ class DemoCluster:
             self.base = Path(tempfile.mkdtemp(prefix="hk-demo-", dir="/tmp"))
             self._check_paths(str(self.base))
             (self.base / DIR_MARK).touch()
-        # The seed in the socket's name puts it in the console's header, where it shows
-        # in every screen and screenshot.
-        self.endpoint = f"ipc://{self.base}/demo-seed-{self.seed}.sock"
+        self.endpoint = f"ipc://{self.base}/hk.sock"
         self.events_endpoint = f"{self.endpoint}-events"
         self.proc: subprocess.Popen[bytes] | None = None
         self.scheduler: SimulatedScheduler | None = None
 
+    @property
+    def label(self) -> str:
+        """For the console's header, so every screen and screenshot says how to replay it."""
+        return f"demo seed {self.seed}"
+
     def _socket_paths(self) -> list[str]:
         return [
-            f"{self.base}/demo-seed-{self.seed}.sock-events",
+            f"{self.base}/hk.sock-events",
             f"{self.base}/state/run/agent.sock",
         ]
 
@@ -380,7 +383,7 @@ class DemoCluster:
         self.restarted = True
         shutil.rmtree(base / "state", ignore_errors=True)
         shutil.rmtree(base / "fates", ignore_errors=True)
-        for sock in base.glob("demo-seed-*.sock*"):
+        for sock in base.glob("hk.sock*"):
             sock.unlink(missing_ok=True)
 
     def start(self) -> DemoCluster:
@@ -491,7 +494,12 @@ def run_demo(
         with cluster:
             from hkconsole.tui import run_console
 
-            return run_console(endpoint=cluster.endpoint, read_only=read_only, run_for=run_for)
+            return run_console(
+                endpoint=cluster.endpoint,
+                read_only=read_only,
+                run_for=run_for,
+                label=cluster.label,
+            )
     except RuntimeError as exc:
         print(f"hkconsole: ERROR: {exc}", file=sys.stderr)
         return 1

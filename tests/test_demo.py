@@ -217,8 +217,8 @@ def test_the_seed_shows_in_the_console_header() -> None:
 
     from hkconsole.tui.app import HkConsole
 
-    async def header_text(endpoint: str) -> str:
-        app = HkConsole(endpoint=endpoint)
+    async def header_text(demo: DemoCluster) -> str:
+        app = HkConsole(endpoint=demo.endpoint, label=demo.label)
         async with app.run_test() as pilot:
             deadline = time.monotonic() + 10
             while not app.connected and time.monotonic() < deadline:
@@ -227,8 +227,8 @@ def test_the_seed_shows_in_the_console_header() -> None:
 
     with DemoCluster(nodes=4, seed=987654) as demo:
         wait_for(lambda: cleanups(str(demo.base)), 15, "cleanup running")
-        header = asyncio.run(header_text(demo.endpoint))
-    assert "demo-seed-987654" in header
+        header = asyncio.run(header_text(demo))
+    assert "CONNECTED" in header and "demo seed 987654" in header
     assert marked(str(demo.base)) == []
 
 

@@ -10,9 +10,15 @@ if TYPE_CHECKING:
 
 
 def run_console(
-    endpoint: str | None = None, read_only: bool = False, run_for: float | None = None
+    endpoint: str | None = None,
+    read_only: bool = False,
+    run_for: float | None = None,
+    label: str = "",
 ) -> int:
-    """Open the console; with `run_for` it runs headless for that long (demo tests)."""
+    """Open the console; with `run_for` it runs headless for that long (demo tests).
+
+    `label` is shown in the header beside the endpoint (the demo puts its seed there).
+    """
     from hkconsole.tui.app import HkConsole
     from hkconsole.tui.config import load_settings
 
@@ -22,6 +28,7 @@ def run_console(
         read_only=read_only,
         keymap=settings.keymap,
         long_running=settings.long_running,
+        label=label,
     )
     if run_for is None:
         app.run()

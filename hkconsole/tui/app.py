@@ -192,8 +192,10 @@ class HkConsole(App[int]):
         live: bool = True,
         keymap: dict[str, str] | None = None,
         long_running: float = LONG_RUNNING_DEFAULT,
+        label: str = "",
     ) -> None:
         super().__init__()
+        self.label = label
         self.client = AsyncClient(endpoint, timeout=3.0)
         self.endpoint = self.client.endpoint
         self.read_only = read_only
@@ -653,9 +655,12 @@ class HkConsole(App[int]):
             parts += [" ", Text(" PAUSED ", style="bold black on yellow")]
         if self.read_only:
             parts += [" ", Text(" READ-ONLY ", style="bold black on cyan")]
+        if self.label:
+            parts += ["  ", (self.label, "bold magenta")]
+        # A DISCONNECTED reason usually names the endpoint already.
+        if self.connected or self.endpoint not in self.status_line:
+            parts += ["  ", (self.endpoint, "cyan")]
         parts += [
-            "  ",
-            (self.endpoint, "cyan"),
             "\n",
             (f"{counts['units']}", "bold"),
             " units  ",

@@ -5,14 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from hkconsole.tui.app import HkConsole
-from hkconsole.tui.sample import ENDPOINT, T0, sample_data, sample_detail
+from hkconsole.tui.sample import ENDPOINT, LABEL, T0, sample_data, sample_detail
 
 
 class FixedConsole(HkConsole):
     """The real console, fed sample data (a moment of the demo) instead of a service."""
 
     def __init__(self, read_only: bool) -> None:
-        super().__init__(endpoint=ENDPOINT, read_only=read_only, clock=lambda: T0, live=False)
+        super().__init__(
+            endpoint=ENDPOINT, read_only=read_only, clock=lambda: T0, live=False, label=LABEL
+        )
         self.sample = sample_data()
 
     def sample_unit(self, jobid: int | None) -> dict[str, Any] | None:

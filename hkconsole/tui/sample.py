@@ -18,7 +18,8 @@ NODES = 64
 HOSTLIST = f"sim[0-{NODES - 1}]"
 # Where `hkconsole demo` puts its service: a private directory under /tmp.
 DEMO_DIR = "/tmp/hk-demo-3kq8wz1r"
-ENDPOINT = f"ipc://{DEMO_DIR}/demo-seed-4242.sock"
+ENDPOINT = f"ipc://{DEMO_DIR}/hk.sock"
+LABEL = "demo seed 4242"
 # Flux-like jobids, as the demo makes them: milliseconds since an instance epoch in the
 # top 40 bits, a generator id below; job n of the run is BASE + n.
 JOBID_BASE = 9_183_742_615 << 24 | 2_731 << 10
