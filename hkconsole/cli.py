@@ -36,6 +36,7 @@ from hkconsole.tables import (
     unit_formats,
     unit_row,
 )
+from hkconsole.terminal import NO_TERMINAL, on_a_terminal
 from hkservice.cluster import Cluster, TargetError
 from hkservice.idset import format_idset, parse_idset
 from hkservice.jobid import JobidError, parse_jobid, quoted
@@ -574,17 +575,6 @@ def _quiet_stdout() -> None:
         pass
 
 
-NO_TERMINAL = "the console needs a terminal; use `hkconsole list` for scripts"
-
-
-def _on_a_terminal() -> bool:
-    """Both ends of the console on a terminal: without one, Textual never exits and spins."""
-    try:
-        return sys.stdin is not None and sys.stdin.isatty() and sys.stdout.isatty()
-    except (AttributeError, ValueError):  # closed or replaced streams
-        return False
-
-
 def _usage_error(message: str) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return 2
@@ -597,7 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         if args.command is None:
-            if not _on_a_terminal():
+            if not on_a_terminal():
                 return _usage_error(NO_TERMINAL)
             # Checked before Textual starts: the console would only show it as a status.
             check_endpoint(resolve_endpoint(args.endpoint))

@@ -50,6 +50,7 @@ from typing import Any
 import zmq
 
 from hkconsole.client import Client, ServiceError, wait_for_service
+from hkconsole.terminal import NO_TERMINAL, on_a_terminal
 from hkservice.idset import format_idset, parse_idset
 from hkservice.protocol import EVENT_RELEASED, IPC_PATH_MAX, unpack
 
@@ -476,6 +477,11 @@ def run_demo(
     run_for: float | None = None,
 ) -> int:
     cluster = DemoCluster(nodes, seed, state_dir)
+    if run_for is None and not on_a_terminal():
+        # After the option checks, so their errors come first.
+        cluster.close()
+        print(f"hkconsole: error: {NO_TERMINAL}", file=sys.stderr)
+        return 2
     where = f"state kept in {cluster.base}" if cluster.keep else f"state in {cluster.base}"
     again = " (the previous demo's state there was cleared)" if cluster.restarted else ""
     print(

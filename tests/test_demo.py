@@ -310,3 +310,22 @@ def test_demo_help_shows_every_option_with_its_default(
     assert "(default: a temporary directory" in lines["--state-dir"]
     assert "(default: off)" in lines["--read-only"]
     assert "--run-for" not in out
+
+
+def test_demo_without_a_terminal_is_a_usage_error(tmp_path: Path) -> None:
+    """Textual with no terminal never exits and spins a CPU: the demo refuses at once,
+    after its own option checks, and starts nothing."""
+    state = tmp_path / "demo"
+    proc = subprocess.run(
+        demo_command(state),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (
+        "hkconsole: error: the console needs a terminal; use `hkconsole list` for scripts\n"
+    )
+    assert marked(str(state)) == []
+    assert not (state / "state").exists()
