@@ -621,6 +621,27 @@ async def test_footer_fits_80_columns_and_header_lines_are_clipped() -> None:
             assert description in help_text
 
 
+async def test_wide_footer_shows_every_key_and_follows_resizes() -> None:
+    app = fixed_app()
+    async with app.run_test(size=(120, 30)) as pilot:
+        load_sample(app)
+        await pilot.pause()
+
+        async def footer() -> set[str]:
+            await pilot.pause()
+            await pilot.pause()
+            keys = list(app.query(FooterKey))
+            assert all(key.region.right <= app.size.width for key in keys)
+            return {key.description for key in keys}
+
+        secondary = {"Kill on nodes", "Kill all", "Signal"}
+        assert secondary | {"Kill", "Mark", "Filter", "Help", "Quit"} <= await footer()
+        await pilot.resize_terminal(80, 30)
+        assert not secondary & await footer()
+        await pilot.resize_terminal(120, 30)
+        assert secondary <= await footer()
+
+
 async def test_each_view_keeps_its_own_sort_marked_in_the_column_header() -> None:
     app = fixed_app()
     async with app.run_test(size=SIZE) as pilot:

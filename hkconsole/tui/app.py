@@ -29,12 +29,13 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.coordinate import Coordinate
 from textual.reactive import reactive
-from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Static
+from textual.widgets import ContentSwitcher, DataTable, Input, Static
 from textual.widgets.data_table import CellDoesNotExist, RowKey
 
 from hkconsole.client import AsyncClient, ServiceError
 from hkconsole.tables import Unit
 from hkconsole.tui.config import LONG_RUNNING_DEFAULT
+from hkconsole.tui.footer import OperatorFooter
 from hkconsole.tui.model import ConsoleModel
 from hkconsole.tui.screens import ConfirmScreen, OutputScreen, PromptScreen, SignalScreen
 from hkconsole.tui.table import LiveTable
@@ -156,15 +157,15 @@ class HkConsole(App[int]):
     TITLE = "hk housekeeping"
     ENABLE_COMMAND_PALETTE = False
 
-    # The footer shows what fits in 80 columns on either view; the rest (show=False)
-    # is listed by `?` and can be remapped like any other binding.
+    # The footer shows every shown binding on a wide terminal and leaves a few to `?`
+    # on a narrow one (OperatorFooter); show=False ones are only in `?`. All remappable.
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("1", "view('units')", "Units", id="view.units"),
         Binding("2", "view('nodes')", "Nodes", id="view.nodes"),
         Binding("k", "kill_unit", "Kill", id="kill.unit"),
-        Binding("t", "kill_targets", "Kill on nodes", show=False, id="kill.targets"),
-        Binding("A", "kill_all", "Kill all", show=False, id="kill.all"),
-        Binding("s", "choose_signal", "Signal", show=False, id="signal"),
+        Binding("t", "kill_targets", "Kill on nodes", id="kill.targets"),
+        Binding("A", "kill_all", "Kill all", id="kill.all"),
+        Binding("s", "choose_signal", "Signal", id="signal"),
         Binding("space", "mark", "Mark", id="mark"),
         Binding("d", "drain", "Drain", id="drain"),
         Binding("u", "undrain", "Undrain", id="undrain"),
@@ -249,7 +250,7 @@ class HkConsole(App[int]):
                     yield self.detail_pane
             yield self.nodes_table
         yield self.filter_box
-        yield Footer(show_command_palette=False)
+        yield OperatorFooter()
 
     def on_mount(self) -> None:
         if self._keymap:
