@@ -99,6 +99,20 @@ DRAIN_FORMATS = (
 )
 
 
+def node_field(what: str, ranks: set[int], cluster: Cluster) -> Any:
+    """`nnodes`, `ranks` or `nodelist` of a set of ranks: the node fields of every table."""
+    if what == "nnodes":
+        return len(ranks)
+    if what == "ranks":
+        return format_idset(ranks)
+    return cluster.nodelist(ranks)
+
+
+def node_fields(ranks: set[int], cluster: Cluster) -> dict[str, Any]:
+    """All three node fields, as `-o json` shows a rank set."""
+    return {what: node_field(what, ranks, cluster) for what in ("nnodes", "ranks", "nodelist")}
+
+
 class Unit(NamedTuple):
     """One housekeeping unit (or several merged) as the client sees it."""
 
@@ -131,21 +145,14 @@ class Unit(NamedTuple):
         )
 
     def to_json(self, cluster: Cluster, now: float) -> dict[str, Any]:
-        def nodes(ranks: set[int]) -> dict[str, Any]:
-            return {
-                "nnodes": len(ranks),
-                "ranks": format_idset(ranks),
-                "nodelist": cluster.nodelist(ranks),
-            }
-
         return {
             "id": self.jobid,
             "userid": self.userid,
             "t_start": self.t_start,
             "runtime": max(0.0, now - self.t_start),
-            "allocated": nodes(self.allocated),
-            "pending": nodes(self.pending),
-            "failed": nodes(self.failed),
+            "allocated": node_fields(self.allocated, cluster),
+            "pending": node_fields(self.pending, cluster),
+            "failed": node_fields(self.failed, cluster),
         }
 
 
@@ -161,57 +168,66 @@ def merge_units(units: list[Unit]) -> Unit:
     return Unit(first.jobid, first.userid, first.t_start, allocated, pending, failed)
 
 
-def f58(jobid: int) -> str:
-    return encode_jobid(jobid, "f58")
+class JobRow(Row):
+    """A row about one job (a unit in progress, or one that ended): jobid and node fields.
 
+    Node fields are `[SET.]nnodes`, `[SET.]ranks` and `[SET.]nodelist`; each kind of row
+    says which rank set a SET prefix names.
+    """
 
-def encode(jobid: int, kind: str) -> str:
-    return f58(jobid) if kind == "f58" else encode_jobid(jobid, kind)
-
-
-class UnitRow(Row):
-    """A unit's fields, each computed only if the format asks for it."""
-
-    def __init__(self, unit: Unit, cluster: Cluster, now: float) -> None:
+    def __init__(self, jobid: int, cluster: Cluster) -> None:
         super().__init__()
-        self.unit = unit
+        self.jobid = jobid
         self.cluster = cluster
-        self.now = now
+
+    def rank_set(self, prefix: str) -> set[int]:
+        raise NotImplementedError
+
+    def job_field(self, name: str) -> Any:
+        """Anything but a jobid or node field."""
+        raise NotImplementedError
 
     def compute(self, name: str) -> Any:
-        unit = self.unit
         if name == "id":
-            return f58(unit.jobid)
+            return encode_jobid(self.jobid, "f58")
         if name.startswith("id."):
-            return encode(unit.jobid, name[3:])
-        if name == "userid":
-            return unit.userid
-        if name == "t_start":
-            return unit.t_start
-        if name == "runtime":
-            return max(0.0, self.now - unit.t_start)
-        group, _, what = name.rpartition(".")
-        ranks = {"": unit.allocated, "allocated": unit.allocated}.get(group)
-        if ranks is None:
-            ranks = unit.pending if group == "pending" else unit.failed
-        if what == "nnodes":
-            return len(ranks)
-        if what == "ranks":
-            return format_idset(ranks)
-        return self.cluster.nodelist(ranks)
+            return encode_jobid(self.jobid, name[3:])
+        prefix, _, what = name.rpartition(".")
+        if what not in ("nnodes", "ranks", "nodelist"):
+            return self.job_field(name)
+        return node_field(what, self.rank_set(prefix), self.cluster)
 
     def sort_value(self, name: str) -> Any:
         # Jobids order by number (their f58 text does not), rank and host fields by their
         # first rank (as text, node10 would come before node2).
         if name == "id" or name.startswith("id."):
-            return self.unit.jobid
-        if name.endswith((".ranks", ".nodelist")) or name in ("ranks", "nodelist"):
-            group = name.rpartition(".")[0]
-            ranks = {"": self.unit.allocated, "allocated": self.unit.allocated}.get(group)
-            if ranks is None:
-                ranks = self.unit.pending if group == "pending" else self.unit.failed
+            return self.jobid
+        prefix, _, what = name.rpartition(".")
+        if what in ("ranks", "nodelist"):
+            ranks = self.rank_set(prefix)
             return min(ranks) if ranks else None
         return self.get(name)
+
+
+class UnitRow(JobRow):
+    """A unit's fields, each computed only if the format asks for it."""
+
+    def __init__(self, unit: Unit, cluster: Cluster, now: float) -> None:
+        super().__init__(unit.jobid, cluster)
+        self.unit = unit
+        self.now = now
+
+    def rank_set(self, prefix: str) -> set[int]:
+        if prefix == "pending":
+            return self.unit.pending
+        if prefix == "failed":
+            return self.unit.failed
+        return self.unit.allocated  # "" and "allocated"
+
+    def job_field(self, name: str) -> Any:
+        if name == "runtime":
+            return max(0.0, self.now - self.unit.t_start)
+        return getattr(self.unit, name)  # userid, t_start
 
 
 def unit_row(unit: Unit, cluster: Cluster, now: float) -> Row:
@@ -263,16 +279,11 @@ class NodeRow(Row):
         self.cluster = cluster
 
     def compute(self, name: str) -> Any:
-        group = self.group
-        if name == "nnodes":
-            return len(group.ranks)
-        if name == "ranks":
-            return format_idset(group.ranks)
-        if name == "nodelist":
-            return self.cluster.nodelist(group.ranks)
+        if name in ("nnodes", "ranks", "nodelist"):
+            return node_field(name, self.group.ranks, self.cluster)
         if name == "timestamp":
-            return group.t
-        return getattr(group, name)
+            return self.group.t
+        return getattr(self.group, name)
 
     def sort_value(self, name: str) -> Any:
         if name in ("ranks", "nodelist"):
@@ -354,14 +365,8 @@ class Finished(NamedTuple):
             "t_end": self.t_end,
             "runtime": self.t_end - self.t_start,
             "releases": self.releases,
-            "nnodes": len(self.ranks),
-            "ranks": format_idset(self.ranks),
-            "nodelist": cluster.nodelist(self.ranks),
-            "failed": {
-                "nnodes": len(self.failed),
-                "ranks": format_idset(self.failed),
-                "nodelist": cluster.nodelist(self.failed),
-            },
+            **node_fields(self.ranks, cluster),
+            "failed": node_fields(self.failed, cluster),
         }
 
 
@@ -374,37 +379,18 @@ def merge_finished(entries: list[Finished]) -> Finished:
     return entries[0]._replace(ranks=ranks, failed=failed)
 
 
-class FinishedRow(Row):
+class FinishedRow(JobRow):
     def __init__(self, entry: Finished, cluster: Cluster) -> None:
-        super().__init__()
+        super().__init__(entry.jobid, cluster)
         self.entry = entry
-        self.cluster = cluster
 
-    def compute(self, name: str) -> Any:
-        entry = self.entry
-        if name == "id":
-            return f58(entry.jobid)
-        if name.startswith("id."):
-            return encode(entry.jobid, name[3:])
+    def rank_set(self, prefix: str) -> set[int]:
+        return self.entry.failed if prefix == "failed" else self.entry.ranks
+
+    def job_field(self, name: str) -> Any:
         if name == "runtime":
-            return max(0.0, entry.t_end - entry.t_start)
-        if name in ("userid", "t_start", "t_end", "releases"):
-            return getattr(entry, name)
-        ranks = entry.failed if name.startswith("failed.") else entry.ranks
-        what = name.rpartition(".")[2]
-        if what == "nnodes":
-            return len(ranks)
-        if what == "ranks":
-            return format_idset(ranks)
-        return self.cluster.nodelist(ranks)
-
-    def sort_value(self, name: str) -> Any:
-        if name == "id" or name.startswith("id."):
-            return self.entry.jobid
-        if name.endswith(("ranks", "nodelist")):
-            ranks = self.entry.failed if name.startswith("failed.") else self.entry.ranks
-            return min(ranks) if ranks else None
-        return self.get(name)
+            return max(0.0, self.entry.t_end - self.entry.t_start)
+        return getattr(self.entry, name)  # userid, t_start, t_end, releases
 
 
 def config_dirs() -> list[str]:
