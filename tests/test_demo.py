@@ -59,22 +59,28 @@ def demo_command(state: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "hkconsole", "demo", "--state-dir", str(state), *args]
 
 
-def test_demo_runs_headless_and_quits_leaving_nothing(tmp_path: Path) -> None:
-    state = tmp_path / "demo"
-    env = {**os.environ, MARK_VARIABLE: str(state)}
+def run_headless(state: Path, *args: str) -> str:
+    """Run the demo headless to its end, checking cleanups ran meanwhile; its stderr."""
     proc = subprocess.Popen(
-        demo_command(state, "--nodes", "16", "--seed", "42", "--run-for", "8"),
+        demo_command(state, *args),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env={**os.environ, MARK_VARIABLE: str(state)},
     )
     try:
         wait_for(lambda: cleanups(str(state)), 15, "cleanup running")
+        # It ends while cleanups run: units in progress, what quitting must clean up.
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 0, stderr
+    return stderr
+
+
+def test_demo_runs_headless_and_quits_leaving_nothing(tmp_path: Path) -> None:
+    state = tmp_path / "demo"
+    stderr = run_headless(state, "--nodes", "16", "--seed", "42", "--run-for", "8")
     start, end = stderr.strip().splitlines()[-2:]
     assert "seed 42 (reproduce with --seed 42)" in start
     assert "hk demo: ended" in end and "seed 42 (reproduce with --seed 42)" in end
@@ -234,22 +240,9 @@ def test_the_seed_shows_in_the_console_header() -> None:
 
 def test_a_kept_state_dir_starts_clean_when_used_again(tmp_path: Path) -> None:
     state = tmp_path / "demo"
-    env = {**os.environ, MARK_VARIABLE: str(state)}
     for run in range(2):
-        proc = subprocess.Popen(
-            demo_command(state, "--nodes", "16", "--seed", "5", "--run-for", "6"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        try:
-            wait_for(lambda: cleanups(str(state)), 15, "cleanup running")
-            # Stopped while cleanups run: units in progress, the case a resume gets wrong.
-            _, stderr = proc.communicate(timeout=60)
-        finally:
-            proc.kill()
-        assert proc.returncode == 0, stderr
+        # Stopped while cleanups run: units in progress, the case a resume gets wrong.
+        stderr = run_headless(state, "--nodes", "16", "--seed", "5", "--run-for", "6")
         assert ("previous demo's state there was cleared" in stderr) == (run == 1)
         time.sleep(0.3)
         assert marked(str(state)) == []
