@@ -17,6 +17,7 @@ from hkconsole.client import Client, ServiceError, check_endpoint, resolve_endpo
 from hkconsole.formatter import FormatError, FormatRegistry, OutputFormat, merge_rows
 from hkconsole.tables import (
     DRAIN_HEADINGS,
+    GROUP_NODE_FIELDS,
     HISTORY_HEADINGS,
     HISTORY_NODE_FIELDS,
     NODE_HEADINGS,
@@ -29,6 +30,7 @@ from hkconsole.tables import (
     Unit,
     command_formats,
     merge_finished,
+    merge_groups,
     merge_units,
     node_groups,
     node_row,
@@ -357,8 +359,15 @@ def _table_format(command: str, arg: str, headings: dict[str, str]) -> OutputFor
     fmt_text = _resolve_format(command_formats(command), arg)
     if fmt_text is None:
         raise _Done
-    node_fields = HISTORY_NODE_FIELDS if command == "history" else ()
+    node_fields = HISTORY_NODE_FIELDS if command == "history" else GROUP_NODE_FIELDS
     return OutputFormat(fmt_text, headings, node_fields)
+
+
+def _write_groups(
+    groups: list[NodeGroup], fmt: OutputFormat, cluster: Cluster, header: bool
+) -> None:
+    rows = merge_rows(groups, fmt, lambda g: node_row(g, cluster), merge_groups)
+    _write(fmt.render(rows, header=header))
 
 
 class _Done(Exception):
@@ -398,7 +407,7 @@ def cmd_nodes(args: argparse.Namespace, client: Client) -> int:
     if fmt is None:
         _json({"nodes": [_group_json(g, cluster) for g in groups]})
         return 0
-    _write(fmt.render([node_row(g, cluster) for g in groups], header=not args.no_header))
+    _write_groups(groups, fmt, cluster, header=not args.no_header)
     return 0
 
 
@@ -416,7 +425,7 @@ def cmd_drain(args: argparse.Namespace, client: Client) -> int:
         if fmt is None:
             _json({"drained": [_group_json(g, cluster) for g in groups]})
             return 0
-        _write(fmt.render([node_row(g, cluster) for g in groups], header=not args.no_header))
+        _write_groups(groups, fmt, cluster, header=not args.no_header)
         return 0
     cluster = _cluster(client)
     ranks = cluster.parse_targets(args.targets, strict=True)

@@ -511,16 +511,21 @@ class FormatRegistry:
         return {**self.builtins, **self.configured}
 
     def help_text(self) -> str:
-        rows = [f"  {f.name:<12} {f.description}" for f in self.all().values()]
+        # As Flux: a format with no description is its padded name alone.
+        rows = [
+            f"  {f.name:<12}" + (f" {f.description}" if f.description else "")
+            for f in self.all().values()
+        ]
         return "\n" + f"Configured {self.command} output formats:" + "\n\n" + "\n".join(rows)
 
     def get_config(self, name: str) -> str:
         entry = self.all().get(name)
         if entry is None:
             raise FormatError(f"--format: No such format {name}")
+        description = f"description = {toml_string(entry.description)}\n"
         return (
             f"[{self.table}.{toml_key(name)}]\n"
-            f"description = {toml_string(entry.description)}\n"
+            f"{description if entry.description else ''}"
             f"format = {toml_string(entry.format)}"
         )
 

@@ -291,6 +291,18 @@ class NodeRow(Row):
         return self.get(name)
 
 
+# The fields `nodes` and `drain` merge rows over (as `flux resource status` does).
+GROUP_NODE_FIELDS = frozenset({"nnodes", "ranks", "nodelist"})
+
+
+def merge_groups(groups: list[NodeGroup]) -> NodeGroup:
+    """Groups whose rows print alike but for their nodes: one row with all their nodes."""
+    ranks: set[int] = set()
+    for group in groups:
+        ranks |= group.ranks
+    return groups[0]._replace(ranks=ranks, t=min(g.t for g in groups))
+
+
 def node_row(group: NodeGroup, cluster: Cluster) -> Row:
     return NodeRow(group, cluster)
 

@@ -174,7 +174,11 @@ class Cluster:
         """Ranks named by an idset (tried first) or a hostlist."""
         if text == "":
             if strict:
-                raise TargetError("empty targets: give ranks (0-3) or hosts (node[0-3])")
+                everything = range(self.size)
+                raise TargetError(
+                    f"empty targets: give ranks ({format_idset(everything)}) "
+                    f"or hosts ({self.nodelist(everything)})"
+                )
             return set()
         if any(c.isspace() for c in text):
             # Neither syntax has whitespace; taken as a hostname it would only ever be

@@ -372,7 +372,7 @@ def test_configured_formats(run: Run, tmp_path: Path, monkeypatch: pytest.Monkey
     )
     assert lines(run("list", "-o", "help")[1])[-2:] == [
         "  mine         my custom format",
-        "  nodesonly    ",
+        "  nodesonly   ",  # as Flux: the padded name, no separator for no description
     ]
     assert lines(run("list", "-o", "mine")[1]) == [
         "JOBID        NNODES #ACTIVE NODELIST",
@@ -385,6 +385,11 @@ def test_configured_formats(run: Run, tmp_path: Path, monkeypatch: pytest.Monkey
         "[formats.mine]",
         'description = "my custom format"',
         'format = "{id.f58plain:<12} {nnodes:>3} {pending.nnodes:>3} {nodelist}"',
+    ]
+    # A format with no description gets none, rather than `description = ""`.
+    assert lines(run("list", "-o", "get-config=nodesonly")[1]) == [
+        "[formats.nodesonly]",
+        'format = "{nodelist}"',
     ]
     assert run("nodes", "-no", "states")[1] == "housekeeping\n"
     monkeypatch.setenv("HK_LIST_FORMAT_DEFAULT", "nodesonly")
@@ -477,7 +482,7 @@ def test_get_config_round_trips_and_config_errors_name_the_file(run: Run, tmp_pa
         (("kill", "-t", "nosuchhost"), "host 'nosuchhost' is not in the cluster"),
         (("kill", "-t", "node[3-5]"), "hosts 'node[4-5]' are not in the cluster"),
         (("kill", "-t", "7"), "ranks 7 are not in the cluster (0-3)"),
-        (("kill", "-t", ""), "empty targets"),
+        (("kill", "-t", ""), "empty targets: give ranks (0-3) or hosts (node[0-3])"),
         (("kill", "-s", "notanumber", "--all"), "unknown signal 'notanumber'"),
         (("kill", "-s", "SIGFOO", "--all"), "unknown signal 'SIGFOO'"),
         (("kill", "-s", "0", "--all"), "invalid signal number '0' (1-64)"),
@@ -742,6 +747,12 @@ def test_nodes_drain_undrain_start(
         "drained 6 bad fan\n"
         "drained 0-2 housekeeping@fEL6aVGK signal: killed TERM\n"
     )
+    # Rows that differ only in their nodes merge, as in `flux resource status/drain`.
+    assert run("drain", "-no", "{nodelist}")[1] == "node[0-3,6]\n"
+    assert run("nodes", "-o", "{state:>12} {nnodes:>6}")[1] == (
+        "       STATE NNODES\n        idle      3\n     drained      5\n"
+    )
+    assert run("nodes", "-s", "drained", "-no", "{state} {ranks}")[1] == "drained 0-3,6\n"
     assert run("undrain", "node[0-3,6]") == (0, "", "")
     assert run("drain", "-n")[1] == ""
     assert run("nodes", "-no", "{state} {nodelist}")[1] == "idle node[0-7]\n"
