@@ -482,7 +482,11 @@ def run_demo(
         cluster.close()
         print(f"hkconsole: error: {NO_TERMINAL}", file=sys.stderr)
         return 2
-    where = f"state kept in {cluster.base}" if cluster.keep else f"state in {cluster.base}"
+    where = (
+        f"state kept in {cluster.base}"
+        if cluster.keep
+        else f"state and logs in {cluster.base} (removed at exit; --state-dir DIR keeps them)"
+    )
     again = " (the previous demo's state there was cleared)" if cluster.restarted else ""
     print(
         f"hk demo: {nodes} simulated nodes sim[0-{nodes - 1}], seed {cluster.seed} "

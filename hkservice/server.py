@@ -348,6 +348,14 @@ class Service:
             case core.Launch(jobid, userid, ranks, all_ranks):
                 self.runner.launch(LaunchSpec(jobid, userid, ranks, all_ranks))
             case core.Signal(jobid, ranks, signum):
+                # Operator kills, timeouts and SIGKILL escalations alike: the log says
+                # which commands got which signal, and where.
+                log.info(
+                    "housekeeping: %s on %s: sent SIG%s",
+                    core.job_label(jobid),
+                    self.cluster.nodelist(ranks),
+                    core.signal_name(signum),
+                )
                 self.runner.signal(jobid, ranks, signum)
             case core.RankFinished(jobid, rank, outcome, _):
                 if not outcome.ok:
@@ -362,7 +370,9 @@ class Service:
                     EVENT_FINISHED, {"jobid": jobid, "rank": rank, "outcome": outcome.to_wire()}
                 )
             case core.Drained(ranks, reason, t):
-                log.error("drained %s: %s", self.cluster.nodelist(ranks), reason)
+                # A warning: the failure itself was logged as an error when it happened,
+                # and an operator's drain is no error at all.
+                log.warning("drained %s: %s", self.cluster.nodelist(ranks), reason)
                 self._publish(
                     EVENT_DRAINED, {"ranks": format_idset(ranks), "reason": reason, "t": t}
                 )
@@ -550,9 +560,11 @@ class Service:
         all_units = bool(_param(params, "all", bool, False))
         result = self.hk.kill(signum, self.clock(), jobid=jobid, ranks=ranks, all_units=all_units)
         log.info(
-            "kill: signalled %d ranks of %d units with SIG%s",
+            "kill request: %d rank%s of %d unit%s, SIG%s",
             result.ranks,
+            "" if result.ranks == 1 else "s",
             result.units,
+            "" if result.units == 1 else "s",
             core.signal_name(signum),
         )
         self._apply(result.actions)
