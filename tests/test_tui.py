@@ -705,3 +705,49 @@ async def test_runtime_freezes_while_disconnected() -> None:
         app.connected = True
         app.tick()
         assert runtime() != before
+
+
+@pytest.fixture
+def sim(hk_service: ServiceFactory) -> RunningService:
+    """Units on the demo's sim[0-63], with nodelists a plain substring cannot see into."""
+    svc = hk_service(hostlist="sim[0-63]", command=["sleep", "600"], release_after="0")
+    for jobid, ranks in ((401, "0,3,28-29,34,39,52,63"), (402, "10-19"), (403, "1"), (404, "5")):
+        svc.call("housekeeping.start", {"jobid": jobid, "ranks": ranks})
+    return svc
+
+
+async def typed_filter(pilot: Pilot[Any], text: str) -> None:
+    """Clear any filter, then type `text` as a filter, as an operator would."""
+    app = pilot.app
+    assert isinstance(app, HkConsole)
+    if app.filter_text:
+        await pilot.press("escape")
+    await pilot.press("slash", *text, "enter")
+    await pilot.pause()
+
+
+async def test_filter_by_host_finds_units_whose_nodelist_holds_it(sim: RunningService) -> None:
+    app = HkConsole(sim.endpoint)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: rows(app) == [401, 402, 403, 404])
+        assert str(app.units_table.get_cell("401", "nodelist")) == "sim[0,3,28-29,34,39,52,63]"
+        for text, expected in (
+            ("sim28", [401]),  # inside the brackets
+            ("SIM28", [401]),
+            ("sim1", [402, 403]),  # sim1 and sim[10-19]: what /sim1 shows on the nodes view
+            ("sim[28-29]", [401]),  # a hostlist
+            ("sim15,sim5", [402, 404]),
+            ("sim[1", [402]),  # half typed: not a hostlist yet, but in the NODELIST text
+            ("sim64", []),  # not a host of the cluster
+            ("5", [401, 402, 404]),  # sim52, sim15, sim5
+            ("1-3", []),  # not read as an idset (ranks 1-3 would be 401 and 403)
+            (encode_jobid(404), [404]),  # the cells still match as before
+        ):
+            await typed_filter(pilot, text)
+            assert (text, rows(app)) == (text, expected)
+        # The nodes view matches its HOST column, a hostlist too.
+        await pilot.press("2")
+        await typed_filter(pilot, "sim[28-29]")
+        await until(pilot, lambda: node_rows(app) == [28, 29])
+        await typed_filter(pilot, "sim6")
+        await until(pilot, lambda: node_rows(app) == [6, *range(60, 64)])

@@ -226,6 +226,9 @@ class HkConsole(App[int]):
         self._nodes_filter: tuple[str, str | None] = ("", None)
         self._header_dirty = False
         self._hay: dict[int, str] = {}
+        # The ranks the filter text names as hosts, worked out once per filter text.
+        self._filter_ranks: tuple[tuple[str, object], frozenset[int]] = (("", None), frozenset())
+        self._folded_hosts: tuple[object, list[str]] = (None, [])
         self._nodelists: dict[int, str] = {}
         self._hidden_cells: dict[int, list[Any]] = {}
 
@@ -379,8 +382,12 @@ class HkConsole(App[int]):
             self._header_dirty = False
             self.render_header()
 
-    def unit_matches(self, unit: Unit) -> bool:
+    def unit_matches(self, unit: Unit, ranks: frozenset[int] = frozenset()) -> bool:
+        """Whether the filter shows `unit`: its cells contain the text, or it holds one of
+        `ranks` (`filter_ranks()`: a nodelist like sim[0,3,28-29] contains no `sim28`)."""
         if not self.filter_text:
+            return True
+        if not ranks.isdisjoint(unit.allocated):
             return True
         hay = self._hay.get(unit.jobid)
         if hay is None:
@@ -390,6 +397,36 @@ class HkConsole(App[int]):
             hay = "\n".join((*fields, self.unit_nodelist(unit)))
             hay = self._hay[unit.jobid] = hay.lower()
         return self.filter_text.lower() in hay
+
+    def filter_ranks(self) -> frozenset[int]:
+        """The ranks the filter text names as hosts: those whose hostname contains it
+        (as the nodes view's HOST column matches), or a hostlist of the cluster.
+
+        Worked out once per filter text, over the hostnames (16,384 substring tests),
+        so matching units is a set intersection per unit, not string work per host. A
+        text that reads as an idset is not taken for ranks: `/1000` means a jobid or a
+        user as much as rank 1000.
+        """
+        cluster = self.model.cluster
+        text = self.filter_text
+        key = (text, cluster)
+        if self._filter_ranks[0] == key:
+            return self._filter_ranks[1]
+        ranks: set[int] = set()
+        if cluster is not None and text:
+            if self._folded_hosts[0] is not cluster:
+                self._folded_hosts = (cluster, [host.lower() for host in cluster.hosts])
+            query = text.lower()
+            ranks = {rank for rank, host in enumerate(self._folded_hosts[1]) if query in host}
+            numeric = all(c.isdigit() or c in ",-[]" for c in text)
+            if not numeric and ("[" in text or "," in text):
+                # A hostlist (sim[28-29], sim4,sim40): python-hostlist refuses to
+                # expand more than 100,000 hosts, so no key stroke can hang on it.
+                with contextlib.suppress(TargetError):
+                    ranks |= cluster.parse_targets(text, strict=False)
+        found = frozenset(ranks)
+        self._filter_ranks = (key, found)
+        return found
 
     def unit_nodelist(self, unit: Unit) -> str:
         nodes = self._nodelists.get(unit.jobid)
@@ -422,7 +459,8 @@ class HkConsole(App[int]):
         now = self.clock()
         units = self.model.units
         if self.filter_text:
-            wanted = {j for j, u in units.items() if self.unit_matches(u)}
+            ranks = self.filter_ranks()
+            wanted = {j for j, u in units.items() if self.unit_matches(u, ranks)}
         else:
             wanted = set(units)
         present = {int(k.value or 0) for k in table.rows}
@@ -613,6 +651,8 @@ class HkConsole(App[int]):
         if self.node_state_filter is not None and cells[2].sort_value != self.node_state_filter:
             return False
         if not self.filter_text:
+            return True
+        if rank in self.filter_ranks():
             return True
         hay = self._node_hay.get(rank)
         if hay is None:
