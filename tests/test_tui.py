@@ -751,3 +751,25 @@ async def test_filter_by_host_finds_units_whose_nodelist_holds_it(sim: RunningSe
         await until(pilot, lambda: node_rows(app) == [28, 29])
         await typed_filter(pilot, "sim6")
         await until(pilot, lambda: node_rows(app) == [6, *range(60, 64)])
+
+
+async def test_filter_finds_a_jobid_spelled_with_f_or_with_the_script_f(
+    sim: RunningService,
+) -> None:
+    # Tables spell jobids ƒ…, drain reasons housekeeping@f…: either spelling finds both.
+    sim.call("housekeeping.kill", {"jobid": 403, "signum": 15})
+    app = HkConsole(sim.endpoint)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: rows(app) == [401, 402, 404])
+        plain, script = encode_jobid(404, "f58plain"), encode_jobid(404)
+        assert plain.startswith("f") and script.startswith("ƒ")
+        for text in (plain, script, plain.upper()):
+            await typed_filter(pilot, text)
+            assert (text, rows(app)) == (text, [404])
+        await pilot.press("escape", "2")
+        await until(pilot, lambda: "@f" in str(app.nodes_table.get_cell("1", "reason")))
+        for text in (encode_jobid(403), encode_jobid(403, "f58plain")):
+            await typed_filter(pilot, text)  # the drain reason of the killed unit's node
+            await until(pilot, lambda: node_rows(app) == [1])
+        await typed_filter(pilot, encode_jobid(402, "f58plain"))  # the UNITS column
+        await until(pilot, lambda: node_rows(app) == list(range(10, 20)))

@@ -39,7 +39,7 @@ from hkconsole.tui.footer import OperatorFooter
 from hkconsole.tui.model import ConsoleModel
 from hkconsole.tui.screens import ConfirmScreen, OutputScreen, PromptScreen, SignalScreen
 from hkconsole.tui.table import LiveTable
-from hkservice.cluster import TargetError
+from hkservice.cluster import Cluster, TargetError
 from hkservice.fsd import format_duration_config, format_fsd
 from hkservice.idset import format_idset
 from hkservice.jobid import encode_jobid
@@ -95,6 +95,15 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
+def fold(text: str) -> str:
+    """Text as the filter compares it: case folded, and ƒ spelled f.
+
+    Tables show jobids as ƒ283AqxTPzKB, drain reasons as housekeeping@f283AqxTPzKB, and
+    nobody types ƒ at 3 a.m.: either spelling finds both.
+    """
+    return text.lower().replace("ƒ", "f")
+
+
 def unit_names(jobids: list[int], shown: int = 3) -> str:
     """ƒA; ƒA and ƒB; ƒA, ƒB, ƒC and 4 more units."""
     names = [jobid_text(j) for j in jobids[:shown]]
@@ -141,6 +150,16 @@ def _sort_key(cell: Any) -> Any:
 class Sort:
     column: str | None = None
     reverse: bool = False
+
+
+@dataclass(frozen=True)
+class Query:
+    """A filter text, worked out for matching (`HkConsole.query`)."""
+
+    text: str
+    cluster: Cluster | None
+    folded: str
+    ranks: frozenset[int]  # the ranks of the hosts it names
 
 
 @dataclass
@@ -226,8 +245,7 @@ class HkConsole(App[int]):
         self._nodes_filter: tuple[str, str | None] = ("", None)
         self._header_dirty = False
         self._hay: dict[int, str] = {}
-        # The ranks the filter text names as hosts, worked out once per filter text.
-        self._filter_ranks: tuple[tuple[str, object], frozenset[int]] = (("", None), frozenset())
+        self._query = Query("", None, "", frozenset())
         self._folded_hosts: tuple[object, list[str]] = (None, [])
         self._nodelists: dict[int, str] = {}
         self._hidden_cells: dict[int, list[Any]] = {}
@@ -382,25 +400,24 @@ class HkConsole(App[int]):
             self._header_dirty = False
             self.render_header()
 
-    def unit_matches(self, unit: Unit, ranks: frozenset[int] = frozenset()) -> bool:
+    def unit_matches(self, unit: Unit, query: Query) -> bool:
         """Whether the filter shows `unit`: its cells contain the text, or it holds one of
-        `ranks` (`filter_ranks()`: a nodelist like sim[0,3,28-29] contains no `sim28`)."""
-        if not self.filter_text:
+        the hosts the text names (a nodelist like sim[0,3,28-29] contains no `sim28`)."""
+        if not query.text:
             return True
-        if not ranks.isdisjoint(unit.allocated):
+        if not query.ranks.isdisjoint(unit.allocated):
             return True
         hay = self._hay.get(unit.jobid)
         if hay is None:
             # Kept until the unit changes: typing a filter over 10,000 units must not
             # format 10,000 jobids and nodelists per key stroke.
             fields = (jobid_text(unit.jobid), str(unit.jobid), str(unit.userid))
-            hay = "\n".join((*fields, self.unit_nodelist(unit)))
-            hay = self._hay[unit.jobid] = hay.lower()
-        return self.filter_text.lower() in hay
+            hay = self._hay[unit.jobid] = fold("\n".join((*fields, self.unit_nodelist(unit))))
+        return query.folded in hay
 
-    def filter_ranks(self) -> frozenset[int]:
-        """The ranks the filter text names as hosts: those whose hostname contains it
-        (as the nodes view's HOST column matches), or a hostlist of the cluster.
+    def query(self) -> Query:
+        """The filter text, folded, and the ranks it names as hosts: those whose hostname
+        contains it (as the nodes view's HOST column matches), or a hostlist's.
 
         Worked out once per filter text, over the hostnames (16,384 substring tests),
         so matching units is a set intersection per unit, not string work per host. A
@@ -409,24 +426,23 @@ class HkConsole(App[int]):
         """
         cluster = self.model.cluster
         text = self.filter_text
-        key = (text, cluster)
-        if self._filter_ranks[0] == key:
-            return self._filter_ranks[1]
+        known = self._query
+        if known.text == text and known.cluster is cluster:
+            return known
+        folded = fold(text)
         ranks: set[int] = set()
         if cluster is not None and text:
             if self._folded_hosts[0] is not cluster:
-                self._folded_hosts = (cluster, [host.lower() for host in cluster.hosts])
-            query = text.lower()
-            ranks = {rank for rank, host in enumerate(self._folded_hosts[1]) if query in host}
+                self._folded_hosts = (cluster, [fold(host) for host in cluster.hosts])
+            ranks = {rank for rank, host in enumerate(self._folded_hosts[1]) if folded in host}
             numeric = all(c.isdigit() or c in ",-[]" for c in text)
             if not numeric and ("[" in text or "," in text):
                 # A hostlist (sim[28-29], sim4,sim40): python-hostlist refuses to
                 # expand more than 100,000 hosts, so no key stroke can hang on it.
                 with contextlib.suppress(TargetError):
                     ranks |= cluster.parse_targets(text, strict=False)
-        found = frozenset(ranks)
-        self._filter_ranks = (key, found)
-        return found
+        self._query = Query(text, cluster, folded, frozenset(ranks))
+        return self._query
 
     def unit_nodelist(self, unit: Unit) -> str:
         nodes = self._nodelists.get(unit.jobid)
@@ -459,8 +475,8 @@ class HkConsole(App[int]):
         now = self.clock()
         units = self.model.units
         if self.filter_text:
-            ranks = self.filter_ranks()
-            wanted = {j for j, u in units.items() if self.unit_matches(u, ranks)}
+            query = self.query()
+            wanted = {j for j, u in units.items() if self.unit_matches(u, query)}
         else:
             wanted = set(units)
         present = {int(k.value or 0) for k in table.rows}
@@ -573,6 +589,7 @@ class HkConsole(App[int]):
             self._node_hay.pop(rank, None)
             measured.discard(rank)
         ranks: Iterable[int] = range(cluster.size) if full else sorted(dirty)
+        query = self.query()
         rows = table.rows
         hidden: list[str] = []
         new_rows: list[tuple[str, list[Cell]]] = []
@@ -586,7 +603,7 @@ class HkConsole(App[int]):
                     if cells is None:
                         cells = cells_of[rank] = self.node_cells(rank)
                     key = str(rank)
-                    visible = self.node_matches(rank, cells)
+                    visible = self.node_matches(rank, cells, query)
                     if key in rows:
                         if not visible:
                             hidden.append(key)
@@ -647,17 +664,15 @@ class HkConsole(App[int]):
             else NO_TIME,
         ]
 
-    def node_matches(self, rank: int, cells: list[Cell]) -> bool:
+    def node_matches(self, rank: int, cells: list[Cell], query: Query) -> bool:
         if self.node_state_filter is not None and cells[2].sort_value != self.node_state_filter:
             return False
-        if not self.filter_text:
-            return True
-        if rank in self.filter_ranks():
+        if not query.text or rank in query.ranks:
             return True
         hay = self._node_hay.get(rank)
         if hay is None:
-            hay = self._node_hay[rank] = "\n".join(str(c) for c in cells).lower()
-        return self.filter_text.lower() in hay
+            hay = self._node_hay[rank] = fold("\n".join(str(c) for c in cells))
+        return query.folded in hay
 
     def tick(self) -> None:
         """RUNTIME ticks on the client, only for the rows on screen."""
