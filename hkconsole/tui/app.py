@@ -154,7 +154,7 @@ class Sort:
 
 @dataclass(frozen=True)
 class Query:
-    """A filter text, worked out for matching (`HkConsole.query`)."""
+    """A filter text, worked out for matching (`HkConsole.filter_query`)."""
 
     text: str
     cluster: Cluster | None
@@ -415,7 +415,7 @@ class HkConsole(App[int]):
             hay = self._hay[unit.jobid] = fold("\n".join((*fields, self.unit_nodelist(unit))))
         return query.folded in hay
 
-    def query(self) -> Query:
+    def filter_query(self) -> Query:
         """The filter text, folded, and the ranks it names as hosts: those whose hostname
         contains it (as the nodes view's HOST column matches), or a hostlist's.
 
@@ -475,7 +475,7 @@ class HkConsole(App[int]):
         now = self.clock()
         units = self.model.units
         if self.filter_text:
-            query = self.query()
+            query = self.filter_query()
             wanted = {j for j, u in units.items() if self.unit_matches(u, query)}
         else:
             wanted = set(units)
@@ -589,7 +589,7 @@ class HkConsole(App[int]):
             self._node_hay.pop(rank, None)
             measured.discard(rank)
         ranks: Iterable[int] = range(cluster.size) if full else sorted(dirty)
-        query = self.query()
+        query = self.filter_query()
         rows = table.rows
         hidden: list[str] = []
         new_rows: list[tuple[str, list[Cell]]] = []
