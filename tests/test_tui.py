@@ -238,11 +238,12 @@ async def test_read_only_hides_kill_and_drain(busy: RunningService) -> None:
     app = HkConsole(busy.endpoint, read_only=True)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: len(rows(app)) == 3)
-        for action in ("kill_unit", "kill_targets", "kill_all", "drain", "undrain"):
+        for action in ("kill_unit", "kill_targets", "kill_all", "drain", "undrain", "mark"):
             assert app.check_action(action, ()) is False
-        await pilot.press("k", "A", "t")
+        await pilot.press("k", "A", "t", "space")
         await pilot.pause(0.2)
         assert not isinstance(app.screen, ConfirmScreen | PromptScreen)
+        assert app.marked == set()  # marks only feed kills
         assert "READ-ONLY" in str(app.query_one("#header", Static).render())
     assert len(running(busy)) == 3
 
@@ -773,3 +774,42 @@ async def test_filter_finds_a_jobid_spelled_with_f_or_with_the_script_f(
             await until(pilot, lambda: node_rows(app) == [1])
         await typed_filter(pilot, encode_jobid(402, "f58plain"))  # the UNITS column
         await until(pilot, lambda: node_rows(app) == list(range(10, 20)))
+
+
+async def test_kill_confirm_says_which_marked_units_the_filter_hides_and_esc_clears_marks(
+    busy: RunningService,
+) -> None:
+    app = HkConsole(busy.endpoint)
+    notes: list[str] = []
+    async with app.run_test(size=SIZE, message_hook=notes_into(notes)) as pilot:
+        await until(pilot, lambda: rows(app) == [101, 102, 103])
+        await pilot.press("space", "down", "space")  # marks 101 and 103
+        assert app.marked == {101, 103}
+        await typed_filter(pilot, "node2")
+        assert rows(app) == [102]
+        await pilot.press("k")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        body = str(app.screen.query_one("#dialog-body", Static).render())
+        assert f"{encode_jobid(101)}  running on node[0-1]  (hidden by the filter)" in body
+        assert f"{encode_jobid(103)}  running on node[4-5]  (hidden by the filter)" in body
+        assert "2 of these 2 units are hidden by the filter 'node2'." in body
+        await pilot.press("n")
+        # esc clears the filter first, then the marks.
+        await pilot.press("escape")
+        assert rows(app) == [101, 102, 103] and app.marked == {101, 103}
+        await pilot.press("escape")
+        assert app.marked == set()
+        assert [str(app.units_table.get_cell(str(j), "mark")) for j in rows(app)] == [""] * 3
+        await until(pilot, lambda: bool(notes))
+        assert notes == ["cleared 2 marks"]
+        # With one marked unit hidden and one shown:
+        assert app.selected == 102
+        await pilot.press("space", "space")  # 102, then 103
+        assert app.marked == {102, 103}
+        await typed_filter(pilot, "node2")
+        await pilot.press("k")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        body = str(app.screen.query_one("#dialog-body", Static).render())
+        assert "1 of these 2 units is hidden by the filter 'node2'." in body
+        await pilot.press("n")
+    assert len(running(busy)) == 3

@@ -66,6 +66,8 @@ NODE_COLUMNS = (
 )
 WRITES = frozenset({"kill_unit", "kill_targets", "kill_all", "drain", "undrain", "choose_signal"})
 NEEDS_SERVICE = WRITES | {"output"}
+# Marks only ever feed a kill: read-only has no use for them.
+READ_ONLY_HIDDEN = WRITES | {"mark"}
 UNITS_ONLY = frozenset({"kill_unit", "mark", "output"})
 NODES_ONLY = frozenset({"drain", "undrain", "state_filter"})
 NODE_STATES = ("idle", "housekeeping", "draining", "drained", "offline")
@@ -191,7 +193,7 @@ class HkConsole(App[int]):
         Binding("f", "state_filter", "State", id="nodes.state"),
         Binding("o", "output", "Output", id="output"),
         Binding("slash", "filter", "Filter", id="filter"),
-        Binding("escape", "clear", "Clear", show=False, id="clear"),
+        Binding("escape", "clear", "Clear filter, then marks", show=False, id="clear"),
         Binding("less_than_sign", "sort(-1)", "Sort ←", show=False, id="sort.prev"),
         Binding("greater_than_sign", "sort(1)", "Sort →", show=False, id="sort.next"),
         Binding("I", "invert", "Invert", show=False, id="sort.invert"),
@@ -867,7 +869,7 @@ class HkConsole(App[int]):
             return False
         if action in NODES_ONLY and self.view != "nodes":
             return False
-        if action in WRITES and self.read_only:
+        if action in READ_ONLY_HIDDEN and self.read_only:
             return False
         if action in NEEDS_SERVICE and not self.connected:
             return None
@@ -906,11 +908,18 @@ class HkConsole(App[int]):
             return
         captured = Dialog(jobids, self.signal_name)
         cluster = self.model.cluster
+        # A marked unit the filter hides is killed too: the dialog says so.
+        hidden = [j for j in jobids if str(j) not in self.units_table.rows]
         lines = []
         for jobid in jobids:
             unit = self.model.units.get(jobid)
             nodes = cluster.nodelist(unit.pending) if unit and cluster else "?"
-            lines.append(f"  {jobid_text(jobid)}  running on {nodes}")
+            where = "  (hidden by the filter)" if jobid in hidden else ""
+            lines.append(f"  {jobid_text(jobid)}  running on {nodes}{where}")
+        if hidden:
+            verb = "is" if len(hidden) == 1 else "are"
+            some = "It" if len(jobids) == 1 else f"{len(hidden)} of these {len(jobids)} units"
+            lines.append(f"\n{some} {verb} hidden by the filter '{self.filter_text}'.")
         body = "\n".join(lines) + f"\n\nsignal: SIG{captured.signal}"
         title = f"Kill housekeeping of {plural(len(jobids), 'unit')}?"
         if not await self.push_screen_wait(ConfirmScreen(title, body)):
@@ -1129,7 +1138,15 @@ class HkConsole(App[int]):
         self.current_table().focus()
 
     def action_clear(self) -> None:
+        """Clear the filter; with no filter, clear the marks (units view)."""
         box = self.filter_box
+        if not self.filter_text and not box.display:
+            if self.view == "units" and self.marked:
+                cleared = self.marked
+                self.marked = set()
+                self.refresh_units(cleared)
+                self.notify(f"cleared {plural(len(cleared), 'mark')}", markup=False)
+            return
         box.value = ""
         box.display = False
         self.filter_text = ""
