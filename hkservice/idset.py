@@ -22,10 +22,18 @@ class IdsetError(ValueError):
 def _number(text: str, whole: str) -> int:
     if not text.isdigit() or not text.isascii() or (len(text) > 1 and text[0] == "0"):
         raise IdsetError(f"error parsing range '{whole}'")
-    value = int(text)
-    if value > MAX_ID:
-        raise IdsetError(f"id {text} in '{whole}' is too large (max {MAX_ID})")
-    return value
+    # Checked before int(): Python refuses to convert numbers of over 4,300 digits, and
+    # no id has more digits than MAX_ID anyway.
+    if len(text) > len(str(MAX_ID)) or int(text) > MAX_ID:
+        raise IdsetError(f"id {_shorten(text)} in '{_shorten(whole)}' is too large (max {MAX_ID})")
+    return int(text)
+
+
+def _shorten(text: str, keep: int = 40) -> str:
+    """Long input quoted in an error message, cut down to a readable size."""
+    if len(text) <= keep:
+        return text
+    return f"{text[: keep // 2]}…{text[-keep // 4 :]} ({len(text)} characters)"
 
 
 def parse_ranges(text: str, *, allow_empty: bool = True) -> list[Range]:

@@ -7,6 +7,7 @@ publishes them, so after a crash the state on disk is never behind what clients 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -111,7 +112,12 @@ class Store:
                 self._apply_one(action, hk)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite may already have rolled back by itself (SQLITE_FULL, SQLITE_IOERR):
+            # a ROLLBACK then fails with "no transaction is active" and would hide the
+            # error that matters.
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise
 
     def _apply_one(self, action: core.Action, hk: core.Housekeeping) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import sqlite3
 import subprocess
@@ -823,3 +824,38 @@ def test_durations_bare_numbers_are_seconds_and_a_zero_timeout_is_refused() -> N
     for zero in ("0", 0, "0s"):
         with pytest.raises(ConfigError, match=r"^housekeeping.timeout: 0 would time every"):
             parse_config(config(timeout=zero))
+
+
+def test_an_id_of_thousands_of_digits_is_invalid_not_internal(
+    hk_service: ServiceFactory,
+) -> None:
+    svc = hk_service()
+    huge = "9" * 5000
+    with pytest.raises(ServiceError, match=r"id 9{20}…9{10} \(5000 characters\) in '0-9") as err:
+        svc.call("housekeeping.start", {"jobid": 1, "ranks": f"0-{huge}"})
+    assert err.value.code == "EINVAL"
+    assert len(str(err.value)) < 200
+    assert "Traceback" not in svc.log()
+
+
+def test_a_full_disk_is_reported_as_such_when_the_service_stops(
+    hk_service: ServiceFactory,
+) -> None:
+    svc = hk_service(stop_commands_on_exit=False)
+    for jobid in range(1, 4):  # grow the WAL past the service log's size
+        svc.call("housekeeping.start", {"jobid": jobid, "ranks": "0-3"})
+    svc.wait_idle()
+    wal = svc.state_dir / "hk.db-wal"
+    limit = svc.log_path.stat().st_size + 2000
+    assert wal.stat().st_size > limit
+    assert svc.proc is not None
+    # A file size limit is a real full disk to SQLite (EFBIG; Python ignores SIGXFSZ),
+    # for the WAL only: the log is below the limit, with room for the last messages.
+    resource.prlimit(svc.proc.pid, resource.RLIMIT_FSIZE, (limit, limit))
+    with pytest.raises(
+        ServiceError, match=r"could not save the state .*\(database or disk is full\)"
+    ):
+        svc.call("housekeeping.start", {"jobid": 9, "ranks": "0"})
+    assert svc.stop() == 1
+    assert "no transaction is active" not in svc.log()
+    assert "database or disk is full; stopping" in svc.log()
