@@ -9,23 +9,42 @@ still running and what ended while it was away. A remote agent on each node woul
 the same messages.
 
 Messages are msgpack maps on a ZeroMQ ROUTER (agent) / DEALER (service) pair:
-  service -> agent  {"op": "hello"}                      -> {"op": "hello", "running", "exits"}
-                    {"op": "launch", "jobid", "userid", "ranks", "all_ranks", "argv",
-                     "env", "hostnames"}
-                    {"op": "signal", "jobid", "ranks", "signum"}
+  service -> agent  {"op": "hello", "session"}          -> {"op": "hello", "pid", "running",
+                                                             "exits"}
+                    {"op": "launch", "session", "jobid", "userid", "ranks", "all_ranks",
+                     "argv", "env", "hostnames"}
+                    {"op": "signal", "session", "jobid", "ranks", "signum"}
                     {"op": "ack", "seqs"}
-                    {"op": "ping"}                         -> {"op": "pong"}
-                    {"op": "shutdown", "kill": bool}       -> {"op": "bye"}
+                    {"op": "ping", "session"}              -> {"op": "pong", "exits"}
+                    {"op": "shutdown", "session", "kill"}  -> {"op": "bye"}
   agent -> service  {"op": "exits", "exits": [[seq, jobid, rank, status], ...]}
-where status is "exit N", "signal N", "core N" or "launch <error text>". The service
-acks an exit only once it has saved it. A shutdown with kill SIGKILLs every command and
-sends their exits before the bye.
+where status is "exit N", "signal N", "core N", "launch <error text>" or "lost <why>".
+
+Sessions: each connection of the service picks a new session number and says hello with
+it; only that hello moves the agent's replies to the new connection. A ROUTER
+interleaves what it still holds from an old connection with the new one's messages, so
+launches, pings and shutdowns of any other session are ignored: the new service was told
+in its hello what is running, and relaunches what the agent never saw. Signals and acks
+are honoured from any session (they only act on what is running or already saved).
+
+Exits are sent as they happen and again with every pong until acknowledged; the service
+acks an exit only once it has saved it. A shutdown with kill SIGKILLs every command,
+skips the launches queued before it (reported as `launch not started as the service
+stopped`), sends every exit and then the bye; the agent exits once they are all
+acknowledged, and otherwise keeps them for the next service.
+
+The journal (run/agent.journal) records every launch, exit and ack before it matters, so
+a new agent that finds its predecessor died (kill -9, OOM) kills the commands it left
+running (their exit status is unknowable: reported `lost the local agent died`) and
+takes over its unacknowledged exits. After a reboot nothing is killed: `lost the
+machine restarted`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import fcntl
 import logging
@@ -49,6 +68,11 @@ RESET_SIGNALS = tuple(
 )
 IDLE_EXIT_SECONDS = 30.0
 KILL_REAP_SECONDS = 5.0
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+NOT_STARTED = "launch not started as the service stopped"
+DIED = "lost the local agent died"
+DIED_STARTING = "lost the local agent died as it started the command"
+REBOOTED = "lost the machine restarted"
 
 
 def status_text(wait_status: int) -> str:
@@ -58,6 +82,120 @@ def status_text(wait_status: int) -> str:
     return f"exit {os.waitstatus_to_exitcode(wait_status)}"
 
 
+def _boot_id() -> str:
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _start_time(pid: int) -> int | None:
+    """When a process started (clock ticks since boot): with its pid, names it uniquely."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def install_signal_wakeup() -> None:
+    """asyncio wakes on signals through a socketpair; a burst of thousands of SIGCHLDs
+    while the loop is busy fills it, and each further signal would print "Exception
+    ignored when trying to write to the signal wakeup fd". The bytes only say "look at
+    the signals": one is enough, so a full buffer is no error. Call after the last
+    add_signal_handler, which sets the fd again."""
+    fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+
+
+class Journal:
+    """Append-only record of launches, exits and acks, written before they matter.
+
+    Lines: `B boot-id`, `S jobid rank...` (about to spawn), `L jobid rank pid start`,
+    `E seq jobid rank status`, `A seq...`. Only a write reaching the kernel is needed
+    (a crash of the agent, not of the machine, is what it covers): no fsync.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines = 0
+        self._fd: int | None = None
+        self._failed = False
+
+    def replay(
+        self,
+    ) -> tuple[
+        str | None, dict[tuple[int, int], tuple[int, int] | None], list[tuple[int, int, str]]
+    ]:
+        """What a dead predecessor left: its boot id, the commands it may have left
+        running ((jobid, rank) -> (pid, start time), None if it died spawning them)
+        and its unacknowledged exits."""
+        boot: str | None = None
+        running: dict[tuple[int, int], tuple[int, int] | None] = {}
+        exits: dict[int, tuple[int, int, str]] = {}
+        try:
+            text = self.path.read_text(errors="replace")
+        except FileNotFoundError:
+            return None, {}, []
+        for line in text.splitlines():
+            parts = line.split(" ")
+            try:
+                match parts[0]:
+                    case "B":
+                        boot = parts[1]
+                    case "S":
+                        jobid = int(parts[1])
+                        for rank in parts[2:]:
+                            running.setdefault((jobid, int(rank)), None)
+                    case "L":
+                        running[(int(parts[1]), int(parts[2]))] = (int(parts[3]), int(parts[4]))
+                    case "E":
+                        key = (int(parts[2]), int(parts[3]))
+                        running.pop(key, None)
+                        exits[int(parts[1])] = (*key, " ".join(parts[4:]))
+                    case "A":
+                        for seq in parts[1:]:
+                            exits.pop(int(seq), None)
+            except (ValueError, IndexError):
+                continue  # a line cut short by the crash
+        return boot, running, list(exits.values())
+
+    def write(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.write(self._fd, ("\n".join(lines) + "\n").encode())
+            self.lines += len(lines)
+            self._failed = False
+        except OSError as exc:
+            if not self._failed:  # once per spell of failures (a full disk)
+                log.error("cannot write the journal %s: %s", self.path, exc)
+            self._failed = True
+
+    def rewrite(self, lines: list[str]) -> None:
+        """Replace the journal with what is still true (it only grows otherwise)."""
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            tmp.write_text("".join(f"{line}\n" for line in lines))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.error("cannot rewrite the journal %s: %s", self.path, exc)
+            return
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.lines = len(lines)
+
+    def remove(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
 class Agent:
     def __init__(self, run_dir: Path, endpoint: str, idle_exit: float = IDLE_EXIT_SECONDS) -> None:
         self.run_dir = run_dir
@@ -65,11 +203,22 @@ class Agent:
         self.idle_exit = idle_exit
         self.by_pid: dict[int, tuple[int, int]] = {}
         self.by_rank: dict[tuple[int, int], int] = {}
+        self.start_times: dict[int, int] = {}
         self.unacked: dict[int, tuple[int, int, str]] = {}
         self.seq = 0
         self.peer: bytes | None = None
+        self.session: int | None = None
+        self.boot = _boot_id()
+        self.journal = Journal(run_dir / "agent.journal")
+        self._resend_upto = 0
         self._fresh: list[int] = []
         self._pending_sends: set[asyncio.Future[None]] = set()
+        self._inbox: collections.deque[tuple[bytes, dict[str, Any]]] = collections.deque()
+        self._inbox_ready = asyncio.Event()
+        # The session whose kill-shutdown has been received but not yet handled: its
+        # launches queued ahead of it are not started.
+        self._stopping_session: int | None = None
+        self._bye_sent = False
         self._ctx = zmq.asyncio.Context()
         self._sock: zmq.asyncio.Socket | None = None
         self._done = asyncio.Event()
@@ -77,12 +226,14 @@ class Agent:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        self._take_over()
         loop.add_signal_handler(signal.SIGCHLD, self._reap)
         # The agent outlives service restarts on purpose: a stray terminal signal must
         # not take the commands' exit statuses with it.
         for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGPIPE):
             signal.signal(signum, signal.SIG_IGN)
         loop.add_signal_handler(signal.SIGTERM, self._done.set)
+        install_signal_wakeup()
         sock = self._ctx.socket(zmq.ROUTER)
         # Never drop a message for a high-water mark: a launch lost is a unit stuck.
         sock.setsockopt(zmq.SNDHWM, 0)
@@ -91,24 +242,79 @@ class Agent:
         sock.bind(self.endpoint)
         self._sock = sock
         self._last_activity = loop.time()
-        receiver = asyncio.create_task(self._receive())
-        idle = asyncio.create_task(self._idle_watch())
+        tasks = [
+            asyncio.create_task(self._receive()),
+            asyncio.create_task(self._work()),
+            asyncio.create_task(self._idle_watch()),
+        ]
         await self._done.wait()
-        receiver.cancel()
-        idle.cancel()
+        for task in tasks:
+            task.cancel()
         sock.close(linger=0)
         self._ctx.term()
+        if not self.by_pid and not self.unacked:
+            self.journal.remove()  # nothing left to take over: a clean exit
+
+    def _take_over(self) -> None:
+        """Kill what a predecessor that died left running, and keep its exits."""
+        boot, running, exits = self.journal.replay()
+        if boot is None and not running and not exits:
+            self.journal.rewrite([f"B {self.boot}"])
+            return
+        same_boot = boot == self.boot
+        killed = 0
+        for (jobid, rank), spawned in sorted(running.items()):
+            if not same_boot:
+                status = REBOOTED
+            elif spawned is None:
+                status = DIED_STARTING
+            else:
+                status = DIED
+                pid, started = spawned
+                # The pid is ours if it still has the start time we saw, or if it is no
+                # process at all (the group may outlive its leader, and a pid is not
+                # reused while its group exists).
+                now = _start_time(pid)
+                if now is None or now == started:
+                    with contextlib.suppress(OSError):
+                        os.killpg(pid, signal.SIGKILL)
+                        killed += 1
+            self.seq += 1
+            self.unacked[self.seq] = (jobid, rank, status)
+        for exit_ in exits:
+            self.seq += 1
+            self.unacked[self.seq] = exit_
+        log.warning(
+            "took over from an agent that died: %d commands it left %s, %d exits it had "
+            "not delivered",
+            len(running),
+            f"(killed {killed} process groups)" if same_boot else "(the machine restarted)",
+            len(exits),
+        )
+        self.journal.rewrite(self._journal_state())
+
+    def _journal_state(self) -> list[str]:
+        lines = [f"B {self.boot}"]
+        for pid, (jobid, rank) in self.by_pid.items():
+            lines.append(f"L {jobid} {rank} {pid} {self.start_times.get(pid, 0)}")
+        for seq, (jobid, rank, status) in self.unacked.items():
+            lines.append(f"E {seq} {jobid} {rank} {status}")
+        return lines
 
     async def _idle_watch(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(min(1.0, self.idle_exit))
+            if self.journal.lines > 4 * (len(self.by_pid) + len(self.unacked)) + 10_000:
+                self.journal.rewrite(self._journal_state())
             if self.by_pid or self.unacked:
                 self._last_activity = loop.time()
             elif loop.time() - self._last_activity >= self.idle_exit:
                 self._done.set()
 
     async def _receive(self) -> None:
+        """Read everything as it comes, so that a shutdown can overtake the launches
+        queued ahead of it."""
         assert self._sock is not None
         loop = asyncio.get_running_loop()
         while True:
@@ -118,14 +324,38 @@ class Agent:
                 message = unpack(body)
                 if not isinstance(message, dict):
                     raise ValueError("not a map")
-                await self._handle(identity, message)
-            except Exception as exc:  # a bad message must never cost the commands
+            except Exception as exc:
                 log.error("bad message from the service: %s", exc)
+                continue
+            if message.get("op") == "shutdown" and message.get("kill"):
+                self._stopping_session = message.get("session")
+            self._inbox.append((identity, message))
+            self._inbox_ready.set()
+
+    async def _work(self) -> None:
+        while True:
+            await self._inbox_ready.wait()
+            while self._inbox:
+                identity, message = self._inbox.popleft()
+                try:
+                    await self._handle(identity, message)
+                except Exception as exc:  # a bad message must never cost the commands
+                    log.error("bad message from the service: %s", exc)
+            self._inbox_ready.clear()
+
+    def _current(self, message: dict[str, Any]) -> bool:
+        if self.session is not None and message.get("session") == self.session:
+            return True
+        log.info("ignored %s of an earlier connection", message.get("op"))
+        return False
 
     async def _handle(self, identity: bytes, message: dict[str, Any]) -> None:
         op = message.get("op")
         if op == "hello":
             self.peer = identity
+            self.session = message.get("session")
+            self._bye_sent = False
+            self._resend_upto = self.seq
             await self._send(
                 {
                     "op": "hello",
@@ -134,22 +364,36 @@ class Agent:
                     "exits": [[seq, *exit_] for seq, exit_ in self.unacked.items()],
                 }
             )
-        elif op == "launch":
-            self.peer = identity
+        elif op == "launch" and self._current(message):
             await self._launch(message)
-        elif op == "ping":
-            self.peer = identity
-            await self._send({"op": "pong"})
+        elif op == "ping" and self._current(message):
+            # Exits the service has not acknowledged since the last ping went astray (or
+            # are still being saved: a repeat is harmless, it is acked again).
+            again = [
+                [seq, *exit_] for seq, exit_ in self.unacked.items() if seq <= self._resend_upto
+            ]
+            self._resend_upto = self.seq
+            await self._send({"op": "pong", "exits": again})
         elif op == "signal":
             self._signal(int(message["jobid"]), message["ranks"], int(message["signum"]))
         elif op == "ack":
-            for seq in message.get("seqs", []):
+            seqs = [int(seq) for seq in message.get("seqs", [])]
+            for seq in seqs:
                 self.unacked.pop(seq, None)
-        elif op == "shutdown":
-            self.peer = identity
+            self.journal.write([f"A {' '.join(map(str, seqs))}"] if seqs else [])
+            self._maybe_exit_after_bye()
+        elif op == "shutdown" and self._current(message):
             if message.get("kill"):
                 await self._kill_all()
+                self._stopping_session = None
             await self._send({"op": "bye"})
+            self._bye_sent = True
+            self._maybe_exit_after_bye()
+
+    def _maybe_exit_after_bye(self) -> None:
+        """After the bye the agent goes once the service has acked every exit; if it
+        never does, they wait for the next service like any other."""
+        if self._bye_sent and not self.unacked and not self.by_pid:
             self._done.set()
 
     async def _kill_all(self) -> None:
@@ -174,6 +418,27 @@ class Agent:
 
     async def _launch(self, message: dict[str, Any]) -> None:
         jobid = int(message["jobid"])
+        ranks = [int(r) for r in message["ranks"]]
+        session = message.get("session")
+        started = 0
+        try:
+            started = await self._spawn_all(jobid, ranks, message, session)
+        except Exception as exc:
+            # Whatever stopped it (the output directory cannot be made on a full disk, a
+            # malformed message), every rank not started ends now with the reason, or
+            # its unit would wait for it forever.
+            error = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            if isinstance(exc, OSError) and exc.filename:
+                error = f"{error}: {exc.filename}"
+            log.error("job %d: cannot start %d ranks: %s", jobid, len(ranks) - started, error)
+            for rank in ranks[started:]:
+                self._record(jobid, rank, f"launch {error}")
+        self._reap()
+
+    async def _spawn_all(
+        self, jobid: int, ranks: list[int], message: dict[str, Any], session: object
+    ) -> int:
+        """Spawn each rank's command; returns how many ranks were dealt with."""
         argv: list[str] = message["argv"]
         base_env: dict[str, str] = message["env"]
         hostnames: list[str] = message["hostnames"]
@@ -188,32 +453,59 @@ class Agent:
             "FLUX_JOB_RANKS": message["all_ranks"],
         }
         out_flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-        for i, rank in enumerate(message["ranks"]):
-            if i and i % LAUNCH_CHUNK == 0:
+        for first in range(0, len(ranks), LAUNCH_CHUNK):
+            if first:
                 await asyncio.sleep(0)  # let exits be reaped while a large unit starts
-            env = {**base_env, **shared, "HK_RANK": str(rank), "HK_HOSTNAME": hostnames[i]}
-            try:
-                pid = os.posix_spawnp(
-                    argv[0],
-                    argv,
-                    env,
-                    setsid=True,
-                    # The agent ignores some signals and exec keeps ignored signals
-                    # ignored: the commands must get every signal's default back.
-                    setsigdef=RESET_SIGNALS,
-                    setsigmask=(),
-                    file_actions=[
-                        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                        (os.POSIX_SPAWN_OPEN, 1, str(unit_dir / f"{rank}.out"), out_flags, 0o644),
-                        (os.POSIX_SPAWN_OPEN, 2, str(unit_dir / f"{rank}.err"), out_flags, 0o644),
-                    ],
-                )
-            except OSError as exc:
-                self._record(jobid, rank, f"launch {exc.strerror}")
-                continue
-            self.by_pid[pid] = (jobid, rank)
-            self.by_rank[(jobid, rank)] = pid
-        self._reap()
+            if session is not None and self._stopping_session == session:
+                for rank in ranks[first:]:
+                    self._record(jobid, rank, NOT_STARTED)
+                return len(ranks)
+            chunk = ranks[first : first + LAUNCH_CHUNK]
+            # Journaled before the spawn: an agent dying in between leaves a trace.
+            self.journal.write([f"S {jobid} {' '.join(map(str, chunk))}"])
+            spawned: list[str] = []
+            for i, rank in enumerate(chunk, first):
+                if (jobid, rank) in self.by_rank:
+                    continue  # already running: never twice at once
+                env = {**base_env, **shared, "HK_RANK": str(rank), "HK_HOSTNAME": hostnames[i]}
+                try:
+                    pid = os.posix_spawnp(
+                        argv[0],
+                        argv,
+                        env,
+                        setsid=True,
+                        # The agent ignores some signals and exec keeps ignored signals
+                        # ignored: the commands must get every signal's default back.
+                        setsigdef=RESET_SIGNALS,
+                        setsigmask=(),
+                        file_actions=[
+                            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                            (
+                                os.POSIX_SPAWN_OPEN,
+                                1,
+                                str(unit_dir / f"{rank}.out"),
+                                out_flags,
+                                0o644,
+                            ),
+                            (
+                                os.POSIX_SPAWN_OPEN,
+                                2,
+                                str(unit_dir / f"{rank}.err"),
+                                out_flags,
+                                0o644,
+                            ),
+                        ],
+                    )
+                except OSError as exc:
+                    self._record(jobid, rank, f"launch {exc.strerror}")
+                    continue
+                started_at = _start_time(pid) or 0
+                self.by_pid[pid] = (jobid, rank)
+                self.by_rank[(jobid, rank)] = pid
+                self.start_times[pid] = started_at
+                spawned.append(f"L {jobid} {rank} {pid} {started_at}")
+            self.journal.write(spawned)
+        return len(ranks)
 
     def _signal(self, jobid: int, ranks: list[int], signum: int) -> None:
         for rank in ranks:
@@ -237,6 +529,10 @@ class Agent:
     def _flush(self) -> None:
         fresh, self._fresh = self._fresh, []
         exits = [[seq, *self.unacked[seq]] for seq in fresh if seq in self.unacked]
+        # Journaled before they are sent: once the service has them it may ack them.
+        self.journal.write(
+            [f"E {seq} {jobid} {rank} {status}" for seq, jobid, rank, status in exits]
+        )
         if exits:
             task = asyncio.ensure_future(self._send({"op": "exits", "exits": exits}))
             self._pending_sends.add(task)
@@ -253,6 +549,7 @@ class Agent:
             key = self.by_pid.pop(pid, None)
             if key is None:
                 continue
+            self.start_times.pop(pid, None)
             self.by_rank.pop(key, None)
             self._record(*key, status_text(wait_status))
 

@@ -13,9 +13,11 @@ import contextlib
 import io
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +32,16 @@ from hkservice.protocol import pack, unpack
 log = logging.getLogger("hkservice.runner")
 
 AGENT_START_TIMEOUT = 10.0
-PING_SECONDS = 5.0
+# Also how soon the death of the agent is noticed (its pid is checked with each ping).
+PING_SECONDS = 1.0
 AGENT_SILENCE_SECONDS = 20.0
 SHUTDOWN_TIMEOUT = 30.0
 
 # (jobid, rank, outcome, receipt): the receipt, when not None, goes back through
 # Runner.ack once the outcome is saved; until then the runner keeps the exit status.
 ExitCallback = Callable[[int, int, Outcome, int | None], None]
+# Ranks the service believes running that the agent never started: launch them again.
+RelaunchCallback = Callable[[list[tuple[int, int]]], None]
 
 
 @dataclass(frozen=True)
@@ -50,13 +55,20 @@ class LaunchSpec:
 class Runner(Protocol):
     def set_exit_callback(self, callback: ExitCallback) -> None: ...
 
-    async def start(self, expected: Callable[[], Iterable[tuple[int, int]]]) -> None:
+    async def start(
+        self, expected: Callable[[], Iterable[tuple[int, int]]], relaunch: RelaunchCallback
+    ) -> None:
         """Connect; `expected()` gives the (jobid, rank) the service believes are running.
 
         Those that ended while the service was away are reported through the exit
-        callback, those nobody knows of are reported lost, the rest are adopted. The
-        same reconciliation runs again whenever the runner has to reconnect.
+        callback, those the agent never started go to `relaunch`, the rest are adopted.
+        The same reconciliation runs again whenever the runner has to reconnect.
         """
+        ...
+
+    @property
+    def down_since(self) -> float | None:
+        """When the runner lost its agent (wall clock), None while it is connected."""
         ...
 
     def launch(self, spec: LaunchSpec) -> None: ...
@@ -73,7 +85,11 @@ class Runner(Protocol):
 
     def forget(self, jobid: int) -> None: ...
 
-    async def close(self, kill: bool) -> None: ...
+    async def stop_commands(self) -> None:
+        """SIGKILL every command; their exits come through the exit callback."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 def parse_status(text: str) -> Outcome:
@@ -89,13 +105,9 @@ def parse_status(text: str) -> Outcome:
         pass
     if kind == "launch":
         return Outcome("launch", code=127, text=rest)
+    if kind == "lost":
+        return Outcome("lost", text=rest)
     return Outcome("lost", text=f"unreadable exit status '{text.strip()}'")
-
-
-LOST_AFTER_RESTART = Outcome(
-    "lost",
-    text="the command was gone after a service restart and its exit status is unknown",
-)
 
 
 class LocalRunner:
@@ -123,9 +135,17 @@ class LocalRunner:
         self._finished_units: list[int] = []
         self._background: set[asyncio.Future[Any]] = set()
         self._expected: Callable[[], Iterable[tuple[int, int]]] = lambda: ()
+        self._relaunch: RelaunchCallback = lambda keys: None
         self._keepalive: asyncio.Task[None] | None = None
         self._last_heard = 0.0
         self._bye: asyncio.Future[None] | None = None
+        self._session = 0
+        self._agent_pid: int | None = None
+        self._spawned: list[subprocess.Popen[bytes]] = []
+        self._down_since: float | None = time.time()
+        # Signals decided while the agent was unreachable (timeouts, SIGKILL escalations):
+        # sent once a new connection has said hello.
+        self._held_signals: list[dict[str, Any]] = []
         run_dir.mkdir(parents=True, exist_ok=True)
 
     def set_exit_callback(self, callback: ExitCallback) -> None:
@@ -136,32 +156,70 @@ class LocalRunner:
 
     # -- the agent connection -----------------------------------------------
 
-    async def start(self, expected: Callable[[], Iterable[tuple[int, int]]]) -> None:
+    @property
+    def down_since(self) -> float | None:
+        return self._down_since
+
+    async def start(
+        self, expected: Callable[[], Iterable[tuple[int, int]]], relaunch: RelaunchCallback
+    ) -> None:
         self._expected = expected
+        self._relaunch = relaunch
         self._prune_output({jobid for jobid, _ in expected()})
         await self._reconcile()
         self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
 
     async def _keep_alive(self) -> None:
-        """Ping the agent; if it stops answering, start a new one and reconcile.
+        """Ping the agent; if it died or stops answering, start a new one and reconcile.
 
         The pings also keep an idle agent from exiting while this service runs.
         """
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(PING_SECONDS)
-            self._send({"op": "ping"})
-            if loop.time() - self._last_heard > AGENT_SILENCE_SECONDS:
-                log.error("the local agent stopped answering: starting a new one")
-                await self._close_socket()
-                try:
-                    await self._reconcile()
-                except RuntimeError as exc:
-                    log.error("%s", exc)
+            if self._sock is not None:
+                self._send({"op": "ping"})
+            if self._sock is not None and not self._agent_alive():
+                log.error(
+                    "the local agent (pid %s) died: starting a new one; the commands it "
+                    "left running are killed and reported lost",
+                    self._agent_pid,
+                )
+            elif self._sock is None or loop.time() - self._last_heard > AGENT_SILENCE_SECONDS:
+                if self._sock is not None:
+                    log.error(
+                        "the local agent (pid %s) stopped answering: its nodes are offline "
+                        "until it answers again",
+                        self._agent_pid,
+                    )
+            else:
+                continue
+            self._down_since = self._down_since or time.time()
+            await self._close_socket()
+            try:
+                await self._reconcile()
+            except RuntimeError as exc:
+                log.error("%s", exc)
+
+    def _agent_alive(self) -> bool:
+        pid = self._agent_pid
+        if pid is None:
+            return True
+        for proc in self._spawned:
+            if proc.pid == pid:
+                # Our own child: a dead one stays a zombie until polled.
+                return proc.poll() is None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
 
     async def _reconcile(self) -> None:
-        hello = await self._connect()
-        expected_set = set(self._expected())
+        hello, expected_set = await self._connect()
+        self._agent_pid = int(hello.get("pid", 0)) or None
         running = {(int(j), int(r)) for j, r in hello["running"]}
         ended: dict[tuple[int, int], tuple[int, str]] = {}
         saved: list[int] = []
@@ -173,6 +231,7 @@ class LocalRunner:
                 # Not running as far as the saved state knows: its outcome was saved
                 # before the acknowledgement got through.
                 saved.append(seq)
+        never: list[tuple[int, int]] = []
         for key in sorted(expected_set):
             if key in ended:
                 seq, status = ended[key]
@@ -180,10 +239,24 @@ class LocalRunner:
             elif key in running:
                 log.info("adopted job %d rank %d (still running)", *key)
             else:
-                self._callback(*key, LOST_AFTER_RESTART, None)
+                # Neither this agent nor, through its journal, any agent before it has
+                # seen the launch: it went down with an old connection or was ignored as
+                # from one. Nothing ran: start it now.
+                never.append(key)
         self.ack(saved)
+        if self._down_since is not None:
+            log.info("the local agent (pid %s) answers", self._agent_pid)
+        self._down_since = None
+        if never:
+            self._relaunch(never)
+        held, self._held_signals = self._held_signals, []
+        for message in held:
+            self._send(message)
 
-    async def _connect(self) -> dict[str, Any]:
+    async def _connect(self) -> tuple[dict[str, Any], set[tuple[int, int]]]:
+        """Say hello on a new connection; returns the hello and what the service
+        believed running when it said it (what it starts after, it launches after the
+        hello, on this connection: the agent sees those in order)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + AGENT_START_TIMEOUT
         spawned = False
@@ -195,17 +268,20 @@ class LocalRunner:
             sock.setsockopt(zmq.RCVHWM, 0)
             sock.connect(self.endpoint)
             self._sock = sock
+            self._session = secrets.randbits(62)
             self._hello = loop.create_future()
             self._reader = loop.create_task(self._read())
+            expected = set(self._expected())
             self._send({"op": "hello"})
             try:
-                return await asyncio.wait_for(asyncio.shield(self._hello), 0.5)
+                return await asyncio.wait_for(asyncio.shield(self._hello), 0.5), expected
             except TimeoutError:
                 pass
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
             sock.close(linger=0)
+            self._sock = None
             if loop.time() > deadline:
                 raise RuntimeError(f"the local agent did not answer at {self.endpoint}")
             if not spawned:
@@ -214,8 +290,9 @@ class LocalRunner:
 
     def _spawn_agent(self) -> None:
         log_path = self.run_dir / "agent.log"
+        self._spawned = [proc for proc in self._spawned if proc.poll() is None]
         with open(log_path, "ab") as log_file:
-            subprocess.Popen(
+            proc = subprocess.Popen(
                 [
                     sys.executable,
                     "-m",
@@ -231,6 +308,7 @@ class LocalRunner:
                 start_new_session=True,
                 close_fds=True,
             )
+        self._spawned.append(proc)
 
     async def _read(self) -> None:
         assert self._sock is not None
@@ -246,17 +324,20 @@ class LocalRunner:
             elif op == "bye":
                 if self._bye is not None and not self._bye.done():
                     self._bye.set_result(None)
-            elif op == "pong":
-                pass
-            elif op == "exits":
+            elif op in ("pong", "exits"):
                 # Acknowledged only once saved (Runner.ack): a service killed in between
                 # learns these exits again from the agent instead of calling them lost.
-                for seq, jobid, rank, status in message["exits"]:
+                for seq, jobid, rank, status in message.get("exits", []):
                     self._callback(int(jobid), int(rank), parse_status(status), int(seq))
 
     def _send(self, message: dict[str, Any]) -> None:
         if self._sock is None:
+            # Launches need not be kept: the reconciliation relaunches what the agent
+            # never saw. Acks neither: the agent reports those exits again.
+            if message["op"] == "signal":
+                self._held_signals.append(message)
             return
+        message["session"] = self._session
         task = asyncio.ensure_future(self._sock.send(pack(message)))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -284,24 +365,38 @@ class LocalRunner:
         if receipts:
             self._send({"op": "ack", "seqs": receipts})
 
-    async def close(self, kill: bool) -> None:
+    async def _stop_pinging(self) -> None:
         if self._keepalive is not None:
             self._keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keepalive
+            self._keepalive = None
+
+    async def stop_commands(self) -> None:
+        await self._stop_pinging()
+        if self._sock is None:
+            log.error("the local agent is not reachable: the commands keep running")
+            return
+        # The agent skips the launches still queued ahead of this and kills the rest,
+        # then sends every exit and says bye: wait for that rather than guess a linger
+        # time. It goes once the exits are acknowledged (Runner.ack, after saving).
+        self._bye = asyncio.get_running_loop().create_future()
+        self._send({"op": "shutdown", "kill": True})
+        log.info("asked the local agent to stop every command")
+        try:
+            await asyncio.wait_for(self._bye, SHUTDOWN_TIMEOUT)
+            log.info("the local agent stopped every command")
+        except TimeoutError:
+            log.error(
+                "the local agent did not confirm it stopped the commands: the next start "
+                "learns how they ended"
+            )
+
+    async def close(self) -> None:
+        await self._stop_pinging()
         if self._background:
+            # The last acks, so that the agent can forget those exits and go.
             await asyncio.wait(self._background, timeout=5)
-        if kill and self._sock is not None:
-            # The agent may still be starting earlier launches: wait until it has
-            # killed everything and said so, rather than guess a linger time.
-            self._bye = asyncio.get_running_loop().create_future()
-            await self._sock.send(pack({"op": "shutdown", "kill": True}))
-            log.info("asked the local agent to stop every command")
-            try:
-                await asyncio.wait_for(self._bye, SHUTDOWN_TIMEOUT)
-                log.info("the local agent stopped every command")
-            except TimeoutError:
-                log.error("the local agent did not confirm it stopped the commands")
         await self._close_socket()
 
     async def _close_socket(self, linger: int = 0) -> None:

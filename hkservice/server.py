@@ -212,12 +212,13 @@ class Service:
         if self.stop_commands_on_exit and self._failed is None:
             with contextlib.suppress(StoreFailed):
                 self._apply(self.hk.stop_all(self.clock()))
-        await self.runner.close(kill=self.stop_commands_on_exit and self._failed is None)
-        # The exits the runner reported while closing are saved before the store
-        # closes; no timer may fire after it has.
+            await self.runner.stop_commands()
+        # The exits the runner reported while stopping are saved (and acknowledged)
+        # before the store closes; no timer may fire after it has.
         if self._batch_handle is not None:
             self._batch_handle.cancel()
             self._flush_batch()
+        await self.runner.close()
         if self._deadline_handle is not None:
             self._deadline_handle.cancel()
             self._deadline_handle = None
@@ -266,7 +267,7 @@ class Service:
             self.hk.restore_drain(rank, reason, t)
         for unit in units:
             self.hk.restore(unit)
-        await self.runner.start(self._running_ranks)
+        await self.runner.start(self._running_ranks, self._relaunch)
         try:
             self._reserve_events()
             if units:
@@ -277,6 +278,26 @@ class Service:
 
     def _running_ranks(self) -> list[tuple[int, int]]:
         return [(u.jobid, r) for u in self.hk.units.values() for r in sorted(u.pending)]
+
+    def _relaunch(self, keys: list[tuple[int, int]]) -> None:
+        """Launch again ranks the agent never started (their launch was lost with an
+        old connection to it): they have not run, so running them now is their one run."""
+        by_unit: dict[int, list[int]] = {}
+        for jobid, rank in keys:
+            by_unit.setdefault(jobid, []).append(rank)
+        for jobid, ranks in by_unit.items():
+            unit = self.hk.units.get(jobid)
+            if unit is None:
+                continue
+            todo = tuple(sorted(r for r in ranks if r in unit.pending))
+            if not todo:
+                continue
+            log.warning(
+                "housekeeping: %s on %s: launched again, the local agent never started it",
+                core.job_label(jobid),
+                self.cluster.nodelist(todo),
+            )
+            self.runner.launch(LaunchSpec(jobid, unit.userid, todo, format_idset(unit.ranks)))
 
     # -- applying core actions ----------------------------------------------
 
@@ -558,6 +579,15 @@ class Service:
         jobid = _jobid(params, required=False)
         ranks = self._ranks(params, required=False)
         all_units = bool(_param(params, "all", bool, False))
+        down = self.runner.down_since
+        if down is not None:
+            # A kill now would be a success reply for a signal nobody can send.
+            raise HkError(
+                "EAGAIN",
+                "the local agent is not answering (since "
+                f"{time.strftime('%H:%M:%S', time.localtime(down))}): no command can be "
+                "signalled until it does; try again",
+            )
         result = self.hk.kill(signum, self.clock(), jobid=jobid, ranks=ranks, all_units=all_units)
         log.info(
             "kill request: %d rank%s of %d unit%s, SIG%s",
@@ -606,8 +636,15 @@ class Service:
                 {"ranks": format_idset(ranks), "reason": reason, "t": t}
                 for (reason, t), ranks in sorted(groups.items(), key=lambda g: min(g[1]))
             ],
-            "offline": "",
+            "offline": self._offline(),
         }
+
+    def _offline(self) -> str:
+        """Nodes with commands running while the agent cannot be reached (spec §7):
+        nothing can be known or done about them until it answers."""
+        if self.runner.down_since is None:
+            return ""
+        return format_idset({r for u in self.hk.units.values() for r in u.pending})
 
     def _drain(self, params: dict[str, Any]) -> dict[str, Any]:
         ranks = self._ranks(params)

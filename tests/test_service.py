@@ -286,28 +286,38 @@ def test_recovery_after_kill_9(hk_service: ServiceFactory, script: Script, tmp_p
     assert set(svc.command_pids()) == set()
 
 
-def test_ranks_lost_with_the_agent_are_drained_with_a_reason(
-    hk_service: ServiceFactory,
+def test_commands_left_by_a_dead_agent_are_killed_and_drained_as_lost_with_it(
+    hk_service: ServiceFactory, script: Script
 ) -> None:
-    svc = hk_service(hostlist="node[0-1]", command=["sleep", "600"], stop_commands_on_exit=False)
+    # The command's child must go too: the whole process group is killed.
+    cmd = script("sleep 600 & wait")
+    svc = hk_service(hostlist="node[0-1]", command=[cmd], stop_commands_on_exit=False)
     svc.call("housekeeping.start", {"jobid": 88, "ranks": "0-1"})
-    time.sleep(0.3)
-    commands = svc.command_pids()
-    assert set(commands) == {(88, 0), (88, 1)}
+    wait_until(lambda: len(svc.command_pids()) == 2)
+    groups = set(svc.command_pids().values())
     svc.kill9()
     agent = svc.agent_pid()
     assert agent is not None
-    os.kill(agent, 9)  # the agent too: nobody knows how the commands end any more
-    for pid in commands.values():
-        os.killpg(pid, 9)
-    time.sleep(0.2)
+    os.kill(agent, 9)  # the agent too: nobody can know how the commands end any more
     svc.start()
     svc.wait_idle()
-    lost = (
-        f"housekeeping@{encode_jobid(88, 'f58plain')} lost: the command was gone after a "
-        "service restart and its exit status is unknown"
-    )
+    lost = f"housekeeping@{encode_jobid(88, 'f58plain')} lost: the local agent died"
     assert drains(svc) == {0: lost, 1: lost}
+    assert not [pid for pid, _ in _processes_in_groups(groups)]
+
+
+def _processes_in_groups(groups: set[int]) -> list[tuple[int, int]]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[2]) in groups and fields[0] != "Z":
+                found.append((int(entry.name), int(fields[2])))
+    return found
 
 
 def test_clean_restart_adopts_running_commands(hk_service: ServiceFactory) -> None:
