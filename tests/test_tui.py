@@ -813,3 +813,37 @@ async def test_kill_confirm_says_which_marked_units_the_filter_hides_and_esc_cle
         assert "1 of these 2 units is hidden by the filter 'node2'." in body
         await pilot.press("n")
     assert len(running(busy)) == 3
+
+
+async def test_kill_while_paused_reads_the_latest_data_not_the_frozen_rows(
+    busy: RunningService,
+) -> None:
+    app = HkConsole(busy.endpoint)
+    notes: list[str] = []
+    async with app.run_test(size=SIZE, message_hook=notes_into(notes)) as pilot:
+        await until(pilot, lambda: rows(app) == [101, 102, 103])
+        await pilot.press("space", "space", "up")  # marks 101 and 102; on 102
+        assert app.marked == {101, 102} and app.selected == 102
+        await pilot.press("p")
+        busy.call("housekeeping.kill", {"jobid": 102, "signum": 9})
+        await until(pilot, lambda: 102 not in app.model.units)
+        assert rows(app) == [101, 102, 103]  # frozen
+        await pilot.press("k")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        body = str(app.screen.query_one("#dialog-body", Static).render())
+        assert f"{encode_jobid(101)}  running on node[0-1]" in body
+        assert f"{encode_jobid(102)}  already finished: nothing to send" in body
+        assert "running on ?" not in body
+        assert str(app.screen.query_one("#dialog-title").render()).startswith(
+            "Kill housekeeping of 1 unit?"
+        )
+        await pilot.press("n")
+        await pilot.press("escape")  # clears the marks: the rows stay frozen
+        assert app.marked == set() and rows(app) == [101, 102, 103]
+        assert str(app.units_table.get_cell("101", "mark")) == ""
+        notes.clear()
+        await pilot.press("k")  # the highlighted unit, finished
+        await until(pilot, lambda: bool(notes))
+        assert notes == [f"{encode_jobid(102)} has already finished: nothing to kill"]
+        assert not isinstance(app.screen, ConfirmScreen)
+    assert running(busy) == {101: "0-1", 103: "4-5"}

@@ -193,7 +193,7 @@ class HkConsole(App[int]):
         Binding("f", "state_filter", "State", id="nodes.state"),
         Binding("o", "output", "Output", id="output"),
         Binding("slash", "filter", "Filter", id="filter"),
-        Binding("escape", "clear", "Clear filter, then marks", show=False, id="clear"),
+        Binding("escape", "clear", "Clear filter/marks", show=False, id="clear"),
         Binding("less_than_sign", "sort(-1)", "Sort ←", show=False, id="sort.prev"),
         Binding("greater_than_sign", "sort(1)", "Sort →", show=False, id="sort.next"),
         Binding("I", "invert", "Invert", show=False, id="sort.invert"),
@@ -390,6 +390,10 @@ class HkConsole(App[int]):
             self._hay.pop(jobid, None)
             self._nodelists.pop(jobid, None)
         if not self.paused:
+            if self.marked:
+                # Marks of units that ended go with their rows (kept while paused: the
+                # frozen row still shows its mark).
+                self.marked = {j for j in self.marked if j in self.model.units}
             self.refresh_units(changed, full)
             if self.view == "nodes":
                 self.refresh_nodes()
@@ -454,10 +458,22 @@ class HkConsole(App[int]):
             self._nodelists[unit.jobid] = nodes
         return nodes
 
+    def mark_cell(self, jobid: int) -> Cell:
+        return Cell("●" if jobid in self.marked else "", style="bold yellow")
+
+    def refresh_marks(self, jobids: Iterable[int]) -> None:
+        """Redraw the mark cells of these units, and nothing else: paused stays paused."""
+        table = self.units_table
+        for jobid in jobids:
+            # A row hidden by the filter is built afresh when it comes back.
+            self._hidden_cells.pop(jobid, None)
+            if str(jobid) in table.rows:
+                table.update_cell(str(jobid), "mark", self.mark_cell(jobid))
+
     def unit_cells(self, unit: Unit, now: float) -> list[Cell]:
         runtime = max(0.0, now - unit.t_start)
         return [
-            Cell("●" if unit.jobid in self.marked else "", style="bold yellow"),
+            self.mark_cell(unit.jobid),
             Cell(jobid_text(unit.jobid), unit.t_start),
             Cell(str(unit.userid), unit.userid),
             Cell(str(len(unit.allocated)), len(unit.allocated), right=True),
@@ -893,18 +909,29 @@ class HkConsole(App[int]):
         if self.selected is None:
             return
         self.marked ^= {self.selected}
-        self.refresh_units({self.selected})
+        self.refresh_marks({self.selected})
         table = self.units_table
         if table.cursor_row < table.row_count - 1:
             table.move_cursor(row=table.cursor_row + 1)
 
     @work(group="dialog", exclusive=True)
     async def action_kill_unit(self) -> None:
-        jobids = tuple(sorted(self.marked & set(self.model.units)))
-        if not jobids and self.selected is not None:
-            jobids = (self.selected,)
-        if not jobids:
+        # Marks, else the highlighted unit: read against the model, which follows the
+        # service while the table is paused, so a unit that finished since is not
+        # offered as running.
+        targets = sorted(self.marked) or ([self.selected] if self.selected is not None else [])
+        if not targets:
             self.notify("no unit selected", severity="warning")
+            return
+        jobids = tuple(j for j in targets if self.still_running(j))
+        finished = [j for j in targets if j not in jobids]
+        if not jobids:
+            verb = "has" if len(finished) == 1 else "have"
+            self.notify(
+                f"{unit_names(finished)} {verb} already finished: nothing to kill",
+                severity="warning",
+                markup=False,
+            )
             return
         captured = Dialog(jobids, self.signal_name)
         cluster = self.model.cluster
@@ -912,10 +939,12 @@ class HkConsole(App[int]):
         hidden = [j for j in jobids if str(j) not in self.units_table.rows]
         lines = []
         for jobid in jobids:
-            unit = self.model.units.get(jobid)
-            nodes = cluster.nodelist(unit.pending) if unit and cluster else "?"
+            unit = self.model.units[jobid]
+            nodes = cluster.nodelist(unit.pending) if cluster else format_idset(unit.pending)
             where = "  (hidden by the filter)" if jobid in hidden else ""
             lines.append(f"  {jobid_text(jobid)}  running on {nodes}{where}")
+        for jobid in finished:
+            lines.append(f"  {jobid_text(jobid)}  already finished: nothing to send")
         if hidden:
             verb = "is" if len(hidden) == 1 else "are"
             some = "It" if len(jobids) == 1 else f"{len(hidden)} of these {len(jobids)} units"
@@ -928,7 +957,7 @@ class HkConsole(App[int]):
         ranks = 0
         for jobid in captured.jobids:
             # Checked again at send time: the unit may have finished while the dialog was open.
-            if jobid not in self.model.units:
+            if not self.still_running(jobid):
                 self.notify(
                     f"{jobid_text(jobid)} already finished: nothing sent",
                     severity="warning",
@@ -941,8 +970,14 @@ class HkConsole(App[int]):
                 ranks += result["ranks"]
         if killed:
             self.report_kill(killed, ranks, captured.signal)
-            self.marked -= set(captured.jobids)
-            self.refresh_units(set(captured.jobids))
+        # Finished ones too: a mark on a unit that is over is no use.
+        self.marked -= set(targets)
+        self.refresh_marks(targets)
+
+    def still_running(self, jobid: int) -> bool:
+        """Whether the latest data has commands of the unit running (what a kill hits)."""
+        unit = self.model.units.get(jobid)
+        return unit is not None and bool(unit.pending)
 
     def running_on(self, ranks: set[int]) -> dict[int, set[int]]:
         """jobid -> its ranks among `ranks` still running (what a kill there hits)."""
@@ -1144,7 +1179,7 @@ class HkConsole(App[int]):
             if self.view == "units" and self.marked:
                 cleared = self.marked
                 self.marked = set()
-                self.refresh_units(cleared)
+                self.refresh_marks(cleared)
                 self.notify(f"cleared {plural(len(cleared), 'mark')}", markup=False)
             return
         box.value = ""
