@@ -9,7 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from rich.color import Color
 from rich.console import Console
+from rich.style import Style
 from textual.message import Message
 from textual.notifications import Notify
 from textual.pilot import Pilot
@@ -847,3 +849,33 @@ async def test_kill_while_paused_reads_the_latest_data_not_the_frozen_rows(
         assert notes == [f"{encode_jobid(102)} has already finished: nothing to kill"]
         assert not isinstance(app.screen, ConfirmScreen)
     assert running(busy) == {101: "0-1", 103: "4-5"}
+
+
+def header_style(app: HkConsole, text: str) -> Style:
+    """The style of the header segment reading `text`."""
+    for y in range(3):
+        for segment in app.header_pane.render_line(y):
+            if segment.text.strip() == text and segment.style is not None:
+                return segment.style
+    raise AssertionError(f"{text!r} is not in the header")
+
+
+def is_red(style: Style) -> bool:
+    return style.color is not None and style.color.number == Color.parse("red").number
+
+
+async def test_sigkill_armed_stands_out_and_the_confirm_says_any_kill_drains(
+    busy: RunningService,
+) -> None:
+    app = HkConsole(busy.endpoint)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.connected)
+        assert not is_red(header_style(app, "SIGTERM"))
+        await pilot.press("s", "down", "down", "down", "enter")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        body = " ".join(str(app.screen.query_one("#dialog-body", Static).render()).split())
+        assert "no chance to clean up after themselves" in body
+        assert "As with any signal, every node a kill hits is drained." in body
+        await pilot.press("y")
+        await until(pilot, lambda: app.signal_name == "KILL")
+        assert header_style(app, "SIGKILL").bold and is_red(header_style(app, "SIGKILL"))

@@ -70,6 +70,11 @@ def test_sigkill_confirm(snap_compare: Any) -> None:
     assert snap_compare(fixed_app(), press=press, run_before=loaded, terminal_size=SIZE)
 
 
+def test_sigkill_armed(snap_compare: Any) -> None:
+    press = ["s", "down", "down", "down", "enter", "y"]
+    assert snap_compare(fixed_app(), press=press, run_before=loaded, terminal_size=SIZE)
+
+
 def test_output_dialog(snap_compare: Any) -> None:
     # The unit with a failed node: stdout and the failure on stderr.
     press = [*["down"] * 5, "o"]

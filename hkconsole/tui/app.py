@@ -768,7 +768,8 @@ class HkConsole(App[int]):
                 ("  kill-grace ", "dim"),
                 format_duration_config(cfg.get("kill-grace")),
                 ("  signal ", "dim"),
-                (f"SIG{self.signal_name}", "bold"),
+                # Armed with KILL, every kill is one no cleanup survives: it stands out.
+                (f"SIG{self.signal_name}", "bold red" if self.signal_name == "KILL" else "bold"),
                 ("  refresh ", "dim"),
                 f"{self.refresh_interval:g}s",
             ]
@@ -1081,8 +1082,8 @@ class HkConsole(App[int]):
             sure = await self.push_screen_wait(
                 ConfirmScreen(
                     "Use SIGKILL?",
-                    "SIGKILL gives cleanup scripts no chance to tidy up,\n"
-                    "and every node it hits is drained.",
+                    "SIGKILL gives cleanup commands no chance to clean up after\n"
+                    "themselves. As with any signal, every node a kill hits is drained.",
                 )
             )
             if not sure:
