@@ -19,10 +19,11 @@ from textual.widgets import DataTable, RichLog, Static
 from textual.widgets._footer import FooterKey
 from textual.widgets.data_table import ColumnKey
 
-from hkconsole.tui.app import NODE_STATES, HkConsole
+from hkconsole.tui.app import NODE_STATES, HkConsole, hosts_text
 from hkconsole.tui.fixed import disconnect, fixed_app, load_sample
 from hkconsole.tui.sample import T0
 from hkconsole.tui.screens import ConfirmScreen, PromptScreen
+from hkservice.cluster import Cluster
 from hkservice.idset import parse_idset
 from hkservice.jobid import encode_jobid
 from tests.conftest import RunningService, ServiceFactory
@@ -76,7 +77,8 @@ def busy(hk_service: ServiceFactory) -> RunningService:
 
 async def test_kill_the_highlighted_unit(busy: RunningService) -> None:
     app = HkConsole(busy.endpoint)
-    async with app.run_test(size=SIZE) as pilot:
+    notes: list[str] = []
+    async with app.run_test(size=SIZE, message_hook=notes_into(notes)) as pilot:
         await until(pilot, lambda: rows(app) == [101, 102, 103])
         await pilot.press("down")
         await until(pilot, lambda: app.selected == 102)
@@ -86,6 +88,7 @@ async def test_kill_the_highlighted_unit(busy: RunningService) -> None:
         assert encode_jobid(102) in body and "node[2-3]" in body and "SIGTERM" in body
         await pilot.press("y")
         await until(pilot, lambda: 102 not in rows(app))
+        assert notes == [f"sent SIGTERM to {encode_jobid(102)} on node[2-3]"]
     assert running(busy) == {101: "0-1", 103: "4-5"}
     reasons = drained(busy)
     assert sorted(reasons) == [2, 3]
@@ -138,7 +141,7 @@ async def test_marked_units_are_killed_together_and_the_rest_untouched(
         await until(pilot, lambda: rows(app) == [102])
         await until(pilot, lambda: bool(notes))
         assert notes == [
-            f"killed {encode_jobid(101)} and {encode_jobid(103)} on 4 nodes with SIGTERM"
+            f"sent SIGTERM to {encode_jobid(101)} and {encode_jobid(103)} on node[0-1,4-5]"
         ]
         assert app.marked == set()
     assert running(busy) == {102: "2-3"}
@@ -199,7 +202,7 @@ async def test_kill_on_targets_and_kill_all(busy: RunningService) -> None:
         await until(pilot, lambda: running(busy) == {101: "0", 102: "3", 103: "4-5"})
         await until(pilot, lambda: bool(notes))
         assert notes[-1] == (
-            f"killed {encode_jobid(101)} and {encode_jobid(102)} on 2 nodes with SIGTERM"
+            f"sent SIGTERM to {encode_jobid(101)} and {encode_jobid(102)} on node[1-2]"
         )
 
         await pilot.press("A")
@@ -210,6 +213,8 @@ async def test_kill_on_targets_and_kill_all(busy: RunningService) -> None:
         await pilot.press("l", "enter")
         await until(pilot, lambda: not running(busy))
         await until(pilot, lambda: rows(app) == [])
+        names = f"{encode_jobid(101)}, {encode_jobid(102)} and {encode_jobid(103)}"
+        assert notes[-1] == f"sent SIGTERM to {names} on node[0,3-5]"
 
 
 async def test_a_killed_service_leaves_stale_data_then_reconnects(busy: RunningService) -> None:
@@ -879,3 +884,13 @@ async def test_sigkill_armed_stands_out_and_the_confirm_says_any_kill_drains(
         await pilot.press("y")
         await until(pilot, lambda: app.signal_name == "KILL")
         assert header_style(app, "SIGKILL").bold and is_red(header_style(app, "SIGKILL"))
+
+
+def test_kill_notices_name_few_hosts_and_count_many() -> None:
+    cluster = Cluster("sim[0-16383]")
+    assert hosts_text(cluster, {40}) == "sim40"
+    assert hosts_text(cluster, {0, 1, 4, 5}) == "sim[0-1,4-5]"
+    scattered = set(range(0, 2000, 7))
+    text = hosts_text(cluster, scattered)
+    assert text.startswith("286 nodes: sim[0,7,14,") and text.endswith("…")
+    assert len(text) <= len("286 nodes: ") + 60

@@ -76,6 +76,8 @@ BACKOFF_MAX = 10.0
 HEARTBEAT_TIMEOUT = 6.0
 DETAIL_RANKS_SHOWN = 64
 TARGET_UNITS_LISTED = 8
+# Room for a nodelist in a notification (three lines of a toast).
+HOSTS_WIDTH = 60
 STATE_STYLES = {
     "running": "yellow",
     "ok": "green",
@@ -104,6 +106,15 @@ def fold(text: str) -> str:
     nobody types ƒ at 3 a.m.: either spelling finds both.
     """
     return text.lower().replace("ƒ", "f")
+
+
+def hosts_text(cluster: Cluster, ranks: Iterable[int], width: int = HOSTS_WIDTH) -> str:
+    """sim40; sim[0-1,4-5]; past `width` characters, 212 nodes: sim[0-3,5,7,…]."""
+    ranks = set(ranks)
+    nodes = cluster.nodelist(ranks)
+    if len(nodes) <= width:
+        return nodes
+    return f"{plural(len(ranks), 'node')}: {nodes[: width - 1]}…"
 
 
 def unit_names(jobids: list[int], shown: int = 3) -> str:
@@ -956,6 +967,7 @@ class HkConsole(App[int]):
             return
         killed: list[int] = []
         ranks = 0
+        hosts: set[int] = set()
         for jobid in captured.jobids:
             # Checked again at send time: the unit may have finished while the dialog was open.
             if not self.still_running(jobid):
@@ -965,12 +977,14 @@ class HkConsole(App[int]):
                     markup=False,
                 )
                 continue
+            pending = set(self.model.units[jobid].pending)
             result = await self.send_kill({"jobid": jobid}, captured.signal)
             if result is not None:
                 killed.append(jobid)
                 ranks += result["ranks"]
+                hosts |= pending
         if killed:
-            self.report_kill(killed, ranks, captured.signal)
+            self.report_kill(killed, ranks, captured.signal, hosts)
         # Finished ones too: a mark on a unit that is over is no use.
         self.marked -= set(targets)
         self.refresh_marks(targets)
@@ -989,18 +1003,24 @@ class HkConsole(App[int]):
                 hits[jobid] = unit.pending & ranks
         return hits
 
-    def report_kill(self, jobids: Iterable[int], ranks: int, signal_name: str) -> None:
+    def report_kill(
+        self, jobids: Iterable[int], ranks: int, signal_name: str, where: set[int]
+    ) -> None:
+        """Say what was signalled: `ranks` is the service's count, `where` the ranks the
+        console expected to hit (named when the two agree, else just counted)."""
         jobids = list(jobids)
         if not ranks:
             self.notify(
                 "nothing was running there: nothing signalled", severity="warning", markup=False
             )
             return
-        self.notify(
-            f"killed {unit_names(jobids)} on {plural(ranks, 'node')} with SIG{signal_name}",
-            title="Kill sent",
-            markup=False,
-        )
+        whom = unit_names(jobids) if jobids else "housekeeping"
+        cluster = self.model.cluster
+        if cluster is not None and len(where) == ranks:
+            nodes = hosts_text(cluster, where)
+        else:
+            nodes = plural(ranks, "node")
+        self.notify(f"sent SIG{signal_name} to {whom} on {nodes}", title="Kill sent", markup=False)
 
     def validate_targets(self, text: str) -> str | None:
         if self.model.cluster is None:
@@ -1040,9 +1060,12 @@ class HkConsole(App[int]):
         body = "\n".join(lines) + f"\n\nsignal: SIG{signal_name}"
         title = f"Kill housekeeping of {plural(len(hits), 'unit')} on these nodes?"
         if await self.push_screen_wait(ConfirmScreen(title, body)):
+            # What it hits as the console knows it at send time, to name in the notice.
+            hits = self.running_on(ranks)
             result = await self.send_kill({"ranks": format_idset(ranks)}, signal_name)
             if result is not None:
-                self.report_kill(hits or (), result["ranks"], signal_name)
+                hit = set().union(*hits.values())
+                self.report_kill(hits, result["ranks"], signal_name, hit)
 
     @work(group="dialog", exclusive=True)
     async def action_kill_all(self) -> None:
@@ -1057,10 +1080,11 @@ class HkConsole(App[int]):
             )
         )
         if answer == "all":
-            running = [j for j, unit in self.model.units.items() if unit.pending]
+            running = {j: set(unit.pending) for j, unit in self.model.units.items() if unit.pending}
             result = await self.send_kill({"all": True}, signal_name)
             if result is not None:
-                self.report_kill(running, result["ranks"], signal_name)
+                hit = set().union(*running.values())
+                self.report_kill(running, result["ranks"], signal_name, hit)
 
     async def send_kill(self, params: dict[str, Any], signal_name: str) -> dict[str, Any] | None:
         """The service's answer, or None (the failure is reported)."""
