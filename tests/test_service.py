@@ -6,6 +6,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -872,3 +873,150 @@ def test_a_full_disk_is_reported_as_such_when_the_service_stops(
     assert svc.stop() == 1
     assert "no transaction is active" not in svc.log()
     assert re.search(r"(disk I/O error|database or disk is full); stopping", svc.log())
+
+
+def ran_once_each(runs: Path, jobids: range, ranks: range) -> None:
+    lines = runs.read_text().split()
+    seen = [(int(lines[i]), int(lines[i + 1])) for i in range(0, len(lines), 2)]
+    assert sorted(seen) == [(j, r) for j in jobids for r in ranks]
+
+
+@pytest.mark.parametrize("how", ["kill9", "sigterm"])
+def test_a_restart_with_launches_still_queued_runs_every_rank_exactly_once(
+    hk_service: ServiceFactory, script: Script, tmp_path: Path, how: str
+) -> None:
+    runs = tmp_path / "runs"
+    cmd = script(f'echo "$HK_JOB_ID $HK_RANK" >> "{runs}"; sleep 1; exit 0')
+    svc = hk_service(
+        hostlist="node[0-15]", command=[cmd], release_after="0", stop_commands_on_exit=False
+    )
+    jobids = range(5000, 5020)
+    with svc.client() as client:
+        for jobid in jobids:
+            client.call("housekeeping.start", {"jobid": jobid, "ranks": "0-15"})
+    # Stopped while the agent is still starting them: the new service's hello is read
+    # among the old connection's launches.
+    if how == "kill9":
+        svc.kill9()
+    else:
+        assert svc.stop() == 0
+    svc.start()
+    svc.wait_idle(timeout=60)
+    assert drains(svc) == {}
+    history = svc.call("housekeeping.history")["units"]
+    assert sorted(u["jobid"] for u in history) == list(jobids)
+    assert all(u["failed"] == "" for u in history)
+    ran_once_each(runs, jobids, range(16))
+    assert "lost" not in svc.log()
+
+
+def test_a_dead_agent_is_noticed_its_commands_killed_and_reported_lost(
+    hk_service: ServiceFactory, script: Script
+) -> None:
+    svc = hk_service(
+        hostlist="node[0-1]", command=[script("sleep 600 & wait")], stop_commands_on_exit=False
+    )
+    svc.call("housekeeping.start", {"jobid": 31, "ranks": "0-1"})
+    wait_until(lambda: len(svc.command_pids()) == 2)
+    groups = set(svc.command_pids().values())
+    agent = svc.agent_pid()
+    assert agent is not None
+    os.kill(agent, 9)
+    svc.wait_idle(timeout=8)
+    lost = f"housekeeping@{encode_jobid(31, 'f58plain')} lost: the local agent died"
+    assert drains(svc) == {0: lost, 1: lost}
+    assert not _processes_in_groups(groups)
+    assert f"the local agent (pid {agent}) died" in svc.log()
+    # The new agent serves: work goes on.
+    svc.call("resource.undrain", {"ranks": "0-1"})
+    svc.call("housekeeping.start", {"jobid": 32, "ranks": "0-1"})
+    wait_until(lambda: len(svc.command_pids()) == 2)
+    svc.call("housekeeping.kill", {"jobid": 32, "signum": 9})
+    svc.wait_idle()
+
+
+def test_a_stopped_agent_makes_its_nodes_offline_and_kills_wait_for_it(
+    hk_service: ServiceFactory,
+) -> None:
+    svc = hk_service(hostlist="node[0-3]", command=["sleep", "600"], stop_commands_on_exit=False)
+    svc.call("housekeeping.start", {"jobid": 41, "ranks": "1-2"})
+    wait_until(lambda: len(svc.command_pids()) == 2)
+    agent = svc.agent_pid()
+    assert agent is not None
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        wait_until(lambda: svc.call("resource.status")["offline"] == "1-2", timeout=30)
+        with pytest.raises(ServiceError, match="the local agent is not answering") as err:
+            svc.call("housekeeping.kill", {"jobid": 41})
+        assert err.value.code == "EAGAIN"
+    finally:
+        os.kill(agent, signal.SIGCONT)
+    wait_until(lambda: svc.call("resource.status")["offline"] == "", timeout=30)
+    assert unit_of(svc.call("housekeeping.list"), 41)["pending"] == "1-2"
+    svc.call("housekeeping.kill", {"jobid": 41, "signum": 9})
+    svc.wait_idle()
+
+
+def test_an_output_directory_that_cannot_be_made_fails_the_launch(
+    hk_service: ServiceFactory,
+) -> None:
+    svc = hk_service(hostlist="node[0-1]", stop_commands_on_exit=False)
+    # A file where the unit's output directory goes: mkdir fails, as on a full disk.
+    (svc.state_dir / "run" / "13").write_text("in the way")
+    svc.call("housekeeping.start", {"jobid": 13, "ranks": "0-1"})
+    svc.wait_idle()
+    reason = f"housekeeping@{encode_jobid(13, 'f58plain')} launch: File exists: "
+    assert all(r.startswith(reason) for r in drains(svc).values())
+    assert sorted(drains(svc)) == [0, 1]
+
+
+def test_stopping_with_launches_queued_skips_them_and_loses_no_exit(
+    hk_service: ServiceFactory, script: Script, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    svc = hk_service(
+        hostlist="node[0-63]", command=[script(f'echo "$HK_RANK" >> "{runs}"; sleep 30')]
+    )
+    jobids = range(1, 41)
+    with svc.client() as client:
+        for jobid in jobids:
+            client.call("housekeeping.start", {"jobid": jobid, "ranks": "0-63"})
+    started = time.monotonic()
+    assert svc.stop() == 0
+    assert time.monotonic() - started < 10
+    log = svc.log()
+    assert "did not confirm" not in log and "Traceback" not in log
+    wait_until(lambda: svc.agent_pid() is None)  # it left only with every exit acked
+    launched = len(runs.read_text().split())
+    assert launched < 64 * len(jobids)  # the shutdown overtook queued launches
+    svc.start()
+    assert svc.call("housekeeping.list")["units"] == []
+    history = svc.call("housekeeping.history", {"limit": 100})["units"]
+    assert sorted(u["jobid"] for u in history) == list(jobids)
+    assert all(u["failed"] == "0-63" for u in history)
+    assert "lost" not in svc.log()
+
+
+def test_a_burst_of_sigchld_fills_no_log_with_wakeup_fd_warnings() -> None:
+    # The agent's own signal setup, then SIGCHLDs while the loop is busy (as when
+    # thousands of commands end at once): asyncio's wakeup socket fills up.
+    program = """
+import asyncio, os, signal
+from hkservice.agent import install_signal_wakeup
+
+async def main() -> None:
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGCHLD, lambda: None)
+    install_signal_wakeup()
+    for _ in range(5000):
+        os.kill(os.getpid(), signal.SIGCHLD)
+    await asyncio.sleep(0)
+
+asyncio.run(main())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Exception ignored" not in done.stderr
+    assert done.stderr == ""
