@@ -270,8 +270,8 @@ async def test_nodes_view_drain_and_undrain(busy: RunningService) -> None:
         await pilot.press("escape")
         # Rows back from a filter return to rank order, not to the bottom.
         await until(pilot, lambda: node_rows() == list(range(8)))
-        for _ in range(6):
-            await pilot.press("down")
+        # The node highlighted under the filter (its first row) stays highlighted.
+        assert app.highlighted_node() == 6
         await pilot.press("d")
         await until(pilot, lambda: isinstance(app.screen, PromptScreen))
         await pilot.press(*"bad fan [x]", "enter")
@@ -894,3 +894,28 @@ def test_kill_notices_name_few_hosts_and_count_many() -> None:
     text = hosts_text(cluster, scattered)
     assert text.startswith("286 nodes: sim[0,7,14,") and text.endswith("…")
     assert len(text) <= len("286 nodes: ") + 60
+
+
+async def test_nodes_cursor_goes_to_the_first_row_when_a_filter_hides_its_node(
+    sim: RunningService,
+) -> None:
+    app = HkConsole(sim.endpoint)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.connected)
+        await pilot.press("2")
+        await until(pilot, lambda: node_rows(app) == list(range(64)))
+        await typed_filter(pilot, "sim40")
+        assert node_rows(app) == [40] and app.highlighted_node() == 40
+        await typed_filter(pilot, "nothing-matches")
+        assert node_rows(app) == [] and app.highlighted_node() is None
+        await typed_filter(pilot, "sim4")
+        assert node_rows(app) == [4, *range(40, 50)]
+        assert app.highlighted_node() == 4  # not sim40, highlighted two filters ago
+        await pilot.press(*["down"] * 6)
+        assert app.highlighted_node() == 45
+        await typed_filter(pilot, "sim45")  # the highlighted node stays through it all
+        assert node_rows(app) == [45] and app.highlighted_node() == 45
+        await typed_filter(pilot, "sim3")
+        assert app.highlighted_node() == 3
+        await pilot.press("escape")
+        assert app.highlighted_node() == 3

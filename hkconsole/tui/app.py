@@ -608,10 +608,12 @@ class HkConsole(App[int]):
             self._node_measured.clear()
             table.clear()
             full = True
-        if self._nodes_filter != self.node_filter_key():
+        refiltered = self._nodes_filter != self.node_filter_key()
+        if refiltered:
             # The filter changed since the rows were chosen (perhaps on the units view).
             self._nodes_filter = self.node_filter_key()
             full = True
+        highlighted = self.highlighted_node()
         measured = self._node_measured
         for rank in dirty:
             cells_of.pop(rank, None)
@@ -657,16 +659,27 @@ class HkConsole(App[int]):
                 elif new_rows and not self.is_rank_ordered(table):
                     # Rows back from a filter go where their rank says, not at the bottom.
                     table.sort("rank", key=_sort_key)
-                self.restore_node_cursor()
+                if refiltered:
+                    # The node highlighted before stays so if the filter keeps it; if
+                    # not, the first row, never whatever now sits where it was.
+                    if highlighted is None or str(highlighted) not in rows:
+                        highlighted = None
+                        if table.row_count:
+                            key = table.coordinate_to_cell_key(Coordinate(0, 0)).row_key
+                            highlighted = int(key.value or 0)
+                    self.selected_node = highlighted
+                    self.restore_node_cursor(scroll=True)
+                else:
+                    self.restore_node_cursor()
         finally:
             self._applying = False
 
-    def restore_node_cursor(self) -> None:
+    def restore_node_cursor(self, scroll: bool = False) -> None:
         table = self.nodes_table
         if self.selected_node is not None and str(self.selected_node) in table.rows:
             row = table.get_row_index(str(self.selected_node))
             if table.cursor_row != row:
-                table.move_cursor(row=row, animate=False, scroll=False)
+                table.move_cursor(row=row, animate=False, scroll=scroll)
 
     def node_filter_key(self) -> tuple[str, str | None]:
         return (self.filter_text, self.node_state_filter)
