@@ -17,6 +17,7 @@ from textual.notifications import Notify
 from textual.pilot import Pilot
 from textual.widgets import DataTable, RichLog, Static
 from textual.widgets._footer import FooterKey
+from textual.widgets._toast import Toast
 from textual.widgets.data_table import ColumnKey
 
 from hkconsole.tui.app import NODE_STATES, HkConsole, hosts_text
@@ -160,7 +161,7 @@ async def test_refresh_rate_key_sets_how_often_the_console_resyncs(
         await resync()
 
     app.resync = counted  # type: ignore[method-assign]
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
         await until(pilot, lambda: app.connected)
         assert app.refresh_interval == 2.0 and "refresh 2s" in header_lines(app)[2]
         resyncs.clear()
@@ -174,6 +175,11 @@ async def test_refresh_rate_key_sets_how_often_the_console_resyncs(
         assert resyncs == []  # none within 3 s at 5 s
         await pilot.press("r", "r")  # 10 s, then around to 1 s
         assert app.refresh_interval == 1.0 and "refresh 1s" in header_lines(app)[2]
+        # The toast of the first press (4 s ago) and of the second are gone: one toast,
+        # in the header's word.
+        await pilot.pause()
+        toasts = [str(toast.render()) for toast in app.screen.query(Toast)]
+        assert [t for t in toasts if "every" in t] == ["refresh every 1s"]
         await pilot.pause(0.8)
         resyncs.clear()
         await pilot.pause(3.0)
@@ -625,7 +631,7 @@ async def test_footer_fits_80_columns_and_header_lines_are_clipped() -> None:
         console = Console(width=60, record=True, file=io.StringIO())
         console.print(app.screen.query_one("BindingsTable").render())
         help_text = console.export_text()
-        for description in ("Kill on nodes", "Kill all", "Signal", "Invert", "Rate"):
+        for description in ("Kill on nodes", "Kill all", "Signal", "Invert", "Refresh rate"):
             assert description in help_text
 
 

@@ -28,6 +28,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.coordinate import Coordinate
+from textual.notifications import Notification, Notify
 from textual.reactive import reactive
 from textual.widgets import ContentSwitcher, DataTable, Input, Static
 from textual.widgets.data_table import CellDoesNotExist, RowKey
@@ -209,7 +210,7 @@ class HkConsole(App[int]):
         Binding("greater_than_sign", "sort(1)", "Sort →", show=False, id="sort.next"),
         Binding("I", "invert", "Invert", show=False, id="sort.invert"),
         Binding("p", "pause", "Pause", id="pause"),
-        Binding("r", "refresh_rate", "Rate", show=False, id="refresh"),
+        Binding("r", "refresh_rate", "Refresh rate", show=False, id="refresh"),
         Binding("question_mark", "help", "Help", id="help"),
         Binding("q", "quit", "Quit", id="quit"),
     ]
@@ -248,6 +249,7 @@ class HkConsole(App[int]):
         self.selected_node: int | None = None
         self.status_line = "connecting…"
         self._resync_now = asyncio.Event()
+        self._rate_notice: Notification | None = None
         self._applying = False
         self._keymap = keymap or {}
         self._detail_task: asyncio.Task[None] | None = None
@@ -1288,7 +1290,14 @@ class HkConsole(App[int]):
         self.refresh_interval = REFRESH_CHOICES[(index + 1) % len(REFRESH_CHOICES)]
         # Resync now: the next one then comes at the new interval, not the old one.
         self._resync_now.set()
-        self.notify(f"resync every {self.refresh_interval:g}s", markup=False)
+        # One toast, the latest rate: pressing `r` four times must not stack four.
+        # (Textual's notify() gives no handle to take a toast back: built here.)
+        if self._rate_notice is not None:
+            self._unnotify(self._rate_notice)
+        self._rate_notice = Notification(
+            f"refresh every {self.refresh_interval:g}s", timeout=self.NOTIFICATION_TIMEOUT
+        )
+        self.post_message(Notify(self._rate_notice))
         self.render_header()
 
     def action_help(self) -> None:
