@@ -25,6 +25,7 @@ from hkconsole.tui.fixed import disconnect, fixed_app, load_sample
 from hkconsole.tui.sample import T0
 from hkconsole.tui.screens import ConfirmScreen, PromptScreen
 from hkservice.cluster import Cluster
+from hkservice.fsd import parse_duration
 from hkservice.idset import parse_idset
 from hkservice.jobid import encode_jobid
 from tests.conftest import RunningService, ServiceFactory
@@ -925,3 +926,48 @@ async def test_nodes_cursor_goes_to_the_first_row_when_a_filter_hides_its_node(
         assert app.highlighted_node() == 3
         await pilot.press("escape")
         assert app.highlighted_node() == 3
+
+
+def detail_lines(app: HkConsole) -> list[str]:
+    return str(app.detail_pane.render()).splitlines()
+
+
+async def test_detail_running_times_tick_with_runtime_and_output_keeps_rank_order(
+    hk_service: ServiceFactory, script: Callable[[str], str]
+) -> None:
+    cmd = script(
+        'echo "start $HK_HOSTNAME"; [ "$HK_RANK" = 1 ] && echo "bad disk" >&2;'
+        ' echo "end $HK_HOSTNAME"; sleep 600'
+    )
+    svc = hk_service(hostlist="node[0-3]", command=[cmd])
+    svc.call("housekeeping.start", {"jobid": 9, "ranks": "0-1"})
+    skew = [0.0]
+    app = HkConsole(svc.endpoint, clock=lambda: time.time() + skew[0])
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: any("bad disk" in line for line in detail_lines(app)))
+        await until(pilot, lambda: sum("end node" in line for line in detail_lines(app)) == 2)
+        output = detail_lines(app)[
+            detail_lines(app).index("output (last lines per rank, o for all):") + 1 :
+        ]
+        # The rank that complained first, its lines together, stderr marked.
+        assert [line.strip() for line in output] == [
+            "[1] start node1",
+            "[1] end node1",
+            "[1] err: bad disk",
+            "[0] start node0",
+            "[0] end node0",
+        ]
+
+        def times() -> tuple[float, list[float]]:
+            runtime = parse_duration(str(app.units_table.get_cell("9", "runtime")).strip())
+            ranks = [
+                parse_duration(line.split()[3]) for line in detail_lines(app) if "running" in line
+            ]
+            return runtime, ranks
+
+        # Ten minutes on, by the console's clock: both tick at once, from one moment.
+        skew[0] = 600.0
+        app.tick()
+        runtime, ranks = times()
+        assert runtime >= 600 and len(ranks) == 2
+        assert all(600 <= t <= runtime for t in ranks)

@@ -76,6 +76,7 @@ REFRESH_CHOICES = (1.0, 2.0, 5.0, 10.0)
 BACKOFF_MAX = 10.0
 HEARTBEAT_TIMEOUT = 6.0
 DETAIL_RANKS_SHOWN = 64
+DETAIL_OUTPUT_LINES = 12
 TARGET_UNITS_LISTED = 8
 # Room for a nodelist in a notification (three lines of a toast).
 HOSTS_WIDTH = 60
@@ -253,6 +254,9 @@ class HkConsole(App[int]):
         self._applying = False
         self._keymap = keymap or {}
         self._detail_task: asyncio.Task[None] | None = None
+        # What the detail pane shows, redrawn as RUNTIME ticks, and the tick's moment.
+        self._detail: tuple[dict[str, Any], list[list[Any]]] | None = None
+        self._now: float | None = None
         self._node_cells: dict[int, list[Cell]] = {}
         self._node_hay: dict[int, str] = {}
         self._node_measured: set[int] = set()
@@ -735,6 +739,9 @@ class HkConsole(App[int]):
                 table.update_cell(
                     row.key, "runtime", self.runtime_cell(max(0.0, now - unit.t_start))
                 )
+        self._now = now
+        if self._detail is not None:
+            self.show_detail(*self._detail)
 
     def runtime_cell(self, runtime: float) -> Cell:
         # Units cleaning for longer than the threshold stand out.
@@ -852,9 +859,13 @@ class HkConsole(App[int]):
         if unit is None:
             if self.selected is not None and self.selected in self.model.units:
                 return
+            self._detail = None
             pane.update(Text("no unit selected", style="dim"))
             return
-        now = self.clock()
+        self._detail = (unit, lines)
+        # The moment RUNTIME last ticked to: a running rank's time never runs ahead of
+        # its unit's, and the two tick together (`tick`).
+        now = self._now if self._now is not None else self.clock()
         out = Text()
         out.append(jobid_text(unit["jobid"]), style="bold")
         out.append(f"  user {unit['userid']}  ranks {unit['ranks']}\n", style="dim")
@@ -894,11 +905,25 @@ class HkConsole(App[int]):
                 out.append(f"{nodes}\n", style=STATE_STYLES.get(group, ""))
         if lines:
             out.append("output (last lines per rank, o for all):\n", style="dim")
-            # stderr first: in a short pane the complaints are what must show.
-            errors = [line for line in lines if line[1] == "err"]
-            ordered = errors[-12:] + [line for line in lines if line[1] != "err"]
-            for rank, stream, text in ordered[:12]:
+            # In a short pane the complaints are what must show: ranks that wrote to
+            # stderr first, then the rest in the order of the rank list above (failed,
+            # running, …). Each rank's lines stay together and in their order.
+            by_rank: dict[int, list[list[Any]]] = {}
+            for line in lines:
+                by_rank.setdefault(line[0], []).append(line)
+            listed = {r["rank"]: i for i, r in enumerate(x for g in groups.values() for x in g)}
+            ranks_out = sorted(
+                by_rank,
+                key=lambda r: (
+                    not any(x[1] == "err" for x in by_rank[r]),
+                    listed.get(r, len(listed)),
+                ),
+            )
+            ordered = [x for r in ranks_out for x in by_rank[r]]
+            for rank, stream, text in ordered[:DETAIL_OUTPUT_LINES]:
                 out.append(f"  [{rank}] ", style="dim")
+                if stream == "err":
+                    out.append("err: ", style="bold red")
                 out.append(text + "\n", style="red" if stream == "err" else "")
         pane.update(out)
 
