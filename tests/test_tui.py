@@ -971,3 +971,35 @@ async def test_detail_running_times_tick_with_runtime_and_output_keeps_rank_orde
         runtime, ranks = times()
         assert runtime >= 600 and len(ranks) == 2
         assert all(600 <= t <= runtime for t in ranks)
+
+
+async def test_counts_are_pluralised_and_since_has_seconds(
+    hk_service: ServiceFactory, script: Callable[[str], str]
+) -> None:
+    cmd = script('[ "$HK_RANK" = 1 ] && exit 1; sleep 600')
+    svc = hk_service(hostlist="node[0-3]", command=[cmd], release_after="0")
+    svc.call("housekeeping.start", {"jobid": 7, "ranks": "0-1"})
+    app = HkConsole(svc.endpoint)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: "1 failed" in header_lines(app)[1])
+        await until(pilot, lambda: app.model.counts()["housekeeping"] == 1)
+        app.render_header()
+        assert header_lines(app)[1] == ("1 unit  1 node in housekeeping  1 drained  1 failed rank")
+        await pilot.press("t", *"node2", "enter")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        body = str(app.screen.query_one("#dialog-body", Static).render())
+        assert body.startswith("  on node2 (rank 2):")
+        await pilot.press("n", "2")
+        await until(pilot, lambda: str(app.nodes_table.get_cell("1", "state")) == "drained")
+        since = str(app.nodes_table.get_cell("1", "since"))
+        t = drained_at(svc)[1]
+        assert since == time.strftime("%b %d %H:%M:%S", time.localtime(t))
+        assert re.fullmatch(r"[A-Z][a-z]{2} \d\d \d\d:\d\d:\d\d", since)
+
+
+def drained_at(svc: RunningService) -> dict[int, float]:
+    return {
+        rank: d["t"]
+        for d in svc.call("resource.status")["drained"]
+        for rank in parse_idset(d["ranks"])
+    }

@@ -707,7 +707,9 @@ class HkConsole(App[int]):
             Cell(state, state, style=STATE_STYLES.get(state, "")),
             Cell(" ".join(jobid_text(j) for j in sorted(holders))) if holders else NO_TEXT,
             Cell(drain.reason) if drain else NO_TEXT,
-            Cell(time.strftime("%b%d %H:%M", time.localtime(drain.t)), drain.t)
+            # One format down the column, seconds included: drains minutes apart (a
+            # burst of failures) must read apart, and last month's must say so.
+            Cell(time.strftime("%b %d %H:%M:%S", time.localtime(drain.t)), drain.t)
             if drain
             else NO_TIME,
         ]
@@ -770,13 +772,15 @@ class HkConsole(App[int]):
         parts += [
             "\n",
             (f"{counts['units']}", "bold"),
-            " units  ",
+            " unit  " if counts["units"] == 1 else " units  ",
             (f"{counts['housekeeping']}", "bold yellow"),
-            " nodes in housekeeping  ",
+            " node in housekeeping  "
+            if counts["housekeeping"] == 1
+            else " nodes in housekeeping  ",
             (f"{counts['drained']}", "bold red" if counts["drained"] else "bold"),
             " drained  ",
             (f"{counts['failed']}", "bold red" if counts["failed"] else "bold"),
-            " failed ranks",
+            " failed rank" if counts["failed"] == 1 else " failed ranks",
         ]
         # What shapes the current view comes before the (static) service settings.
         shaping: list[Text | str | tuple[str, str]] = []
@@ -868,7 +872,8 @@ class HkConsole(App[int]):
         now = self._now if self._now is not None else self.clock()
         out = Text()
         out.append(jobid_text(unit["jobid"]), style="bold")
-        out.append(f"  user {unit['userid']}  ranks {unit['ranks']}\n", style="dim")
+        noun = "rank" if len(unit["rank_detail"]) == 1 else "ranks"
+        out.append(f"  user {unit['userid']}  {noun} {unit['ranks']}\n", style="dim")
         # What needs the operator first: failures, then what still runs, then the nodes
         # that finished cleanly (held, then already released), each with its duration.
         # Past DETAIL_RANKS_SHOWN rows, the rest of each group is one summary line.
@@ -1090,7 +1095,8 @@ class HkConsole(App[int]):
         # Which units it hits, from what the console knows now (the service decides at
         # send time: a unit that started since is hit too).
         hits = self.running_on(ranks)
-        lines = [f"  on {cluster.nodelist(ranks)} (ranks {format_idset(ranks)}):"]
+        noun = "rank" if len(ranks) == 1 else "ranks"
+        lines = [f"  on {cluster.nodelist(ranks)} ({noun} {format_idset(ranks)}):"]
         for jobid, where in list(hits.items())[:TARGET_UNITS_LISTED]:
             lines.append(f"    {jobid_text(jobid)}  running on {cluster.nodelist(where)}")
         if len(hits) > TARGET_UNITS_LISTED:
@@ -1113,7 +1119,8 @@ class HkConsole(App[int]):
         count = len(self.model.units)
         answer = await self.push_screen_wait(
             PromptScreen(
-                f"Kill ALL housekeeping ({count} units) with SIG{signal_name}? Type 'all'",
+                f"Kill ALL housekeeping ({plural(count, 'unit')}) with SIG{signal_name}?"
+                " Type 'all'",
                 "all",
                 lambda text: None if text == "all" else "type exactly: all",
                 danger=True,
