@@ -20,8 +20,10 @@ Messages are msgpack maps on a ZeroMQ ROUTER (agent) / DEALER (service) pair:
   agent -> service  {"op": "exits", "exits": [[seq, jobid, rank, status], ...]}
 where status is "exit N", "signal N", "core N", "launch <error text>" or "lost <why>".
 
-Sessions: each connection of the service picks a new session number and says hello with
-it; only that hello moves the agent's replies to the new connection. A ROUTER
+Sessions: each connection of the service says hello with a new session number, the
+system-wide CLOCK_MONOTONIC in ns (so a later connection has a larger one, whichever
+process made it); only that hello moves the agent's replies to the new connection, and
+a hello older than the current session is ignored. A ROUTER
 interleaves what it still holds from an old connection with the new one's messages, so
 launches, pings and shutdowns of any other session are ignored: the new service was told
 in its hello what is running, and relaunches what the agent never saw. Signals and acks
@@ -352,8 +354,16 @@ class Agent:
     async def _handle(self, identity: bytes, message: dict[str, Any]) -> None:
         op = message.get("op")
         if op == "hello":
+            session = message.get("session")
+            if not isinstance(session, int) or (
+                self.session is not None and session < self.session
+            ):
+                # Queued from a connection that has since been replaced: answering it
+                # would move the replies away from the live one.
+                log.info("ignored hello of an earlier connection")
+                return
             self.peer = identity
-            self.session = message.get("session")
+            self.session = session
             self._bye_sent = False
             self._resend_upto = self.seq
             await self._send(

@@ -13,7 +13,6 @@ import contextlib
 import io
 import logging
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -268,7 +267,9 @@ class LocalRunner:
             sock.setsockopt(zmq.RCVHWM, 0)
             sock.connect(self.endpoint)
             self._sock = sock
-            self._session = secrets.randbits(62)
+            # CLOCK_MONOTONIC is one clock for every process on the machine: the agent can
+            # tell a later hello from an earlier one still queued from a dead connection.
+            self._session = time.monotonic_ns()
             self._hello = loop.create_future()
             self._reader = loop.create_task(self._read())
             expected = set(self._expected())

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -891,16 +892,26 @@ def test_a_restart_with_launches_still_queued_runs_every_rank_exactly_once(
         hostlist="node[0-15]", command=[cmd], release_after="0", stop_commands_on_exit=False
     )
     jobids = range(5000, 5020)
-    with svc.client() as client:
-        for jobid in jobids:
-            client.call("housekeeping.start", {"jobid": jobid, "ranks": "0-15"})
-    # Stopped while the agent is still starting them: the new service's hello is read
-    # among the old connection's launches.
-    if how == "kill9":
-        svc.kill9()
-    else:
-        assert svc.stop() == 0
-    svc.start()
+    wait_until(lambda: svc.agent_pid() is not None)
+    agent = svc.agent_pid()
+    assert agent is not None
+    # The agent is held still while the launches queue up for it and the service goes
+    # (as on a loaded machine): once it goes on, it reads the new service's hello among
+    # the old connection's launches.
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        with svc.client() as client:
+            for jobid in jobids:
+                client.call("housekeeping.start", {"jobid": jobid, "ranks": "0-15"})
+        time.sleep(0.3)
+        if how == "kill9":
+            svc.kill9()
+        else:
+            assert svc.stop() == 0
+        threading.Timer(1.0, os.kill, (agent, signal.SIGCONT)).start()
+        svc.start()
+    finally:
+        os.kill(agent, signal.SIGCONT)
     svc.wait_idle(timeout=60)
     assert drains(svc) == {}
     history = svc.call("housekeeping.history")["units"]
