@@ -424,11 +424,16 @@ async def test_output_help_pause_filter_and_sort(
 
         await pilot.press("p")
         assert "PAUSED" in str(app.query_one("#header", Static).render())
+        frozen_at = time.strftime("%H:%M:%S", time.localtime(app.paused_at))
+        assert f" PAUSED: rows as of {frozen_at} " in header_lines(app)[0]
+        assert header_lines(app)[1].startswith("3 units")
+        assert header_lines(app)[1].endswith("  (counts live)")
         svc.call("housekeeping.kill", {"jobid": 302, "signum": 9})
-        await pilot.pause(1.0)
-        assert 302 in rows(app)  # paused: the table holds still
+        await until(pilot, lambda: header_lines(app)[1].startswith("2 units"))
+        assert 302 in rows(app)  # paused: the table holds still, the counts do not
         await pilot.press("p")
         await until(pilot, lambda: 302 not in rows(app))
+        assert "PAUSED" not in header_lines(app)[0] and "live" not in header_lines(app)[1]
 
 
 # -- at scale, on fixed data (no service: the cost is the console's own) ------------

@@ -240,6 +240,7 @@ class HkConsole(App[int]):
         self.model = ConsoleModel()
         self.signal_name = "TERM"
         self.paused = False
+        self.paused_at = 0.0
         self.refresh_interval = 2.0
         # Each view keeps its own sort: column key (None: natural order) and direction.
         self.sorting: dict[str, Sort] = {"units": Sort(), "nodes": Sort()}
@@ -761,7 +762,8 @@ class HkConsole(App[int]):
             state = Text(f" {self.status_line} ", style="bold white on red")
         parts: list[Text | str | tuple[str, str]] = [("hk ", "bold"), state]
         if self.paused:
-            parts += [" ", Text(" PAUSED ", style="bold black on yellow")]
+            frozen = time.strftime("%H:%M:%S", time.localtime(self.paused_at))
+            parts += [" ", Text(f" PAUSED: rows as of {frozen} ", style="bold black on yellow")]
         if self.read_only:
             parts += [" ", Text(" READ-ONLY ", style="bold black on cyan")]
         if self.label:
@@ -782,6 +784,9 @@ class HkConsole(App[int]):
             (f"{counts['failed']}", "bold red" if counts["failed"] else "bold"),
             " failed rank" if counts["failed"] == 1 else " failed ranks",
         ]
+        if self.paused:
+            # The counts keep following the service while the rows hold still.
+            parts += [("  (counts live)", "yellow")]
         # What shapes the current view comes before the (static) service settings.
         shaping: list[Text | str | tuple[str, str]] = []
         sort = self.sorting[self.view]
@@ -1309,6 +1314,7 @@ class HkConsole(App[int]):
 
     def action_pause(self) -> None:
         self.paused = not self.paused
+        self.paused_at = self.clock()
         if not self.paused:
             self.apply_changes(set(), full=True)
         self.render_header()
