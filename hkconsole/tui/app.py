@@ -672,8 +672,8 @@ class HkConsole(App[int]):
                     if highlighted is None or str(highlighted) not in rows:
                         highlighted = None
                         if table.row_count:
-                            key = table.coordinate_to_cell_key(Coordinate(0, 0)).row_key
-                            highlighted = int(key.value or 0)
+                            first = table.coordinate_to_cell_key(Coordinate(0, 0)).row_key
+                            highlighted = int(first.value or 0)
                     self.selected_node = highlighted
                     self.restore_node_cursor(scroll=True)
                 else:
