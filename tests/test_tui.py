@@ -1008,3 +1008,21 @@ def drained_at(svc: RunningService) -> dict[int, float]:
         for d in svc.call("resource.status")["drained"]
         for rank in parse_idset(d["ranks"])
     }
+
+
+async def test_units_cursor_goes_to_the_first_row_when_a_filter_hides_its_unit(
+    busy: RunningService,
+) -> None:
+    app = HkConsole(busy.endpoint)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: rows(app) == [101, 102, 103])
+        await pilot.press("down", "down")
+        assert app.selected == 103
+        await pilot.press("slash")
+        app.filter_box.value = "node[0-3]"  # pasted: one change hides 103
+        await pilot.press("enter")
+        assert rows(app) == [101, 102]
+        assert app.selected == 101 and app.units_table.cursor_row == 0
+        await pilot.press("down")
+        await typed_filter(pilot, "node[2-5]")  # 102 stays highlighted
+        assert rows(app) == [102, 103] and app.selected == 102

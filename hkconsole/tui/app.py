@@ -506,7 +506,9 @@ class HkConsole(App[int]):
             Cell(self.unit_nodelist(unit), min(unit.allocated, default=-1)),
         ]
 
-    def refresh_units(self, changed: set[int], full: bool = False) -> None:
+    def refresh_units(
+        self, changed: set[int], full: bool = False, refiltered: bool = False
+    ) -> None:
         table = self.units_table
         now = self.clock()
         units = self.model.units
@@ -564,7 +566,7 @@ class HkConsole(App[int]):
                     # Rows coming back when a filter is cleared belong in start order,
                     # not at the bottom (the JOBID cell sorts by start time).
                     table.sort("jobid", key=_sort_key)
-                self.restore_cursor(table, self.selected)
+                self.restore_cursor(table, self.selected, refiltered)
         finally:
             self._applying = False
         for jobid in stash.keys() - units.keys():
@@ -578,14 +580,19 @@ class HkConsole(App[int]):
         ]
         return all(a <= b for a, b in itertools.pairwise(starts))
 
-    def restore_cursor(self, table: DataTable[Any], jobid: int | None) -> None:
+    def restore_cursor(
+        self, table: DataTable[Any], jobid: int | None, refiltered: bool = False
+    ) -> None:
         if jobid is not None and str(jobid) in table.rows:
             row = table.get_row_index(str(jobid))
             if table.cursor_row != row:
                 table.move_cursor(row=row, animate=False, scroll=False)
         else:
-            # The highlighted unit is gone (ended, or hidden by a filter): the detail pane
-            # follows whatever the cursor is on now.
+            # The highlighted unit is gone: after a filter change the cursor goes to the
+            # first row (as on the nodes view), after an update (it ended) it stays where
+            # it is, on the next one. The detail pane follows.
+            if refiltered and table.row_count:
+                table.move_cursor(row=0, animate=False, scroll=True)
             selected = None
             if table.row_count:
                 key = table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key
@@ -1240,7 +1247,7 @@ class HkConsole(App[int]):
         if event.value.strip() == self.filter_text:
             return  # esc already applied the cleared filter
         self.filter_text = event.value.strip()
-        self.refresh_units(set(), full=False)
+        self.refresh_units(set(), refiltered=True)
         if self.view == "nodes":
             self.refresh_nodes()
         self.render_header()
@@ -1262,7 +1269,7 @@ class HkConsole(App[int]):
         box.value = ""
         box.display = False
         self.filter_text = ""
-        self.refresh_units(set())
+        self.refresh_units(set(), refiltered=True)
         if self.view == "nodes":
             self.refresh_nodes()
         self.current_table().focus()
