@@ -221,6 +221,8 @@ class Agent:
         # launches queued ahead of it are not started.
         self._stopping_session: int | None = None
         self._bye_sent = False
+        self._newest_hello = 0
+        self._dealt_with = 0
         self._ctx = zmq.asyncio.Context()
         self._sock: zmq.asyncio.Socket | None = None
         self._done = asyncio.Event()
@@ -319,20 +321,36 @@ class Agent:
         queued ahead of it."""
         assert self._sock is not None
         loop = asyncio.get_running_loop()
+        # Everything already queued is read at once, not one message per turn of the
+        # loop: hundreds of launches may be ahead of the shutdown.
+        now = zmq.Socket.shadow(self._sock.underlying)
         while True:
-            identity, body = (await self._sock.recv_multipart())[-2:]
+            frames = [await self._sock.recv_multipart()]
+            with contextlib.suppress(zmq.Again):
+                while True:
+                    frames.append(now.recv_multipart(zmq.NOBLOCK))
             self._last_activity = loop.time()
-            try:
-                message = unpack(body)
-                if not isinstance(message, dict):
-                    raise ValueError("not a map")
-            except Exception as exc:
-                log.error("bad message from the service: %s", exc)
-                continue
-            if message.get("op") == "shutdown" and message.get("kill"):
-                self._stopping_session = message.get("session")
-            self._inbox.append((identity, message))
+            for frame in frames:
+                self._take(*frame[-2:])
             self._inbox_ready.set()
+
+    def _take(self, identity: bytes, body: bytes) -> None:
+        try:
+            message = unpack(body)
+            if not isinstance(message, dict):
+                raise ValueError("not a map")
+        except Exception as exc:
+            log.error("bad message from the service: %s", exc)
+            return
+        if message.get("op") == "shutdown" and message.get("kill"):
+            self._stopping_session = message.get("session")
+        session = message.get("session")
+        if message.get("op") == "hello" and isinstance(session, int):
+            # Launches queued ahead of a new connection's hello are from a connection
+            # that is gone: not started (the new service learns so from its hello and
+            # relaunches them), rather than started for nobody.
+            self._newest_hello = max(self._newest_hello, session)
+        self._inbox.append((identity, message))
 
     async def _work(self) -> None:
         while True:
@@ -343,10 +361,18 @@ class Agent:
                     await self._handle(identity, message)
                 except Exception as exc:  # a bad message must never cost the commands
                     log.error("bad message from the service: %s", exc)
+                # A turn of the loop between messages: exits are reaped and what came
+                # in since (a shutdown, a new hello) is read, however long the queue.
+                await asyncio.sleep(0)
             self._inbox_ready.clear()
 
     def _current(self, message: dict[str, Any]) -> bool:
-        if self.session is not None and message.get("session") == self.session:
+        session = message.get("session")
+        if (
+            self.session is not None
+            and session == self.session
+            and (message.get("op") != "launch" or session >= self._newest_hello)
+        ):
             return True
         log.info("ignored %s of an earlier connection", message.get("op"))
         return False
@@ -430,9 +456,9 @@ class Agent:
         jobid = int(message["jobid"])
         ranks = [int(r) for r in message["ranks"]]
         session = message.get("session")
-        started = 0
+        self._dealt_with = 0
         try:
-            started = await self._spawn_all(jobid, ranks, message, session)
+            await self._spawn_all(jobid, ranks, message, session)
         except Exception as exc:
             # Whatever stopped it (the output directory cannot be made on a full disk, a
             # malformed message), every rank not started ends now with the reason, or
@@ -440,6 +466,7 @@ class Agent:
             error = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             if isinstance(exc, OSError) and exc.filename:
                 error = f"{error}: {exc.filename}"
+            started = self._dealt_with
             log.error("job %d: cannot start %d ranks: %s", jobid, len(ranks) - started, error)
             for rank in ranks[started:]:
                 self._record(jobid, rank, f"launch {error}")
@@ -447,8 +474,9 @@ class Agent:
 
     async def _spawn_all(
         self, jobid: int, ranks: list[int], message: dict[str, Any], session: object
-    ) -> int:
-        """Spawn each rank's command; returns how many ranks were dealt with."""
+    ) -> None:
+        """Spawn each rank's command, counting in _dealt_with the ranks spawned or
+        recorded as failed (the rest, after an exception, fail with its reason)."""
         argv: list[str] = message["argv"]
         base_env: dict[str, str] = message["env"]
         hostnames: list[str] = message["hostnames"]
@@ -466,16 +494,24 @@ class Agent:
         for first in range(0, len(ranks), LAUNCH_CHUNK):
             if first:
                 await asyncio.sleep(0)  # let exits be reaped while a large unit starts
+            if isinstance(session, int) and session < self._newest_hello:
+                log.info(
+                    "job %d: %d ranks not started: a new connection said hello",
+                    jobid,
+                    len(ranks) - first,
+                )
+                return
             if session is not None and self._stopping_session == session:
                 for rank in ranks[first:]:
                     self._record(jobid, rank, NOT_STARTED)
-                return len(ranks)
+                return
             chunk = ranks[first : first + LAUNCH_CHUNK]
             # Journaled before the spawn: an agent dying in between leaves a trace.
             self.journal.write([f"S {jobid} {' '.join(map(str, chunk))}"])
             spawned: list[str] = []
             for i, rank in enumerate(chunk, first):
                 if (jobid, rank) in self.by_rank:
+                    self._dealt_with = i + 1
                     continue  # already running: never twice at once
                 env = {**base_env, **shared, "HK_RANK": str(rank), "HK_HOSTNAME": hostnames[i]}
                 try:
@@ -508,14 +544,15 @@ class Agent:
                     )
                 except OSError as exc:
                     self._record(jobid, rank, f"launch {exc.strerror}")
+                    self._dealt_with = i + 1
                     continue
                 started_at = _start_time(pid) or 0
                 self.by_pid[pid] = (jobid, rank)
                 self.by_rank[(jobid, rank)] = pid
                 self.start_times[pid] = started_at
                 spawned.append(f"L {jobid} {rank} {pid} {started_at}")
+                self._dealt_with = i + 1
             self.journal.write(spawned)
-        return len(ranks)
 
     def _signal(self, jobid: int, ranks: list[int], signum: int) -> None:
         for rank in ranks:
