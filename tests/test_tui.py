@@ -1036,3 +1036,23 @@ async def test_units_cursor_goes_to_the_first_row_when_a_filter_hides_its_unit(
         await pilot.press("down")
         await typed_filter(pilot, "node[2-5]")  # 102 stays highlighted
         assert rows(app) == [102, 103] and app.selected == 102
+
+
+async def test_a_filter_typed_on_the_nodes_view_reaches_the_units_when_shown(
+    busy: RunningService,
+) -> None:
+    app = HkConsole(busy.endpoint)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: rows(app) == [101, 102, 103])
+        await pilot.press("2")
+        await pasted_filter(pilot, "node[2-5]")
+        assert node_rows(app) == [2, 3, 4, 5]
+        # The hidden units table is not filtered at each key stroke...
+        assert rows(app) == [101, 102, 103]
+        busy.call("housekeeping.kill", {"jobid": 102, "signum": 9})
+        await until(pilot, lambda: 102 not in app.model.units)
+        # ...but shows the filter, and what happened meanwhile, once it is on screen.
+        await pilot.press("1")
+        assert rows(app) == [103] and app.selected == 103
+        await pilot.press("escape")
+        assert rows(app) == [101, 103]
