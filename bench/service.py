@@ -3,6 +3,9 @@
 1. start -> all released wall time of one 16,384-rank unit running `true`, beside the bare
    time to spawn and reap 16,384 `true` processes the same way (posix_spawn in a new
    session with the same file actions, reaped on SIGCHLD), in the same run. Target <= 1.3x.
+   This machine's spawn rate swings between runs (the bare spawn alone takes 8 s or 21 s
+   from one run to the next), so the two are run alternately `--repeat` times and the
+   ratio is taken of their best times: the cost hk adds, not the machine's mood.
 2. housekeeping.list round-trip p50 with 1,000 units in progress. Target <= 5 ms.
 3. Service RSS with 16,384 ranks in housekeeping. Target <= 300 MB. The local agent's
    RSS (the parent of the 16,384 commands) is reported beside it.
@@ -138,31 +141,43 @@ def events_socket(endpoint: str) -> zmq.Socket[bytes]:
     return sock
 
 
+def one_unit_of_true(base: Path, hostlist: str, n: int) -> float:
+    """Seconds from starting one n-rank unit of `true` to its final release."""
+    base.mkdir(mode=0o700)  # the socket directory must be private
+    svc = Service(base, hostlist, ["true"])
+    sub = events_socket(svc.endpoint)
+    start = time.perf_counter()
+    svc.client.call("housekeeping.start", {"jobid": 1, "ranks": f"0-{n - 1}"})
+    while True:
+        _, body = sub.recv_multipart()
+        if unpack(body)["final"]:
+            break
+    whole = time.perf_counter() - start
+    svc.stop()
+    sub.close()
+    shutil.rmtree(base, ignore_errors=True)
+    return whole
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--nodes", type=int, default=16384)
     parser.add_argument("--units", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=3, help="bare/hk pairs (default 3)")
     args = parser.parse_args()
     n = args.nodes
     hostlist = f"node[0-{n - 1}]"
     base = Path(tempfile.mkdtemp(prefix="hkb-", dir="/tmp"))
     try:
-        bare_dir = base / "bare"
-        bare_dir.mkdir()
-        bare = bare_spawn(n, bare_dir)
-
-        (base / "a").mkdir(mode=0o700)  # the socket directory must be private
-        svc = Service(base / "a", hostlist, ["true"])
-        sub = events_socket(svc.endpoint)
-        start = time.perf_counter()
-        svc.client.call("housekeeping.start", {"jobid": 1, "ranks": f"0-{n - 1}"})
-        while True:
-            _, body = sub.recv_multipart()
-            if unpack(body)["final"]:
-                break
-        whole = time.perf_counter() - start
-        svc.stop()
-        sub.close()
+        bares: list[float] = []
+        wholes: list[float] = []
+        for attempt in range(args.repeat):
+            bare_dir = base / f"bare{attempt}"
+            bare_dir.mkdir()
+            bares.append(bare_spawn(n, bare_dir))
+            shutil.rmtree(bare_dir)
+            wholes.append(one_unit_of_true(base / f"a{attempt}", hostlist, n))
+        bare, whole = min(bares), min(wholes)
 
         (base / "b").mkdir(mode=0o700)  # the socket directory must be private
         svc = Service(base / "b", hostlist, ["sleep", "600"])
@@ -203,6 +218,11 @@ def main() -> int:
         print(
             f"  {n} ranks of `true`, start -> all released: {whole:.2f} s; "
             f"bare spawn+reap: {bare:.2f} s; ratio {whole / bare:.2f} (target <= 1.3)"
+        )
+        print(
+            f"    best of {args.repeat} alternate runs; all: hk "
+            f"{', '.join(f'{t:.2f}' for t in wholes)} s, bare "
+            f"{', '.join(f'{t:.2f}' for t in bares)} s"
         )
         print(
             f"  housekeeping.list with {args.units} units in progress: "

@@ -795,7 +795,9 @@ async def test_filter_finds_a_jobid_spelled_with_f_or_with_the_script_f(
         assert plain.startswith("f") and script.startswith("ƒ")
         for text in (plain, script, plain.upper()):
             await pasted_filter(pilot, text)
-            assert (text, rows(app)) == (text, [404])
+            # Until: the kill of 403 still sends events that redraw the table.
+            await until(pilot, lambda: rows(app) == [404])
+            assert app.filter_text == text
         await pilot.press("escape", "2")
         await until(pilot, lambda: "@f" in str(app.nodes_table.get_cell("1", "reason")))
         for text in (encode_jobid(403), encode_jobid(403, "f58plain")):
