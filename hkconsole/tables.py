@@ -261,8 +261,9 @@ def node_groups(status: Mapping[str, Any]) -> list[NodeGroup]:
     idle = set(range(size)) - housekeeping - drained_all - offline
     if idle:
         groups.append(NodeGroup("idle", idle))
-    if housekeeping - drained_all:
-        groups.append(NodeGroup("housekeeping", housekeeping - drained_all))
+    # Each node in one row: an unreachable node shows as offline, even with a unit on it.
+    if housekeeping - drained_all - offline:
+        groups.append(NodeGroup("housekeeping", housekeeping - drained_all - offline))
     groups.extend(draining)
     groups.extend(drained)
     if offline - drained_all:

@@ -423,8 +423,8 @@ def test_node_rows_and_history_rows() -> None:
     groups = node_groups(
         {
             "size": 8,
-            "housekeeping": "0-3",
-            "offline": "7",
+            "housekeeping": "0-3,6",
+            "offline": "6-7",
             "drained": [{"ranks": "3,5", "reason": "fan", "t": 1.0}],
         }
     )
@@ -434,10 +434,10 @@ def test_node_rows_and_history_rows() -> None:
     assert fmt.render([node_row(g, CLUSTER) for g in groups]) == [
         "       STATE NNODES RANKS REASON NODELIST",
         "housekeeping      3 0-2          tuolumne[1000-1002]",
-        "        idle      2 4,6          tuolumne[1004,1006]",
+        "     offline      2 6-7          tuolumne[1006-1007]",
+        "        idle      1 4            tuolumne1004",
         "    draining      1 3     fan    tuolumne1003",
         "     drained      1 5     fan    tuolumne1005",
-        "     offline      1 7            tuolumne1007",
     ]
     done = [
         Finished(5, 0, NOW - 90, NOW, 2, {1, 2}, {2}),
