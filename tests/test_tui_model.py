@@ -82,3 +82,12 @@ def test_dirty_ranks_name_exactly_the_node_rows_that_changed() -> None:
     assert model.take_dirty_ranks() == {0, 3, 5, 7}
     assert dict(model.holders()) == {5: {3}}
     assert model.counts()["housekeeping"] == 1
+
+
+def test_node_states_rank_drains_over_offline_as_the_command_line_does() -> None:
+    model = ConsoleModel()
+    model.set_config(CONFIG)
+    model.apply_list({"units": [wire(1, "0-1", "0-1")]})
+    model.apply_status({"offline": "1-3", "drained": [{"ranks": "0,2", "reason": "fan", "t": 1.0}]})
+    states = [model.node_state(rank) for rank in range(5)]
+    assert states == ["draining", "offline", "drained", "offline", "idle"]

@@ -166,10 +166,11 @@ class ConsoleModel:
         return self._holders
 
     def node_state(self, rank: int) -> str:
-        if rank in self.offline:
-            return "offline"
+        # As `hkconsole nodes`: a drain (and its reason) outranks being unreachable.
         if rank in self.drains:
             return "draining" if rank in self._holders else "drained"
+        if rank in self.offline:
+            return "offline"
         return "housekeeping" if rank in self._holders else "idle"
 
     def counts(self) -> dict[str, int]:
