@@ -32,6 +32,7 @@ from hkconsole.tables import (
     merge_finished,
     merge_groups,
     merge_units,
+    node_fields,
     node_groups,
     node_row,
     now,
@@ -218,11 +219,8 @@ def build_parser() -> Parser:
 
     def demo_int(low: int, high: int) -> Any:
         def parse(text: str) -> int:
-            try:
-                value = int(text)
-            except ValueError:
-                value = low - 1
-            if not low <= value <= high:
+            value = ascii_number(text, high)
+            if value is None or value < low:
                 raise argparse.ArgumentTypeError(
                     f"'{text}' is not a whole number from {low} to {high}"
                 )
@@ -384,9 +382,7 @@ def _json(document: dict[str, Any]) -> None:
 def _group_json(group: NodeGroup, cluster: Cluster) -> dict[str, Any]:
     return {
         "state": group.state,
-        "nnodes": len(group.ranks),
-        "ranks": format_idset(group.ranks),
-        "nodelist": cluster.nodelist(group.ranks),
+        **node_fields(group.ranks, cluster),
         "reason": group.reason,
         "timestamp": group.t or None,
     }
