@@ -30,6 +30,7 @@ from textual.pilot import Pilot
 
 from hkconsole.tui.app import HkConsole
 from hkconsole.tui.sample import T0
+from hkconsole.tui.table import LiveTable
 from hkservice.idset import format_idset
 
 NODES = 16384
@@ -126,39 +127,29 @@ async def main() -> int:
             record(f"{label}: apply", statistics.median(applies), "50 ms")
             record(f"{label}: until repainted", statistics.median(repaints), "-")
 
+        async def filtered(
+            table: LiveTable, view: str, text: str, note: str = "", cleared: bool = True
+        ) -> None:
+            """Type a filter, then clear it (esc): the slowest key, and the clearing."""
+            shown = table.row_count
+            await pilot.press("slash")
+            typing = await typed(pilot, [*text, "enter"])
+            left = table.row_count
+            name = f"{view} filter '{text}'{note}"
+            record(f"{name}, slowest key ({shown} -> {left} rows)", typing, "500 ms")
+            clearing = await timed(pilot, lambda: pilot.press("escape"))
+            if cleared:
+                record(f"{view} filter cleared (esc)", clearing, "500 ms")
+
         await updates("units view, update of 1% of units")
-        shown = app.units_table.row_count
-        await pilot.press("slash")
-        typing = await typed(pilot, [*"1000", "enter"])
-        left = app.units_table.row_count
-        record(f"units filter '1000', slowest key ({shown} -> {left} rows)", typing, "500 ms")
-        record(
-            "units filter cleared (esc)",
-            await timed(pilot, lambda: pilot.press("escape")),
-            "500 ms",
-        )
+        await filtered(app.units_table, "units", "1000")
         # Host prefixes: units holding any of node1, node10-19, node100-199, … match,
         # inside bracketed nodelists too (about half the hosts at `node1`).
-        await pilot.press("slash")
-        typing = await typed(pilot, [*"node12", "enter"])
-        left = app.units_table.row_count
-        record(
-            f"units filter 'node12' (hosts), slowest key ({shown} -> {left} rows)", typing, "500 ms"
-        )
-        await pilot.press("escape")
+        await filtered(app.units_table, "units", "node12", " (hosts)", cleared=False)
 
         record("switch to the nodes view", await timed(pilot, lambda: pilot.press("2")), "1 s")
         await updates("nodes view, update of 1% of units")
-        shown = app.nodes_table.row_count
-        await pilot.press("slash")
-        typing = await typed(pilot, [*"node1", "enter"])
-        left = app.nodes_table.row_count
-        record(f"nodes filter 'node1', slowest key ({shown} -> {left} rows)", typing, "500 ms")
-        record(
-            "nodes filter cleared (esc)",
-            await timed(pilot, lambda: pilot.press("escape")),
-            "500 ms",
-        )
+        await filtered(app.nodes_table, "nodes", "node1")
         await pilot.press("f", "f", "f")  # idle, housekeeping, draining
         state = await timed(pilot, lambda: pilot.press("f"))
         drained = app.nodes_table.row_count
