@@ -159,15 +159,8 @@ def _converter(conversion: str, strftime: str = "") -> Callable[[Any], Any]:
     return lambda v: "" if str(v) == "" else convert(v)
 
 
-def _convert(value: Any, conversion: str | None, spec: str) -> tuple[Any, str]:
-    """Apply a conversion; returns the new value and the spec left for format()."""
-    if conversion is None:
-        return value, spec
-    strftime = ""
-    if conversion == "d":
-        # `strftime::spec`; with no `::` the whole spec is the strftime format, as in Flux.
-        strftime, _, spec = spec.partition("::")
-    return _converter(conversion, strftime)(value), spec
+def _unconverted(value: Any) -> Any:
+    return value
 
 
 @lru_cache(maxsize=256)
@@ -181,13 +174,28 @@ def _split_suffixes(spec: str) -> tuple[str, bool, bool]:
     return spec, hyphen, truncate
 
 
-@lru_cache(maxsize=512)
-def _compile(spec: str, conversion: str | None) -> Callable[[Any], str]:
-    """One field's formatting, worked out once per format instead of once per row."""
+def _split_spec(spec: str, conversion: str | None) -> tuple[str, str, bool, bool]:
+    """(strftime, layout, hyphen, truncate) of a field's spec.
+
+    The `h` and `+` suffixes end it; a `!d` spec is `strftime::layout`, and with no `::`
+    all of it is the strftime format, as in Flux.
+    """
     base, hyphen, truncate = _split_suffixes(spec)
     strftime = ""
     if conversion == "d":
         strftime, _, base = base.partition("::")
+    return strftime, base, hyphen, truncate
+
+
+def _text_layout(base: str, match: re.Match[str]) -> str:
+    # A hyphen or an empty value cannot take a numeric type: strings keep only the layout.
+    return _layout_only(base) if match.group("type") not in (None, "s") else base
+
+
+@lru_cache(maxsize=512)
+def _compile(spec: str, conversion: str | None) -> Callable[[Any], str]:
+    """One field's formatting, worked out once per format instead of once per row."""
+    strftime, base, hyphen, truncate = _split_spec(spec, conversion)
     convert = _converter(conversion, strftime) if conversion is not None else None
     match = _SPEC.match(base)
     if match is None:
@@ -199,8 +207,7 @@ def _compile(spec: str, conversion: str | None) -> Callable[[Any], str]:
         return invalid
     precision = match.group("precision")
     limit = int(precision) if truncate and precision is not None else 0
-    # A hyphen or an empty value cannot take a numeric type: strings keep only the layout.
-    text_spec = _layout_only(base) if match.group("type") not in (None, "s") else base
+    text_spec = _text_layout(base, match)
 
     def run(value: Any) -> str:
         if convert is not None:
@@ -218,9 +225,7 @@ def _compile(spec: str, conversion: str | None) -> Callable[[Any], str]:
 
 def _check_field(name: str, spec: str, conversion: str | None) -> None:
     """A spec no value could be formatted with is an error before any row exists."""
-    base = _split_suffixes(spec)[0]
-    if conversion == "d":
-        base = base.partition("::")[2]
+    base = _split_spec(spec, conversion)[1]
     match = _SPEC.match(base)
     if match is None:
         raise FormatError(f"{USER_FORMAT}field {name}: invalid format specifier '{spec}'")
@@ -232,8 +237,7 @@ def _check_field(name: str, spec: str, conversion: str | None) -> None:
             raise FormatError(
                 f"{USER_FORMAT}field {name}: {part} {size} is over {MAX_WIDTH:,} ('{spec}')"
             )
-    # Strings keep only the layout of a numeric spec (see _compile).
-    text_spec = _layout_only(base) if match.group("type") not in (None, "s") else base
+    text_spec = _text_layout(base, match)
     # Conversions all give strings; other fields are strings, ints or floats.
     samples: tuple[Any, ...] = ("",) if conversion is not None else ("", 0, 0.0)
     first_error = ""
@@ -340,11 +344,9 @@ class OutputFormat:
         return fields
 
     def _fitted(self, field: _Field, rows: Sequence[Row], header: bool) -> str:
-        base, hyphen, truncate = _split_suffixes(field.spec)
-        strftime = ""
+        strftime, base, hyphen, truncate = _split_spec(field.spec, field.conversion)
         if field.conversion == "d":
-            # Only the part after `::` is a layout; one is added if there was none.
-            strftime, _, base = base.partition("::")
+            # Only the layout is fitted; `::` is added if there was none.
             strftime += "::"
         match = _SPEC.match(base)
         if match is None:  # never: the spec was checked when the format was parsed
@@ -355,11 +357,12 @@ class OutputFormat:
         )
         if match.group("precision") is not None and match.group("type") in (None, "s"):
             # A string cut by its precision: the widest value is the uncut one.
+            convert = _converter(field.conversion) if field.conversion else _unconverted
             widest = max(
                 widest,
                 *(
                     len(str(v))
-                    for v in (_convert(r.get(field.name), field.conversion, "")[0] for r in rows)
+                    for v in (convert(r.get(field.name)) for r in rows)
                     if isinstance(v, str)
                 ),
                 0,
@@ -382,10 +385,7 @@ class OutputFormat:
     def header(self, fields: Sequence[_Field]) -> str:
         out = []
         for field in fields:
-            spec = field.spec
-            if field.conversion == "d":
-                spec = spec.partition("::")[2]
-            match = _SPEC.match(_split_suffixes(spec)[0])
+            match = _SPEC.match(_split_spec(field.spec, field.conversion)[1])
             layout = ""
             if match is not None:
                 # `=` (padding after the sign) is for numbers only: a heading goes right.
