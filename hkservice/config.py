@@ -19,7 +19,6 @@ from hkservice.protocol import (
 )
 
 DEFAULT_KILL_GRACE = 90.0
-# An AF_UNIX socket path (sun_path) holds 108 bytes with the terminating NUL.
 
 # table -> key -> (type name shown in errors, required)
 SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
