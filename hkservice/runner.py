@@ -178,21 +178,21 @@ class LocalRunner:
             await asyncio.sleep(PING_SECONDS)
             if self._sock is not None:
                 self._send({"op": "ping"})
-            if self._sock is not None and not self._agent_alive():
-                log.error(
-                    "the local agent (pid %s) died: starting a new one; the commands it "
-                    "left running are killed and reported lost",
-                    self._agent_pid,
-                )
-            elif self._sock is None or loop.time() - self._last_heard > AGENT_SILENCE_SECONDS:
-                if self._sock is not None:
+                if not self._agent_alive():
+                    log.error(
+                        "the local agent (pid %s) died: starting a new one; the commands it "
+                        "left running are killed and reported lost",
+                        self._agent_pid,
+                    )
+                elif loop.time() - self._last_heard > AGENT_SILENCE_SECONDS:
                     log.error(
                         "the local agent (pid %s) stopped answering: its nodes are offline "
                         "until it answers again",
                         self._agent_pid,
                     )
-            else:
-                continue
+                else:
+                    continue
+            # No connection (any more): reconnect, starting a new agent if need be.
             self._down_since = self._down_since or time.time()
             await self._close_socket()
             try:
