@@ -42,7 +42,8 @@ from hkconsole.tables import (
 from hkconsole.terminal import NO_TERMINAL, on_a_terminal
 from hkservice.cluster import Cluster, TargetError
 from hkservice.idset import format_idset, parse_idset
-from hkservice.jobid import JobidError, parse_jobid, quoted
+from hkservice.jobid import JobidError, parse_jobid
+from hkservice.text import plural, quoted
 
 PROG = "hkconsole"
 # Under 5 s with start-up included: a hung service is reported within 5 s of the command.
@@ -344,8 +345,8 @@ def cmd_kill(args: argparse.Namespace, client: Client) -> int:
     if not args.quiet:
         ranks, units = result["ranks"], result["units"]
         print(
-            f"signalled {ranks} rank{'s' if ranks != 1 else ''} of {units} "
-            f"unit{'s' if units != 1 else ''} with {signal_name(signum)}"
+            f"signalled {plural(ranks, 'rank')} of {plural(units, 'unit')} "
+            f"with {signal_name(signum)}"
         )
     return 0
 

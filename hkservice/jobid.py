@@ -9,6 +9,8 @@ from functools import lru_cache
 
 from mnemonicode import mnformat, mnparse
 
+from hkservice.text import quoted
+
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _B58_INDEX = {c: i for i, c in enumerate(_B58)}
 _MAX = (1 << 64) - 1
@@ -111,11 +113,6 @@ _HEX = re.compile(r"0[xX][0-9a-fA-F]+")
 _DOTHEX = re.compile(r"[0-9a-fA-F]{1,4}(?:\.[0-9a-fA-F]{1,4}){3}")
 # What C's isspace() skips in the C locale; str.strip() would also take Unicode spaces.
 _SPACE = " \t\n\v\f\r"
-
-
-def quoted(text: str) -> str:
-    """'text' in a message; escaped, as repr does, if it holds a newline or other control."""
-    return f"'{text}'" if text.isprintable() else repr(text)
 
 
 def parse_jobid(text: str) -> int:

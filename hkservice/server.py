@@ -45,6 +45,7 @@ from hkservice.protocol import (
 )
 from hkservice.runner import LaunchSpec, LocalRunner, Runner
 from hkservice.store import Store
+from hkservice.text import plural
 
 log = logging.getLogger("hkservice")
 
@@ -590,11 +591,9 @@ class Service:
             )
         result = self.hk.kill(signum, self.clock(), jobid=jobid, ranks=ranks, all_units=all_units)
         log.info(
-            "kill request: %d rank%s of %d unit%s, SIG%s",
-            result.ranks,
-            "" if result.ranks == 1 else "s",
-            result.units,
-            "" if result.units == 1 else "s",
+            "kill request: %s of %s, SIG%s",
+            plural(result.ranks, "rank"),
+            plural(result.units, "unit"),
             core.signal_name(signum),
         )
         self._apply(result.actions)

@@ -45,6 +45,7 @@ from hkservice.fsd import format_duration_config, format_fsd
 from hkservice.idset import format_idset
 from hkservice.jobid import encode_jobid
 from hkservice.protocol import unpack
+from hkservice.text import plural
 
 UNIT_COLUMNS = (
     ("mark", " "),
@@ -95,10 +96,6 @@ STATE_STYLES = {
 
 # The f58 prefix is read from the locale on every call: fixed for the console's life.
 jobid_text = functools.lru_cache(maxsize=1 << 16)(encode_jobid)
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def fold(text: str) -> str:
