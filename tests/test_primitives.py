@@ -281,3 +281,14 @@ def test_ranges_and_their_formatting() -> None:
     assert format_ranges([(0, 3), (4, 4), (6, 6), (7, 9)]) == "0-4,6-9"
     assert format_ranges([]) == ""
     assert format_ranges([(0, 0)]) == "0"
+
+
+def test_visible_shows_controls_as_escapes_and_leaves_text_alone() -> None:
+    from hkservice.text import visible
+
+    assert visible("exited 1 on sim[0-3] é ƒ 🦀") == "exited 1 on sim[0-3] é ƒ 🦀"
+    assert visible("a\x1b[2Jb") == "a\\x1b[2Jb"
+    assert visible("title\x1b]0;pwned\x07") == "title\\x1b]0;pwned\\x07"
+    assert visible("two\nrows\r\t") == "two\\x0arows\\x0d\\x09"
+    assert visible("\x9b\x7f") == "\\x9b\\x7f"
+    assert visible("abc\u202edef\u2028") == "abc\\u202edef\\u2028"
