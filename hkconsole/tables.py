@@ -15,9 +15,8 @@ from typing import Any, NamedTuple
 from hkconsole.formatter import FormatError, FormatRegistry, NamedFormat, Row
 from hkservice.cluster import Cluster
 from hkservice.idset import format_idset, parse_idset
+from hkservice.jobid import KINDS as JOBID_KINDS
 from hkservice.jobid import encode_jobid
-
-JOBID_KINDS = ("dec", "hex", "f58", "f58plain", "kvs", "words", "dothex")
 
 UNIT_HEADINGS: dict[str, str] = {
     "id": "JOBID",

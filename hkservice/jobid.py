@@ -13,8 +13,41 @@ from hkservice.text import quoted
 
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _B58_INDEX = {c: i for i, c in enumerate(_B58)}
+_F58_MAX_DIGITS = 12
 _MAX = (1 << 64) - 1
-KINDS = ("dec", "hex", "dothex", "kvs", "f58", "f58plain", "words")
+KINDS = ("dec", "hex", "dothex", "kvs", "f58", "f58plain", "words", "emoji")
+
+# Flux's basemoji digits (flux-core src/common/libutil/basemoji.c): 576 emoji, one code
+# point each, in CLDR order. The order is the encoding: `{id.emoji}` and emoji jobids typed
+# by an operator read the same in hk and in Flux only with this exact table.
+_EMOJI = (
+    "😃😄😁😆😅😂😉😊😍😘😚😋😜😝😏😒😌😔😪😷😵😲😳😨"
+    "😰😥😢😭😱😖😣😞😓😩😫😤😡😠👿💀💩👹👺👻👽👾😺😸"
+    "😹😻😼😽🙀😿😾🙈🙉🙊💌💘💝💖💗💓💞💕💟💔💛💚💙💜"
+    "💋💯💢💥💫💦💨💬💤👋👌👈👉👆👇👍👎👊👏🙌👐🙏💅💪"
+    "👂👃👀👅👄👶👦👧👱👨👩👴👵🙍🙎🙅🙆💁🙋🙇👮💂👷👸"
+    "👳👲👰👼🎅💆💇🚶🏃💃👯🏂🏄🏊🛀👫💏💑👪👤👣🐵🐒🐶"
+    "🐩🐺🐱🐯🐴🐎🐮🐷🐗🐽🐑🐫🐘🐭🐹🐰🐻🐨🐼🐾🐔🐣🐤🐥"
+    "🐦🐧🐸🐢🐍🐲🐳🐬🐟🐠🐡🐙🐚🐌🐛🐜🐝🐞💐🌸💮🌹🌺🌻"
+    "🌼🌷🌱🌴🌵🌾🌿🍀🍁🍂🍃🍄🍇🍈🍉🍊🍌🍍🍎🍏🍑🍒🍓🍅"
+    "🍆🌽🌰🍞🍖🍗🍔🍟🍕🍳🍲🍱🍘🍙🍚🍛🍜🍝🍠🍢🍣🍤🍥🍡"
+    "🍦🍧🍨🍩🍪🎂🍰🍫🍬🍭🍮🍯🍵🍶🍷🍸🍹🍺🍻🍴🔪🌏🗾🌋"
+    "🗻🏠🏡🏢🏣🏥🏦🏨🏩🏪🏫🏬🏭🏯🏰💒🗼🗽🌁🌃🌄🌅🌆🌇"
+    "🌉🎠🎡🎢💈🎪🚃🚄🚅🚇🚉🚌🚑🚒🚓🚕🚗🚙🚚🚲🚏🚨🚥🚧"
+    "🚤🚢💺🚀🕛🕐🕑🕒🕓🕔🕕🕖🕗🕘🕙🕚🌑🌓🌔🌕🌙🌛🌟🌠"
+    "🌌🌀🌈🌂🔥💧🌊🎃🎄🎆🎇🎈🎉🎊🎋🎍🎎🎏🎐🎑🎀🎁🎫🏆"
+    "🏀🏈🎾🎳🎣🎽🎿🎯🔫🎱🔮🎮🎰🎲🃏🀄🎴🎭🎨👓👔👕👖👗"
+    "👘👙👚👛👜👝🎒👞👟👠👡👢👑👒🎩🎓💄💍💎🔊📢📣🔔🎼"
+    "🎵🎶🎤🎧📻🎷🎸🎹🎺🎻📱📲📞📟📠🔋🔌💻💽💾💿📀🎥🎬"
+    "📺📷📹📼🔍🔎💡🔦🏮📔📕📖📗📘📙📚📓📒📃📜📄📰📑🔖"
+    "💰💴💵💸💳💹📧📨📩📤📥📦📫📪📮📝💼📁📂📅📆📇📈📉"
+    "📊📋📌📍📎📏📐🔒🔓🔏🔐🔑🔨💣🔧🔩🔗📡💉💊🚪🚽🚬🗿"
+    "🏧🚹🚺🚻🚼🚾🚫🚭🔞🔃🔙🔚🔛🔜🔝🔯🔼🔽🎦📶📳📴💱💲"
+    "🔱📛🔰🔟🔠🔡🔢🔣🔤🆎🆑🆒🆓🆔🆕🆖🆗🆘🆙🆚🈁🈶🈯🉐"
+    "🈹🈚🈲🉑🈸🈴🈳🈺🈵🔴🔵🔶🔷🔸🔹🔺🔻💠🔘🔳🔲🏁🚩🎌"
+)
+_EMOJI_INDEX = {c: i for i, c in enumerate(_EMOJI)}
+_EMOJI_MAX_DIGITS = 7  # 576**7 > 2**64
 
 
 class JobidError(ValueError):
@@ -72,13 +105,32 @@ def _uncoerced_ctype(value: str | None) -> str | None:
     return None
 
 
-def _b58(value: int) -> str:
-    digits = ""
+def _positional(value: int, alphabet: str) -> str:
+    """`value` in base len(alphabet), most significant digit first; 0 is one digit."""
+    digits = []
     while True:
-        value, rem = divmod(value, 58)
-        digits = _B58[rem] + digits
+        value, rem = divmod(value, len(alphabet))
+        digits.append(alphabet[rem])
         if value == 0:
-            return digits
+            return "".join(reversed(digits))
+
+
+def _from_positional(text: str, index: dict[str, int], max_digits: int) -> int | None:
+    """The value of 1 to `max_digits` digits of `index`'s alphabet; None if not that or
+    above 2**64 - 1.
+
+    Flux's C arithmetic wraps such values modulo 2**64 (12 f58 digits or 7 emoji can hold
+    more than 64 bits); hk refuses them, as it refuses a decimal jobid too large.
+    """
+    if not 0 < len(text) <= max_digits:
+        return None
+    value = 0
+    for c in text:
+        digit = index.get(c)
+        if digit is None:
+            return None
+        value = value * len(index) + digit
+    return value if value <= _MAX else None
 
 
 def encode_jobid(value: int, kind: str = "f58") -> str:
@@ -94,11 +146,13 @@ def encode_jobid(value: int, kind: str = "f58") -> str:
         case "kvs":
             return "job." + encode_jobid(value, "dothex")
         case "f58":
-            return f58_prefix() + _b58(value)
+            return f58_prefix() + _positional(value, _B58)
         case "f58plain":
-            return "f" + _b58(value)
+            return "f" + _positional(value, _B58)
         case "words":
             return _words(value)
+        case "emoji":
+            return _positional(value, _EMOJI)
     raise ValueError(f"unknown jobid encoding '{kind}' (known: {', '.join(KINDS)})")
 
 
@@ -134,17 +188,20 @@ def parse_jobid(text: str) -> int:
         if len(data) != 8:
             raise error
         return struct.unpack("<Q", bytes(data))[0]
+    # Then f58, then emoji, as Flux detects them; neither takes trailing spaces.
     if s.startswith(("ƒ", "f")):
-        digits = s[1:]
-        if not digits or len(digits) > 12 or any(c not in _B58_INDEX for c in digits):
-            raise error
-        value = 0
-        for c in digits:
-            value = value * 58 + _B58_INDEX[c]
-        if value > _MAX:
-            raise error
-        return value
-    # Trailing whitespace is allowed after an integer, as strtoull leaves it.
+        value = _from_positional(s[1:], _B58_INDEX, _F58_MAX_DIGITS)
+    elif s[:1] in _EMOJI_INDEX:
+        value = _from_positional(s, _EMOJI_INDEX, _EMOJI_MAX_DIGITS)
+    else:
+        value = _integer(s)
+    if value is None:
+        raise error
+    return value
+
+
+def _integer(s: str) -> int | None:
+    """Hex after `0x`, else decimal, as strtoull reads them; trailing spaces allowed."""
     s = s.rstrip(_SPACE)
     if _HEX.fullmatch(s):
         value = int(s, 16)
@@ -153,7 +210,5 @@ def parse_jobid(text: str) -> int:
         # digits with a message of its own.
         value = int(s.lstrip("0") or "0", 10)
     else:
-        raise error
-    if value > _MAX:
-        raise error
-    return value
+        return None
+    return value if value <= _MAX else None

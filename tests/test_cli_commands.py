@@ -154,12 +154,12 @@ def test_pending_format_is_flux_s(run: Run) -> None:
             ],
         ),
         (
-            "{id.words} | {id.dothex}",
+            "{id.words} | {id.dothex} | {id.emoji}",
             [
-                "JOBID | JOBID",
-                "printer-bogart-east--catalog-academy-academy | 0000.0076.2500.0000",
-                "robin-kitchen-cecilia--caviar-academy-academy | 0000.0077.1300.0000",
-                "lazarus-cheese-buenos--caviar-academy-academy | 0000.0077.cc00.0000",
+                "JOBID | JOBID | JOBID",
+                "printer-bogart-east--catalog-academy-academy | 0000.0076.2500.0000 | 😅🎍🐱👅🕓",
+                "robin-kitchen-cecilia--caviar-academy-academy | 0000.0077.1300.0000 | 😅🎰👆🌼😃",
+                "lazarus-cheese-buenos--caviar-academy-academy | 0000.0077.cc00.0000 | 😅👜🍕🍱🕓",
             ],
         ),
         ("{nnodes} {ranks} {nodelist}", ["NNODES RANKS NODELIST", "4 0-3 node[0-3]"]),
@@ -641,7 +641,9 @@ def test_kill_all_and_signal_names(
     sleeping.wait_idle()
 
 
-@pytest.mark.parametrize("kind", ["dec", "hex", "f58", "f58plain", "dothex", "kvs", "words"])
+@pytest.mark.parametrize(
+    "kind", ["dec", "hex", "f58", "f58plain", "dothex", "kvs", "words", "emoji"]
+)
 def test_kill_by_jobid_in_every_encoding(
     capsys: pytest.CaptureFixture[str], flux3: RunningService, kind: str
 ) -> None:
@@ -664,11 +666,13 @@ def test_kill_by_jobid_in_every_encoding(
         ("ffff.ffff.ffff.ffff", "fjpXCZedGfVQ"),
         ("natural-analyze-verbal--natural-analyze-verbal", "fjpXCZedGfVQ"),
         ("ƒjpXCZedGfVQ", "fjpXCZedGfVQ"),
+        ("🚹💗💧👗😷📷📚", "fjpXCZedGfVQ"),
         ("0", "f1"),
         ("0x0", "f1"),
         ("job.0000.0000.0000.0000", "f1"),
         ("academy-academy-academy--academy-academy-academy", "f1"),
         ("f1", "f1"),
+        ("😃", "f1"),
     ],
 )
 def test_reference_jobids_reach_the_service(run: Run, text: str, f58plain: str) -> None:
@@ -677,7 +681,16 @@ def test_reference_jobids_reach_the_service(run: Run, text: str, f58plain: str) 
 
 
 @pytest.mark.parametrize(
-    "text", ["badstring", "job.0000.0000", "job.0000.0000.0000.000P", "42plusbad", "bad-words"]
+    "text",
+    [
+        "badstring",
+        "job.0000.0000",
+        "job.0000.0000.0000.000P",
+        "42plusbad",
+        "bad-words",
+        "😅🎍🐱👅🕓 ",
+        "🎌🎌🎌🎌🎌🎌🎌",
+    ],
 )
 def test_bad_jobids_are_usage_errors(run: Run, text: str) -> None:
     code, _, err = run("kill", "-j", text)
