@@ -476,6 +476,7 @@ class NamedFormat(NamedTuple):
     name: str
     description: str
     format: str
+    source: str = ""  # the file it came from; "" for a built-in format
 
 
 class FormatRegistry:
@@ -495,28 +496,38 @@ class FormatRegistry:
         self.builtins = {f.name: f for f in builtins}
         self.configured: dict[str, NamedFormat] = {}
         self.env_default = env_default
+        # Config files that were found but not read (YAML): said where a format is missing.
+        self.unread: list[str] = []
 
-    def add_configured(self, formats: Mapping[str, Any], source: str) -> None:
+    def add_configured(
+        self, formats: Mapping[str, Any], source: str, may_redefine: bool = False
+    ) -> None:
+        """Formats of one file; a later file's format replaces an earlier one's."""
         for name, entry in formats.items():
-            if name in self.builtins:
+            if name in self.builtins and not may_redefine:
                 raise FormatError(f"{source}: override of builtin format '{name}' not permitted")
             if not isinstance(entry, Mapping) or not isinstance(entry.get("format"), str):
                 raise FormatError(f"{source}: formats.{name} needs a format string")
             description = entry.get("description", "")
             if not isinstance(description, str):
                 raise FormatError(f"{source}: formats.{name}.description must be a string")
-            self.configured[name] = NamedFormat(name, description, entry["format"])
+            self.configured[name] = NamedFormat(name, description, entry["format"], source)
 
     def all(self) -> dict[str, NamedFormat]:
         return {**self.builtins, **self.configured}
 
     def help_text(self) -> str:
-        # As Flux: a format with no description is its padded name alone.
-        rows = [
-            f"  {f.name:<12}" + (f" {f.description}" if f.description else "")
-            for f in self.all().values()
-        ]
-        return "\n" + f"Configured {self.command} output formats:" + "\n\n" + "\n".join(rows)
+        """Flux's list of names, built-in ones first, then those of each file under its path."""
+        by_source: dict[str, list[NamedFormat]] = {}
+        for entry in self.all().values():
+            by_source.setdefault(entry.source, []).append(entry)
+        builtin = by_source.pop("", [])
+        parts = [f"\nConfigured {self.command} output formats:\n", *map(_help_row, builtin)]
+        for source, entries in by_source.items():
+            parts += ["", f"From {source}:", "", *map(_help_row, entries)]
+        if self.unread:
+            parts += ["", *(f"Not read: {path} ({_UNREAD_WHY})" for path in self.unread)]
+        return "\n".join(parts)
 
     def get_config(self, name: str) -> str:
         entry = self.all().get(name)
@@ -539,5 +550,16 @@ class FormatRegistry:
         entry = self.all().get(arg)
         if entry is None:
             suggestion = re.sub(r"(\w+)", r"{\1}", arg)
-            raise FormatError(f"--format: No such format {arg} (Did you mean '{suggestion}'?)")
+            unread = "".join(f"; not read: {path} ({_UNREAD_WHY})" for path in self.unread)
+            raise FormatError(
+                f"--format: No such format {arg} (Did you mean '{suggestion}'?){unread}"
+            )
         return entry.format
+
+
+_UNREAD_WHY = "hk reads TOML and JSON, not YAML"
+
+
+def _help_row(entry: NamedFormat) -> str:
+    # As Flux: a format with no description is its padded name alone.
+    return f"  {entry.name:<12}" + (f" {entry.description}" if entry.description else "")

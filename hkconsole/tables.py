@@ -417,30 +417,72 @@ def load_config() -> dict[str, Any]:
 
     `__files__` keeps each file's own table, so an error can name the file it is in.
     """
+    return _load_files(os.path.join(d, "hk", "hkconsole.toml") for d in config_dirs())
+
+
+# Flux's UtilConfig reads `<name>.*` with these extensions, in sorted order, in each dir.
+FLUX_CONFIG_EXTENSIONS = (".json", ".toml", ".yaml")
+
+
+def load_flux_config() -> dict[str, Any]:
+    """flux/flux-housekeeping.{json,toml,yaml} from the XDG config dirs, as Flux reads them.
+
+    So the formats of a Flux site work unchanged in `hkconsole list`.
+    """
+    return _load_files(
+        os.path.join(d, "flux", "flux-housekeeping" + ext)
+        for d in config_dirs()
+        for ext in FLUX_CONFIG_EXTENSIONS
+    )
+
+
+def _load_files(paths: Iterable[str]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
-    for directory in config_dirs():
-        path = os.path.join(directory, "hk", "hkconsole.toml")
+    for path in paths:
         if not os.path.isfile(path):
             continue
-        import tomllib  # only when there is a file: most runs have none
-
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except UnicodeDecodeError as exc:
-            line = exc.object[: exc.start].count(b"\n") + 1
-            raise FormatError(
-                f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}); "
-                "TOML files must be UTF-8"
-            ) from None
-        except OSError as exc:
-            raise FormatError(f"{path}: {exc.strerror or exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise FormatError(f"{path}: {exc}") from None
+        if path.endswith(".yaml"):
+            # Not an error: a site's YAML file would stop every user's `list`. Its formats
+            # are missing; `-o help` and a format not found say so.
+            merged.setdefault("__unread__", []).append(path)
+            continue
+        data = _read_config_file(path)
         _deep_merge(merged, data)
         merged.setdefault("__sources__", []).append(path)
         merged.setdefault("__files__", []).append((path, data))
     return merged
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    """A TOML or JSON file as a table; any fault is a FormatError naming the file."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+        text = raw.decode("utf-8")
+        if path.endswith(".json"):
+            import json  # only when there is a file: most runs have none
+
+            data = json.loads(text)
+        else:
+            import tomllib
+
+            data = tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        kind = "JSON" if path.endswith(".json") else "TOML"
+        raise FormatError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}); "
+            f"{kind} files must be UTF-8"
+        ) from None
+    except OSError as exc:
+        raise FormatError(f"{path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise FormatError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise FormatError(f"{path}: nested too deeply") from None
+    if not isinstance(data, dict):
+        raise FormatError(f"{path}: must hold a table (a JSON object), not {type(data).__name__}")
+    return data
 
 
 def config_source(config: Mapping[str, Any], keys: Sequence[str]) -> str:
@@ -466,32 +508,40 @@ def _deep_merge(into: dict[str, Any], data: Mapping[str, Any]) -> None:
             into[key] = value
 
 
-def unit_formats(config: Mapping[str, Any] | None = None) -> FormatRegistry:
-    """`list`'s formats: built-in, then `[formats.NAME]` of hkconsole.toml (as Flux's)."""
-    return _registry(
-        "hkconsole list",
-        UNIT_FORMATS,
-        ("formats",),
-        config,
-        os.environ.get("HK_LIST_FORMAT_DEFAULT"),
+def unit_formats(
+    config: Mapping[str, Any] | None = None, flux_config: Mapping[str, Any] | None = None
+) -> FormatRegistry:
+    """`list`'s formats: built-in, then `[formats.NAME]` of Flux's flux-housekeeping files,
+    then of hkconsole.toml, which wins a clash.
+
+    A Flux file may redefine a built-in format, as flux-housekeeping lets it; hk's may not.
+    """
+    env_default = os.environ.get("HK_LIST_FORMAT_DEFAULT") or os.environ.get(
+        "FLUX_HOUSEKEEPING_FORMAT_DEFAULT"
     )
+    registry = FormatRegistry("hkconsole list", UNIT_FORMATS, env_default, "formats")
+    flux_config = load_flux_config() if flux_config is None else flux_config
+    _add_formats(registry, ("formats",), flux_config, may_redefine=True)
+    _add_formats(registry, ("formats",), load_config() if config is None else config)
+    registry.unread = list(flux_config.get("__unread__", []))
+    return registry
 
 
 def command_formats(command: str, config: Mapping[str, Any] | None = None) -> FormatRegistry:
     """`nodes`, `drain` and `history` formats: built-in, then `[COMMAND.formats.NAME]`."""
     builtins = {"nodes": NODE_FORMATS, "drain": DRAIN_FORMATS, "history": HISTORY_FORMATS}
-    return _registry(f"hkconsole {command}", builtins[command], (command, "formats"), config)
+    path = (command, "formats")
+    registry = FormatRegistry(f"hkconsole {command}", builtins[command], None, ".".join(path))
+    _add_formats(registry, path, load_config() if config is None else config)
+    return registry
 
 
-def _registry(
-    command: str,
-    builtins: tuple[NamedFormat, ...],
+def _add_formats(
+    registry: FormatRegistry,
     path: tuple[str, ...],
-    config: Mapping[str, Any] | None,
-    env_default: str | None = None,
-) -> FormatRegistry:
-    registry = FormatRegistry(command, builtins, env_default, ".".join(path))
-    config = load_config() if config is None else config
+    config: Mapping[str, Any],
+    may_redefine: bool = False,
+) -> None:
     formats: Any = config
     for depth, key in enumerate(path, 1):
         formats = formats.get(key, {})
@@ -500,8 +550,8 @@ def _registry(
             what = "a table of formats" if depth == len(path) else "a table"
             raise FormatError(f"{config_source(config, path[:depth])}: {table} must be {what}")
     for name, entry in formats.items():
-        registry.add_configured({name: entry}, config_source(config, (*path, name)))
-    return registry
+        source = config_source(config, (*path, name))
+        registry.add_configured({name: entry}, source, may_redefine)
 
 
 def now() -> float:

@@ -40,7 +40,12 @@ def plain_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HK_F58_FORCE_ASCII", "1")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_CONFIG_DIRS", str(tmp_path / "etc"))
-    for name in ("HK_ENDPOINT", "HK_LIST_FORMAT_DEFAULT", "FLUX_F58_FORCE_ASCII"):
+    for name in (
+        "HK_ENDPOINT",
+        "HK_LIST_FORMAT_DEFAULT",
+        "FLUX_HOUSEKEEPING_FORMAT_DEFAULT",
+        "FLUX_F58_FORCE_ASCII",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -430,6 +435,125 @@ def test_get_config_round_trips_and_config_errors_name_the_file(run: Run, tmp_pa
     )
     config.write_text("formats = 3\n")
     assert run("list")[2] == f"hkconsole: ERROR: {config}: formats must be a table of formats\n"
+
+
+# flux-transcript.md section 3b: a Flux user's formats, in $XDG_CONFIG_HOME/flux.
+FLUX_USER_FORMATS = """[formats.mine]
+description = "my custom format"
+format = "{id.f58plain:<12} {nnodes:>3} {pending.nnodes:>3} {nodelist}"
+
+[formats.nodesonly]
+format = "{nodelist}"
+"""
+
+
+def test_flux_housekeeping_formats_work_unchanged(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user_flux = tmp_path / "home" / "flux" / "flux-housekeeping.toml"
+    user_flux.parent.mkdir(parents=True)
+    user_flux.write_text(FLUX_USER_FORMATS)
+    # The transcript's outputs for the same file.
+    assert lines(run("list", "-o", "mine")[1]) == [
+        "JOBID        NNODES #ACTIVE NODELIST",
+        "fEL6aVGK       2   1 node[0-1]",
+        "fESBRYLP       1   1 node2",
+        "fEWuhFUB       1   1 node3",
+    ]
+    assert lines(run("list", "-o", "nodesonly")[1]) == ["NODELIST", "node[0-3]"]
+    assert lines(run("list", "-o", "get-config=mine")[1]) == [
+        "[formats.mine]",
+        'description = "my custom format"',
+        'format = "{id.f58plain:<12} {nnodes:>3} {pending.nnodes:>3} {nodelist}"',
+    ]
+    builtin_help = [
+        "",
+        "Configured hkconsole list output formats:",
+        "",
+        "  default      Default hkconsole list format string",
+        "  pending      hkconsole list format string including active nodes only",
+        "  failed       hkconsole list format string showing failed nodes",
+    ]
+    assert lines(run("list", "-o", "help")[1]) == [
+        *builtin_help,
+        "",
+        f"From {user_flux}:",
+        "",
+        "  mine         my custom format",
+        "  nodesonly   ",
+    ]
+
+    # hk's own file wins a clash of names; -o help says which file each format is from.
+    hk_user = tmp_path / "home" / "hk" / "hkconsole.toml"
+    hk_user.parent.mkdir(parents=True)
+    hk_user.write_text('[formats.mine]\ndescription = "hk\'s mine"\nformat = "{id.dec}"\n')
+    assert run("list", "-no", "mine")[1] == f"{J1}\n{J2}\n{J3}\n"
+    assert lines(run("list", "-o", "help")[1])[len(builtin_help) :] == [
+        "",
+        f"From {hk_user}:",
+        "",
+        "  mine         hk's mine",
+        "",
+        f"From {user_flux}:",
+        "",
+        "  nodesonly   ",
+    ]
+    hk_user.unlink()
+
+    # Every XDG dir, as Flux reads them: the user's file over the system's, key by key;
+    # JSON too; a Flux file may redefine a built-in format, as flux-housekeeping allows.
+    site_flux = tmp_path / "etc" / "flux" / "flux-housekeeping.json"
+    site_flux.parent.mkdir(parents=True)
+    site_flux.write_text(
+        json.dumps(
+            {
+                "formats": {
+                    "nodesonly": {"description": "site's", "format": "{ranks}"},
+                    "default": {"format": "{id.emoji}"},
+                }
+            }
+        )
+    )
+    assert run("list", "-no", "nodesonly")[1] == "node[0-3]\n"  # the user's format
+    assert "  nodesonly    site's" in lines(run("list", "-o", "help")[1])
+    assert run("list", "-n")[1] == "😅🎍🐱👅🕓\n😅🎰👆🌼😃\n😅👜🍕🍱🕓\n"
+    # Flux's variable for the default format, under hk's own.
+    monkeypatch.setenv("FLUX_HOUSEKEEPING_FORMAT_DEFAULT", "{nnodes}")
+    assert run("list", "-n")[1] == "4\n"
+    monkeypatch.setenv("HK_LIST_FORMAT_DEFAULT", "nodesonly")
+    assert run("list", "-n")[1] == "node[0-3]\n"
+
+
+def test_flux_housekeeping_files_hk_cannot_read(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flux_dir = tmp_path / "etc" / "flux"
+    flux_dir.mkdir(parents=True)
+    # YAML (Flux reads it with PyYAML, hk does not): never an error, but said where it counts.
+    yaml_file = flux_dir / "flux-housekeeping.yaml"
+    yaml_file.write_text("formats:\n  mine:\n    format: '{id}'\n")
+    code, out, err = run("list", "-no", "{nnodes}")
+    assert (code, out, err) == (0, "4\n", "")
+    why = "hk reads TOML and JSON, not YAML"
+    assert lines(run("list", "-o", "help")[1])[-1] == f"Not read: {yaml_file} ({why})"
+    assert run("list", "-o", "mine")[2] == (
+        "hkconsole: ERROR: --format: No such format mine (Did you mean '{mine}'?); "
+        f"not read: {yaml_file} ({why})\n"
+    )
+    # Faults in a Flux file are named with the file, as in hk's own.
+    toml_file = flux_dir / "flux-housekeeping.toml"
+    toml_file.write_text("[formats.mine]\nformat = 5\n")
+    assert run("list")[2] == f"hkconsole: ERROR: {toml_file}: formats.mine needs a format string\n"
+    toml_file.write_text("[formats\n")
+    assert run("list")[2].startswith(f"hkconsole: ERROR: {toml_file}: ")
+    toml_file.unlink()
+    json_file = flux_dir / "flux-housekeeping.json"
+    json_file.write_text("[1, 2]")
+    assert run("list")[2] == (
+        f"hkconsole: ERROR: {json_file}: must hold a table (a JSON object), not list\n"
+    )
+    json_file.write_text("[" * 100_000)
+    assert run("list")[2] == f"hkconsole: ERROR: {json_file}: nested too deeply\n"
 
 
 # -- list and kill errors ------------------------------------------------------
