@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import os
 import shutil
@@ -27,6 +26,7 @@ import zmq.asyncio
 
 from hkservice.core import Outcome
 from hkservice.protocol import pack, unpack
+from hkservice.tail import open_output, tail_lines
 
 log = logging.getLogger("hkservice.runner")
 
@@ -414,16 +414,22 @@ class LocalRunner:
 
     def output(self, jobid: int, ranks: Iterable[int], tail: int) -> list[list[object]]:
         lines: list[list[object]] = []
-        unit_dir = self.unit_dir(jobid)
-        for rank in ranks:
-            for stream in ("out", "err"):
-                try:
-                    with open(unit_dir / f"{rank}.{stream}", "rb") as fh:
-                        data = _tail_bytes(fh, tail)
-                except FileNotFoundError:
-                    continue
-                text = data.decode("utf-8", errors="replace").splitlines()
-                lines.extend([rank, stream, line] for line in text[-tail:])
+        try:
+            unit_fd = os.open(self.unit_dir(jobid), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            return lines  # no output yet, or not a directory of ours to read
+        try:
+            for rank in ranks:
+                for stream in ("out", "err"):
+                    fd = open_output(f"{rank}.{stream}", unit_fd)
+                    if fd is None:
+                        continue
+                    try:
+                        lines.extend([rank, stream, line] for line in tail_lines(fd, tail))
+                    finally:
+                        os.close(fd)
+        finally:
+            os.close(unit_fd)
         return lines
 
     def has_output(self, jobid: int) -> list[int] | None:
@@ -455,16 +461,3 @@ class LocalRunner:
         self._finished_units = []
         for _, jobid in sorted(ended):
             self.forget(jobid)
-
-
-def _tail_bytes(fh: io.BufferedReader, lines: int, block: int = 8192) -> bytes:
-    """The last `lines` lines of a file without reading all of it."""
-    fh.seek(0, os.SEEK_END)
-    pos = fh.tell()
-    data = b""
-    while pos > 0 and data.count(b"\n") <= lines:
-        step = min(block, pos)
-        pos -= step
-        fh.seek(pos)
-        data = fh.read(step) + data
-    return data
