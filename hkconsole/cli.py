@@ -43,7 +43,7 @@ from hkconsole.terminal import NO_TERMINAL, on_a_terminal
 from hkservice.cluster import Cluster, TargetError
 from hkservice.idset import format_idset, parse_idset
 from hkservice.jobid import JobidError, parse_jobid
-from hkservice.text import plural, quoted
+from hkservice.text import plural, quoted, visible
 
 PROG = "hkconsole"
 # Under 5 s with start-up included: a hung service is reported within 5 s of the command.
@@ -431,7 +431,7 @@ def cmd_drain(args: argparse.Namespace, client: Client) -> int:
     )
     if result.get("already"):
         print(
-            f"{cluster.nodelist(parse_idset(result['already']))} already drained: "
+            f"{visible(cluster.nodelist(parse_idset(result['already'])))} already drained: "
             "kept the first reason",
             file=sys.stderr,
         )
@@ -478,7 +478,8 @@ COMMANDS = {
 
 
 def error(message: str) -> int:
-    print(f"{PROG}: ERROR: {message}", file=sys.stderr)
+    # A message can quote the service or a config file: one line, nothing that acts.
+    print(f"{PROG}: ERROR: {visible(message)}", file=sys.stderr)
     return 1
 
 

@@ -6,6 +6,7 @@ column empty for every row, `+:` widens a column to fit), a `sort:` prefix that 
 after merging (Flux crashes there), and the merging of rows that differ only in node
 fields, with unions of their ranks. Rank and host fields are rendered as strings before
 their spec is applied, so widths and alignment work on them (Flux crashes there too).
+Every string value is shown through text.visible(): controls from outside print as escapes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 from hkservice.fsd import format_fsd
+from hkservice.text import visible
 
 EMPTY_STRINGS = frozenset(
     {"", "0s", "0.0", "0:00:00", "1970-01-01T00:00:00", time.strftime("%FT%T", time.localtime(0))}
@@ -215,6 +217,10 @@ def _compile(spec: str, conversion: str | None) -> Callable[[Any], str]:
         if hyphen and str(value) in EMPTY_STRINGS:
             value = "-"
         if isinstance(value, str):
+            # Drain reasons, hostnames and the like come from outside: an escape sequence
+            # in them must not act on the terminal, nor a newline forge a row. Escaped
+            # before widths and cuts, so those count what is shown.
+            value = visible(value)
             if limit and len(value) > limit:
                 value = value[: limit - 1] + "+"
             return format(value, text_spec)
@@ -361,7 +367,7 @@ class OutputFormat:
             widest = max(
                 widest,
                 *(
-                    len(str(v))
+                    len(visible(v))
                     for v in (convert(r.get(field.name)) for r in rows)
                     if isinstance(v, str)
                 ),

@@ -900,6 +900,48 @@ def test_nodes_drain_undrain_start(
 # -- the service away, pipes, imports, locales -----------------------------------
 
 
+# Blanks the screen, sets the window title, then forges a row on a line of its own.
+HOSTILE_REASON = "disk\x1b[2J gone\x1b]0;pwned\x07\n     drained      1 9     forged node9"
+HOSTILE_SHOWN = "disk\\x1b[2J gone\\x1b]0;pwned\\x07\\x0a     drained      1 9     forged node9"
+
+
+def test_drain_reasons_cannot_act_on_the_terminal(
+    capsys: pytest.CaptureFixture[str], hk_service: ServiceFactory
+) -> None:
+    """Every table shows a reason's controls as escapes, one row per group; json keeps it."""
+    service = hk_service(hostlist="node[0-3]")
+    run = runner(capsys, service)
+    assert run("drain", "1", HOSTILE_REASON) == (0, "", "")
+    assert service.call("resource.status")["drained"][0]["reason"] == HOSTILE_REASON
+    tables = {
+        "drain": run("drain")[1],
+        "drain -o": run("drain", "-o", "{state} {reason:<20} {nodelist}")[1],
+        "nodes": run("nodes", "-o", "long")[1],
+        "nodes default": run("nodes")[1],
+    }
+    for name, out in tables.items():
+        assert "\x1b" not in out and "\x07" not in out, name
+        assert len(lines(out)) == (2 if name.startswith("drain") else 3), name
+        row = next(line for line in lines(out) if "node1" in line)
+        assert HOSTILE_SHOWN in row, name
+    assert lines(tables["drain -o"])[1] == f"drained {HOSTILE_SHOWN} node1"
+    # Widths count the escapes as shown: the column after a reason stays aligned.
+    header, idle, drained = lines(tables["nodes"])
+    assert drained.index("node1") == header.index("NODELIST") == idle.index("node[0,2-3]")
+    # Machine output keeps the exact text.
+    document = json.loads(run("drain", "-o", "json")[1])
+    assert document["drained"][0]["reason"] == HOSTILE_REASON
+    document = json.loads(run("nodes", "-o", "json", "-s", "drained")[1])
+    assert document["nodes"][0]["reason"] == HOSTILE_REASON
+
+
+def test_error_messages_show_controls_as_escapes(run: Run) -> None:
+    code, out, err = run("list", "-o", "{node\x1bc\nlist}")
+    assert (code, out) == (1, "")
+    field = "node\\x1bc\\x0alist"  # ESC c would reset the terminal
+    assert err == f"hkconsole: ERROR: Error in user format: Unknown format field: {field}\n"
+
+
 def test_service_down_is_said_at_once(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     start = time.monotonic()
     assert main(["--endpoint", f"ipc://{tmp_path}/none.sock", "list"]) == 1

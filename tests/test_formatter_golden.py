@@ -461,3 +461,15 @@ def test_fitted_dates() -> None:
         "08:30|08  |08  |",
         "     |    |-   |",
     ]
+
+
+def test_outside_text_shows_its_controls_as_escapes() -> None:
+    """Hostnames and any string field print escaped in every table, `+:` and `.N+` included."""
+    cluster = Cluster("evil\x1bc\x07,forged\nrow")  # ESC c resets the terminal
+    fmt = OutputFormat("{id.dec} +:{nodelist} {pending.nodelist:8.8+}|", UNIT_HEADINGS)
+    row = unit_row(Unit(7, 0, NOW, {0, 1}, {1}, set()), cluster, NOW)
+    assert fmt.render([row]) == [
+        "JOBID NODELIST                    ACTIVE_NODES|",
+        "7 evil\\x1bc\\x07,forged\\x0arow forged\\+|",
+    ]
+    assert render("{s!r} {s}", rows({"s": "\x1b[2J"})) == ["STRING STRING", "'\\x1b[2J' \\x1b[2J"]
