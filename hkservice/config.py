@@ -22,7 +22,8 @@ DEFAULT_KILL_GRACE = 90.0
 
 # table -> key -> (type name shown in errors, required)
 SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
-    "cluster": {"hostlist": ("string", True)},
+    # Required unless [scheduler] takes it from the scheduler.
+    "cluster": {"hostlist": ("string", False)},
     "housekeeping": {
         "command": ("array of strings", True),
         "release-after": ("duration", False),
@@ -34,11 +35,32 @@ SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
         "events-endpoint": ("string", False),
         "state-dir": ("string", False),
     },
+    "scheduler": {
+        "kind": ("string", True),
+        "scontrol": ("string", False),
+        "sinfo": ("string", False),
+        "command-timeout": ("duration", False),
+        "reconcile-every": ("duration", False),
+        "orphan-grace": ("duration", False),
+    },
 }
+SCHEDULER_KINDS = ("slurm",)
 
 
 class ConfigError(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """[scheduler]: the scheduler bridge (hkservice/slurm); seconds for durations."""
+
+    kind: str
+    scontrol: str = "scontrol"
+    sinfo: str = "sinfo"
+    command_timeout: float = 10.0
+    reconcile_every: float = 30.0
+    orphan_grace: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +74,7 @@ class Config:
     events_endpoint: str
     state_dir: Path
     path: Path | None = None
+    scheduler: SchedulerConfig | None = None
 
 
 def _default_state_dir() -> Path:
@@ -90,11 +113,20 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
                 raise ConfigError(f"{table_name}.{key}: unknown key (known: {known})")
     for table_name, keys in SCHEMA.items():
         for key, (_, required) in keys.items():
-            if required and key not in data.get(table_name, {}):
+            if required and table_name in data and key not in data[table_name]:
                 raise ConfigError(f"{table_name}.{key}: required key is missing")
+    if "housekeeping" not in data:
+        raise ConfigError("housekeeping.command: required key is missing")
 
-    cluster_table = data["cluster"]
-    hostlist_text = cluster_table["hostlist"]
+    scheduler = _scheduler(data["scheduler"]) if "scheduler" in data else None
+    hostlist_text = data.get("cluster", {}).get("hostlist")
+    if hostlist_text is None:
+        if scheduler is None:
+            raise ConfigError(
+                "cluster.hostlist: required key is missing (or set [scheduler] kind to "
+                "take it from the scheduler)"
+            )
+        hostlist_text = _scheduler_hostlist(scheduler)
     if not isinstance(hostlist_text, str):
         raise ConfigError('cluster.hostlist: expected a string such as "node[0-127]"')
     try:
@@ -159,7 +191,46 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         events_endpoint=events_endpoint,
         state_dir=state_dir,
         path=path,
+        scheduler=scheduler,
     )
+
+
+def _scheduler(table: dict[str, Any]) -> SchedulerConfig:
+    kind = table["kind"]
+    if kind not in SCHEDULER_KINDS:
+        raise ConfigError(f"scheduler.kind: expected one of {', '.join(SCHEDULER_KINDS)}")
+    commands: dict[str, str] = {}
+    for key in ("scontrol", "sinfo"):
+        if key in table:
+            value = table[key]
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"scheduler.{key}: expected a command name or path")
+            commands[key] = value
+    times: dict[str, float] = {}
+    for key in ("command-timeout", "reconcile-every", "orphan-grace"):
+        value = _duration(table, key, "scheduler")
+        if value is None:
+            continue
+        if value <= 0 or math.isinf(value):
+            raise ConfigError(f"scheduler.{key}: expected a duration over 0 and finite")
+        times[key.replace("-", "_")] = value
+    return SchedulerConfig(kind, **commands, **times)
+
+
+def _scheduler_hostlist(scheduler: SchedulerConfig) -> str:
+    """cluster.hostlist from Slurm: every node `sinfo` lists (ranks in name order)."""
+    import hostlist
+
+    from hkservice.slurm.nodes import Commands, SlurmError, hostnames
+
+    commands = Commands(scheduler.scontrol, scheduler.sinfo, scheduler.command_timeout)
+    try:
+        names = hostnames(commands)
+    except SlurmError as exc:
+        raise ConfigError(f"cluster.hostlist: cannot take it from Slurm: {exc}") from None
+    if not names:
+        raise ConfigError("cluster.hostlist: Slurm (sinfo) lists no nodes")
+    return str(hostlist.collect_hostlist(names))
 
 
 def load_config(path: Path) -> Config:

@@ -16,7 +16,7 @@ import os
 import signal as signal_module
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from hkservice.protocol import (
     unpack,
 )
 from hkservice.runner import LaunchSpec, LocalRunner, Runner
+from hkservice.scheduler import make_bridge
 from hkservice.store import Store
 from hkservice.text import plural
 
@@ -164,6 +165,7 @@ class Service:
         self._batch_handle: asyncio.TimerHandle | None = None
         self._deadline_handle: asyncio.TimerHandle | None = None
         self._stopping = asyncio.Event()
+        self.bridge = make_bridge(config, self)
         self.handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
             "service.config": self._service_config,
             "housekeeping.start": self._start,
@@ -192,6 +194,8 @@ class Service:
                 self.config.endpoint,
             )
         await self._recover()
+        if self.bridge is not None:
+            await self.bridge.start()
         if self._failed is None:
             log.info(
                 "serving %s (events %s) for %s, %d nodes",
@@ -220,6 +224,8 @@ class Service:
             self._batch_handle.cancel()
             self._flush_batch()
         await self.runner.close()
+        if self.bridge is not None:
+            await self.bridge.close()
         if self._deadline_handle is not None:
             self._deadline_handle.cancel()
             self._deadline_handle = None
@@ -322,6 +328,8 @@ class Service:
                 ) from exc
         for action in actions:
             self._effect(action)
+        if self.bridge is not None and actions:
+            self.bridge.on_actions(actions)
         self._schedule_deadline()
 
     def _fail(self, exc: BaseException) -> None:
@@ -550,8 +558,11 @@ class Service:
             userid = os.getuid()
         elif not 0 <= userid <= MAX_USERID:
             raise HkError("EINVAL", f"userid {userid} is out of range (0-{MAX_USERID})")
-        self._apply(self.hk.start(jobid, userid, ranks, self.clock()))
+        self.start_unit(jobid, userid, ranks)
         return {"jobid": jobid}
+
+    def start_unit(self, jobid: int, userid: int, ranks: Iterable[int]) -> None:
+        self._apply(self.hk.start(jobid, userid, ranks, self.clock()))
 
     def _list(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"t_now": self.clock(), "units": [u.to_wire() for u in self.hk.units.values()]}
@@ -649,12 +660,17 @@ class Service:
         ranks = self._ranks(params)
         assert ranks is not None
         reason = _param(params, "reason", str, False) or ""
-        actions, already = self.hk.drain(ranks, reason, self.clock())
-        self._apply(actions)
+        already = self.drain_ranks(ranks, reason)
         return {
             "drained": format_idset(ranks - already),
             "already": format_idset(already),
         }
+
+    def drain_ranks(self, ranks: set[int], reason: str) -> set[int]:
+        """Drain ranks; returns those already drained (they keep their first reason)."""
+        actions, already = self.hk.drain(ranks, reason, self.clock())
+        self._apply(actions)
+        return already
 
     def _undrain(self, params: dict[str, Any]) -> dict[str, Any]:
         ranks = self._ranks(params)

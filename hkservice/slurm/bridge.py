@@ -1,0 +1,354 @@
+"""The service's bridge to Slurm: it keeps Slurm's drain state in step with housekeeping.
+
+Slurm's node Epilog holds each node (drains it with hk's hold reason) and EpilogSlurmctld
+hands the job to hk; from there this bridge:
+- resumes a node in Slurm when hk releases it clean,
+- rewrites a failed node's reason to hk's drain reason, leaving it drained,
+- carries hk's own drain and undrain over to Slurm,
+- reconciles at start and every `reconcile-every`: a node held for a job hk has no unit
+  for (hk was down when it ended) gets its cleanup started; a node drained by hk that hk
+  has no record of is taken as drained in hk, so it shows in `hkconsole nodes` and only an
+  operator's undrain resumes it.
+It never resumes or rewrites a node whose reason does not start with `hk:`.
+
+What hk wants of each node is kept as one wish per node (the latest wins). A worker task
+reads the nodes' state with one `sinfo`, decides, and groups the `scontrol` updates; a
+failed or slow command is logged and retried later, and never blocks the service's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import hostlist
+
+from hkservice import core
+from hkservice.config import SchedulerConfig
+from hkservice.errors import HkError
+from hkservice.jobid import JobidError, parse_jobid
+from hkservice.scheduler import BridgeHost
+from hkservice.slurm.nodes import (
+    Commands,
+    SlurmError,
+    SlurmNode,
+    drain_reason,
+    failure_reason,
+    hold_reason,
+    owned,
+    parse_sinfo,
+    run_async,
+    unprefixed,
+)
+
+log = logging.getLogger("hkservice.slurm")
+
+# While a released node's Epilog has not finished (COMPLETING), it is looked at again
+# this often: the Epilog's hold must be in place before it can be lifted.
+WAIT_SECONDS = 0.25
+# A released node that shows neither a drain nor COMPLETING this long after its release
+# was never held (no node Epilog, or it could not drain): nothing to resume.
+NEVER_HELD_SECONDS = 2.0
+RETRY_MIN, RETRY_MAX = 1.0, 60.0
+CLOSE_SECONDS = 5.0
+
+_CORE_FAILURE = re.compile(r"^housekeeping@(\S+) (.+)$", re.DOTALL)
+
+
+@dataclass
+class Wish:
+    """What hk wants of one node in Slurm.
+
+    kind: "resume-hold" (lift the hold of job `jobid` once its Epilog has finished),
+    "drain" (drained with `reason`, unless drained by someone else), "hold" (drained
+    with `reason` if not drained at all), "resume" (resume if drained by hk).
+    """
+
+    kind: str
+    reason: str = ""
+    jobid: int = 0
+    since: float = field(default_factory=time.monotonic)
+
+
+def slurm_reason(reason: str) -> str:
+    """hk's drain reason as Slurm shows it: a failure names the Slurm job it followed."""
+    match = _CORE_FAILURE.match(reason)
+    if match:
+        with contextlib.suppress(JobidError):
+            return failure_reason(match.group(2), parse_jobid(match.group(1)))
+    return drain_reason(reason)
+
+
+class SlurmBridge:
+    def __init__(self, settings: SchedulerConfig, host: BridgeHost) -> None:
+        self.settings = settings
+        self.commands = Commands(settings.scontrol, settings.sinfo, settings.command_timeout)
+        self.host = host
+        self.wishes: dict[str, Wish] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._retry = RETRY_MIN
+        # Nodes held for a job hk has no unit for: when this service first saw each.
+        self._orphans_seen: dict[str, float] = {}
+        # What was already reported, so a reconcile every 30 s does not repeat it.
+        self._reported: set[tuple[str, str]] = set()
+        self.reconciled = 0
+
+    # -- the service's side ---------------------------------------------------
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._work())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.wishes:
+            # One last pass, bounded: what is still undone is redone by the reconcile
+            # of the next start (holds and hk's drains are both on record).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settle(), CLOSE_SECONDS)
+
+    def on_actions(self, actions: list[core.Action]) -> None:
+        hk = self.host.hk
+        cluster = self.host.cluster
+        busy: set[int] | None = None
+        for action in actions:
+            match action:
+                case core.UnitStarted(jobid):
+                    # The node Epilog normally holds them already; this holds them if
+                    # it did not (or not yet), and leaves any drain in place.
+                    unit = hk.units[jobid]
+                    reason = hold_reason(jobid, unit.userid)
+                    for rank in unit.ranks:
+                        if rank not in hk.drains:
+                            self._wish(cluster.hostname(rank), Wish("hold", reason, jobid))
+                case core.Drained(ranks, reason, _):
+                    for rank in ranks:
+                        self._wish(cluster.hostname(rank), Wish("drain", slurm_reason(reason)))
+                case core.Undrained(ranks):
+                    holders = self._holding_units(set(ranks))
+                    for rank in ranks:
+                        unit = holders.get(rank)
+                        if unit is None:
+                            self._wish(cluster.hostname(rank), Wish("resume"))
+                        else:
+                            # Still in cleanup: back to being held for it.
+                            hold = hold_reason(unit.jobid, unit.userid)
+                            self._wish(cluster.hostname(rank), Wish("drain", hold, unit.jobid))
+                case core.Released(jobid, ranks, _):
+                    if busy is None:
+                        busy = hk.housekeeping_ranks()
+                    for rank in ranks:
+                        # A failed node stays drained (its drain came first); a node
+                        # another unit holds stays held until that one releases it.
+                        if rank not in hk.drains and rank not in busy:
+                            self._wish(cluster.hostname(rank), Wish("resume-hold", jobid=jobid))
+                case _:
+                    pass
+
+    def _holding_units(self, ranks: set[int]) -> dict[int, core.Unit]:
+        found: dict[int, core.Unit] = {}
+        for unit in self.host.hk.units.values():
+            for rank in ranks & unit.allocated:
+                found.setdefault(rank, unit)
+        return found
+
+    def _wish(self, name: str, wish: Wish) -> None:
+        self.wishes[name] = wish
+        self._wake.set()
+
+    # -- the worker -----------------------------------------------------------
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_reconcile = loop.time()
+        while True:
+            delay: float | None = None
+            try:
+                if loop.time() >= next_reconcile:
+                    next_reconcile = loop.time() + self.settings.reconcile_every
+                    await self._reconcile()
+                if self.wishes:
+                    delay = await self._settle()
+                self._retry = RETRY_MIN
+            except SlurmError as exc:
+                log.error("slurm: %s; trying again in %g s", exc, self._retry)
+                delay = self._retry
+                self._retry = min(self._retry * 2, RETRY_MAX)
+            except Exception:  # a bug must cost one round, never the bridge
+                log.exception("slurm: internal error; trying again in %g s", self._retry)
+                delay = self._retry
+                self._retry = min(self._retry * 2, RETRY_MAX)
+            wait = next_reconcile - loop.time()
+            if delay is not None:
+                wait = min(wait, delay)
+            self._wake.clear()
+            if wait > 0 and not (self.wishes and delay is None):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def _read(self, names: list[str] | None) -> dict[str, SlurmNode]:
+        where = hostlist.collect_hostlist(names) if names else None
+        out = await run_async(self.commands.sinfo_argv(where), self.commands.timeout)
+        return parse_sinfo(out)
+
+    async def _settle(self) -> float | None:
+        """One pass over the wishes; returns when to look again at those still waiting
+        (None if none is)."""
+        pending = dict(self.wishes)
+        nodes = await self._read(sorted(pending))
+        resume: list[str] = []
+        drains: dict[str, list[str]] = {}
+        waiting = False
+        for name, wish in pending.items():
+            verdict = self._decide(name, wish, nodes.get(name))
+            if verdict == "wait":
+                waiting = True
+                continue
+            if verdict == "resume":
+                resume.append(name)
+            elif verdict == "drain":
+                drains.setdefault(wish.reason, []).append(name)
+            else:
+                self._done(name, wish)
+        if resume:
+            await self._update(self.commands.resume_argv, resume, pending)
+            log.info("slurm: resumed %s", hostlist.collect_hostlist(resume))
+        for reason, names in drains.items():
+            await self._update(
+                lambda where, reason=reason: self.commands.drain_argv(where, reason), names, pending
+            )
+            log.info("slurm: drained %s: %s", hostlist.collect_hostlist(names), reason)
+        return WAIT_SECONDS if waiting else None
+
+    async def _update(
+        self, argv: Callable[[str], list[str]], names: list[str], pending: dict[str, Wish]
+    ) -> None:
+        await run_async(argv(hostlist.collect_hostlist(names)), self.commands.timeout)
+        for name in names:
+            self._done(name, pending[name])
+
+    def _done(self, name: str, wish: Wish) -> None:
+        # Only if no newer wish came meanwhile.
+        if self.wishes.get(name) is wish:
+            del self.wishes[name]
+
+    def _decide(self, name: str, wish: Wish, node: SlurmNode | None) -> str:
+        """ "resume", "drain", "wait" or "done" (nothing to do in Slurm)."""
+        if node is None:
+            self._report(name, "unknown", "slurm: %s is not a Slurm node: left alone", name)
+            return "done"
+        if wish.kind == "resume-hold":
+            if node.completing:
+                return "wait"  # its Epilog may be about to hold it
+            hold = node.hold
+            if hold is not None and hold[0] == wish.jobid:
+                return "resume"
+            if node.drained:
+                if not owned(node.reason):
+                    log.info("slurm: %s keeps its drain: %s", name, node.reason)
+                return "done"
+            if time.monotonic() - wish.since < NEVER_HELD_SECONDS:
+                return "wait"
+            self._report(
+                name,
+                "never-held",
+                "slurm: %s was not held when its cleanup ended: is hk's node Epilog set "
+                "(docs/slurm.md)?",
+                name,
+            )
+            return "done"
+        if wish.kind == "resume":
+            return "resume" if node.hk_owned else "done"
+        # "drain" and "hold"
+        if node.drained and (wish.kind == "hold" or not owned(node.reason)):
+            if not owned(node.reason):
+                log.info("slurm: %s keeps its drain: %s", name, node.reason)
+            return "done"
+        return "done" if node.drained and node.reason == wish.reason else "drain"
+
+    def _report(self, name: str, what: str, message: str, *args: object) -> None:
+        if (name, what) not in self._reported:
+            self._reported.add((name, what))
+            log.warning(message, *args)
+
+    # -- reconcile ------------------------------------------------------------
+
+    async def _reconcile(self) -> None:
+        nodes = await self._read(None)
+        hk = self.host.hk
+        cluster = self.host.cluster
+        busy = hk.housekeeping_ranks()
+        now = time.monotonic()
+        orphans: dict[tuple[int, int], list[int]] = {}
+        adopt: dict[str, list[int]] = {}
+        seen: set[str] = set()
+        for name, node in nodes.items():
+            rank = cluster.rank_of(name)
+            if rank is None or name in self.wishes:
+                continue
+            hold = node.hold
+            if hold is not None:
+                jobid, uid = hold
+                unit = hk.units.get(jobid)
+                if rank in busy:
+                    continue
+                if rank in hk.drains:
+                    # Its failure (or an operator's drain) did not reach Slurm yet.
+                    self._wish(name, Wish("drain", slurm_reason(hk.drains[rank][0])))
+                elif unit is not None and rank in unit.records and unit.records[rank].released:
+                    self._wish(name, Wish("resume-hold", jobid=jobid))
+                elif unit is None:
+                    seen.add(name)
+                    first = self._orphans_seen.setdefault(name, now)
+                    age = now - first
+                    if node.reason_time is not None:
+                        age = max(age, time.time() - node.reason_time)
+                    if age >= self.settings.orphan_grace:
+                        orphans.setdefault(hold, []).append(rank)
+            elif node.hk_owned and rank not in hk.drains and rank not in busy:
+                adopt.setdefault(unprefixed(node.reason), []).append(rank)
+            elif rank in hk.drains and not node.drained:
+                self._report(
+                    name,
+                    "undrained",
+                    "slurm: %s is drained in hk (%s) but not in Slurm: someone resumed it "
+                    "there; hkconsole undrain %s makes hk agree",
+                    name,
+                    hk.drains[rank][0],
+                    name,
+                )
+        for name in set(self._orphans_seen) - seen:
+            del self._orphans_seen[name]
+        for (jobid, uid), ranks in orphans.items():
+            where = cluster.nodelist(ranks)
+            log.warning(
+                "slurm: %s held for job %d with no housekeeping in hk (was hk down when it "
+                "ended?): starting its cleanup",
+                where,
+                jobid,
+            )
+            try:
+                self.host.start_unit(jobid, uid, ranks)
+            except HkError as exc:
+                log.error("slurm: cannot start the cleanup of job %d on %s: %s", jobid, where, exc)
+        for reason, ranks in adopt.items():
+            log.warning(
+                "slurm: %s drained by hk in Slurm (%s) with no record in hk: kept drained; "
+                "hkconsole undrain resumes it",
+                cluster.nodelist(ranks),
+                reason,
+            )
+            try:
+                self.host.drain_ranks(set(ranks), reason)
+            except HkError as exc:
+                log.error("slurm: cannot record the drain of %s: %s", cluster.nodelist(ranks), exc)
+        self.reconciled += 1
