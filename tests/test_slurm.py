@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunningService, missing_part, toml_value
+from tests.conftest import RunningService, ServiceFactory, missing_part, toml_value
 from tests.slurm_cluster import SlurmCluster, slurm_missing
 
 BIN = Path(sys.executable).parent
@@ -79,9 +79,14 @@ def slurm() -> Iterator[SlurmCluster]:
 ServiceMaker = Callable[..., SlurmService]
 
 
+def hk_dir(slurm: SlurmCluster) -> Path:
+    """The tests' hk: its socket, config, state, cleanup script and marks."""
+    return slurm.base.parent / "hk"
+
+
 @pytest.fixture
 def hk(slurm: SlurmCluster) -> Iterator[ServiceMaker]:
-    base = slurm.base.parent / "hk"
+    base = hk_dir(slurm)
     shutil.rmtree(base / "state", ignore_errors=True)
     marks = base / "marks"
     shutil.rmtree(marks, ignore_errors=True)
@@ -187,16 +192,24 @@ def settled(slurm: SlurmCluster, want: dict[str, str]) -> Callable[[], bool]:
 def test_job_completes_at_once_and_nodes_come_back_one_by_one(
     slurm: SlurmCluster, hk: ServiceMaker
 ) -> None:
-    svc = hk('case "$HK_HOSTNAME" in node2) sleep 5;; *) sleep 1;; esac')
+    # The big job's cleanup takes 5 s on node2 and 1 s elsewhere; the small jobs' 0.2 s.
+    slow = hk_dir(slurm) / "slow-job"
+    svc = hk(
+        f'if [ "$HK_JOB_ID" = "$(cat {slow})" ]; then\n'
+        '  case "$HK_HOSTNAME" in node2) sleep 5;; *) sleep 1;; esac\n'
+        "else sleep 0.2; fi"
+    )
     runs = svc.base / "runs"
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir()
-    big = slurm.sbatch("-N4", script=f"#!/bin/sh\ndate +%s.%N > {runs}/big.end\n")
+    big = slurm.sbatch("-N4", "-H", script=f"#!/bin/sh\ndate +%s.%N > {runs}/big.end\n")
+    slow.write_text(str(big))
+    slurm.run("scontrol", "release", str(big))
     wait_until(lambda: job_state(slurm, big) != "PENDING", 10, "big job started")
-    # Queued behind it: one that must land on node0, three that go wherever a node frees.
+    # Queued behind it: one that must land on node0, two that go wherever a node frees.
     record = f'#!/bin/sh\necho "$SLURMD_NODENAME $(date +%s.%N)" > {runs}/$SLURM_JOB_ID\n'
     first = slurm.sbatch("-N1", "-w", "node0", script=record)
-    others = [slurm.sbatch("-N1", script=record) for _ in range(3)]
+    others = [slurm.sbatch("-N1", script=record) for _ in range(2)]
     completed_at = 0.0
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -312,3 +325,187 @@ def test_kill_of_a_slurm_jobs_cleanup_drains_with_signal(
     assert killed.returncode == 0, killed
     reason = f"hk: signal: killed TERM (job {job})"
     wait_until(settled(slurm, {"node1": reason}), 10, "node1 drained with the signal")
+
+
+def test_hk_drain_and_undrain_act_in_slurm_and_unknown_hk_drains_are_adopted(
+    slurm: SlurmCluster, hk: ServiceMaker
+) -> None:
+    svc = hk("true")
+    assert hkconsole(svc, "drain", "node0", "fan", "check").returncode == 0
+    wait_until(settled(slurm, {"node0": "hk: fan check"}), 10, "hk's drain in Slurm")
+    # An admin's drain is never rewritten by hk's, nor resumed by hk's undrain.
+    slurm.run("scontrol", "update", "nodename=node1", "state=drain", "reason=admin: psu")
+    assert hkconsole(svc, "drain", "node1", "also").returncode == 0
+    assert hkconsole(svc, "undrain", "node1").returncode == 0
+    assert hkconsole(svc, "undrain", "node0").returncode == 0
+    wait_until(settled(slurm, {"node0": ""}), 10, "hk's undrain in Slurm")
+    assert node_states(slurm)["node1"] == ("drained", "admin: psu")
+    # A drain of hk's that hk has no record of (its state was lost): reported, kept.
+    lost = "hk: exit-code: exited 1 (job 99)"
+    slurm.run("scontrol", "update", "nodename=node2", "state=drain", f"reason={lost}")
+    wait_until(lambda: "no record in hk" in svc.log(), 10, "the reconcile's report")
+    nodes = hkconsole(svc, "nodes", "-o", "long")
+    assert "node2" in nodes.stdout and "exit-code: exited 1 (job 99)" in nodes.stdout, nodes
+    time.sleep(1.2)
+    assert node_states(slurm)["node2"] == ("drained", lost)
+    assert hkconsole(svc, "undrain", "node2").returncode == 0
+    wait_until(settled(slurm, {"node2": ""}), 10, "resumed by hk's undrain only")
+
+
+# -- without Slurm: config, hooks and a Slurm that does not answer ----------------------
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "message"),
+    [
+        ('kind = "pbs"', "scheduler.kind: expected one of slurm"),
+        ('kind = "slurm"\nreconcile-every = "0s"', "scheduler.reconcile-every: expected"),
+        ('kind = "slurm"\nscontrol = ""', "scheduler.scontrol: expected a command"),
+        ('kind = "slurm"\nsqueue = "x"', "scheduler.squeue: unknown key"),
+        ("sinfo = 'x'", "scheduler.kind: required key is missing"),
+        (
+            'kind = "slurm"\nsinfo = "/nonexistent/sinfo"',
+            "cluster.hostlist: cannot take it from Slurm: cannot run /nonexistent/sinfo",
+        ),
+    ],
+)
+def test_bad_scheduler_config_names_the_key(tmp_path: Path, scheduler: str, message: str) -> None:
+    path = tmp_path / "hk.toml"
+    path.write_text(f'[housekeeping]\ncommand = ["true"]\n[scheduler]\n{scheduler}\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "hkservice", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert proc.returncode == 1
+    assert f"hkservice: ERROR: {message}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_hung_slurm_never_blocks_the_service(hk_service: ServiceFactory, tmp_path: Path) -> None:
+    hung = tmp_path / "hung"
+    hung.write_text(f"#!/bin/sh\necho $$ >> {tmp_path}/pids\nexec sleep 60\n")
+    hung.chmod(0o755)
+    svc = hk_service(command=["true"], release_after="0s", start=False)
+    svc.write_config()
+    with open(svc.config_path, "a") as fh:
+        fh.write(
+            f'[scheduler]\nkind = "slurm"\nsinfo = "{hung}"\nscontrol = "{hung}"\n'
+            'command-timeout = "0.5s"\nreconcile-every = "1s"\n'
+        )
+    svc.write_config = lambda: None  # type: ignore[method-assign]
+    svc.start()
+    svc.call("housekeeping.start", {"jobid": 7, "ranks": "0-3"})
+    svc.wait_idle(5)
+    for _ in range(10):
+        began = time.monotonic()
+        svc.call("housekeeping.list")
+        assert time.monotonic() - began < 0.3
+        time.sleep(0.1)
+    wait_until(lambda: "did not answer within 0.5 s; trying again" in svc.log(), 10)
+    assert svc.stop() == 0
+    # Each timed-out call was killed, not left behind.
+    for pid in (tmp_path / "pids").read_text().split():
+        assert not Path(f"/proc/{pid}").exists() or "Z" in stat_state(int(pid))
+
+
+def stat_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
+def hook(
+    name: str, env: dict[str, str], *args: str
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "HK_"))}
+    began = time.monotonic()
+    proc = subprocess.run(
+        [str(BIN / name), *args], env={**clean, **env}, capture_output=True, text=True, timeout=30
+    )
+    return proc, time.monotonic() - began
+
+
+JOB_ENV = {"SLURM_JOB_ID": "12", "SLURM_JOB_UID": "1000", "SLURM_JOB_NODELIST": "node[0-3]"}
+
+
+def test_epilog_slurmctld_exits_0_at_once_when_hk_is_down(tmp_path: Path) -> None:
+    proc, took = hook(
+        "hk-slurm-epilog-slurmctld", JOB_ENV, "--endpoint", f"ipc://{tmp_path}/none.sock"
+    )
+    assert proc.returncode == 0
+    assert "job 12 on node[0-3] not handed to hk" in proc.stderr
+    assert took < 5
+
+
+def test_epilog_slurmctld_is_bounded_when_hk_hangs() -> None:
+    import zmq
+
+    base = Path(tempfile.mkdtemp(prefix="hk-", dir="/tmp"))
+    ctx = zmq.Context()
+    silent = ctx.socket(zmq.ROUTER)
+    try:
+        silent.bind(f"ipc://{base}/hk.sock")
+        proc, took = hook(
+            "hk-slurm-epilog-slurmctld",
+            JOB_ENV,
+            "--endpoint",
+            f"ipc://{base}/hk.sock",
+            "--timeout",
+            "0.5",
+        )
+    finally:
+        silent.close(linger=0)
+        ctx.term()
+        shutil.rmtree(base, ignore_errors=True)
+    assert proc.returncode == 0
+    assert "did not answer within 0.5 s" in proc.stderr
+    assert took < 5
+
+
+def test_epilog_slurmctld_hands_the_job_to_hk(hk_service: ServiceFactory) -> None:
+    svc = hk_service(command=["sleep", "30"])
+    proc, _ = hook("hk-slurm-epilog-slurmctld", {**JOB_ENV, "HK_ENDPOINT": svc.endpoint})
+    assert proc.returncode == 0, proc.stderr
+    unit = svc.call("housekeeping.list")["units"][0]
+    assert (unit["jobid"], unit["userid"], unit["ranks"]) == (12, 1000, "0-3")
+    # A second hand-over (hk's reconcile was first) is no error.
+    proc, _ = hook("hk-slurm-epilog-slurmctld", {**JOB_ENV, "HK_ENDPOINT": svc.endpoint})
+    assert proc.returncode == 0 and proc.stderr == ""
+
+
+def test_node_epilog_that_cannot_hold_its_node_fails_so_slurm_drains_it() -> None:
+    env = {"SLURMD_NODENAME": "node1", "SLURM_JOB_ID": "12", "SLURM_JOB_UID": "0"}
+    proc, took = hook("hk-slurm-epilog", env, "--sinfo", "/nonexistent/sinfo")
+    # Non-zero: Slurm then drains the node itself ("Epilog error"), so it stays held.
+    assert proc.returncode == 1
+    assert "could not hold node1 for job 12: cannot run /nonexistent/sinfo" in proc.stderr
+    assert took < 5
+    proc, _ = hook("hk-slurm-epilog", {})
+    assert proc.returncode == 0 and "not run by slurmd" in proc.stderr
+
+
+def test_sinfo_output_and_reasons_read_strictly() -> None:
+    from hkservice.slurm.bridge import slurm_reason
+    from hkservice.slurm.nodes import hold_reason, parse_hold, parse_sinfo
+
+    nodes = parse_sinfo(
+        "node1|idle+drain|2026-01-02T03:04:05|hk: a|b c\n"
+        "node2|mixed+completing|Unknown|none\n"
+        "garbage line\n"
+        "node3|idle*+drain|Unknown|admin: x\n"
+    )
+    assert nodes["node1"].reason == "hk: a|b c" and nodes["node1"].hk_owned
+    assert nodes["node1"].reason_time is not None
+    assert nodes["node2"].completing and not nodes["node2"].drained and not nodes["node2"].reason
+    assert nodes["node3"].drained and not nodes["node3"].hk_owned
+    assert set(nodes) == {"node1", "node2", "node3"}
+    assert parse_hold(hold_reason(42, 1000)) == (42, 1000)
+    assert parse_hold(hold_reason(42, 1000) + " extra") is None
+    assert slurm_reason("housekeeping@f38 exit-code: exited 1") == (
+        "hk: exit-code: exited 1 (job 123)"
+    )
+    # An operator's reason: one line whatever it holds.
+    assert slurm_reason("bad\nfan\x1b[2J") == "hk: bad fan [2J"

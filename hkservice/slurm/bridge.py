@@ -23,7 +23,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import hostlist
@@ -38,11 +38,11 @@ from hkservice.slurm.nodes import (
     SlurmError,
     SlurmNode,
     drain_reason,
+    failure,
     failure_reason,
     hold_reason,
     owned,
     parse_sinfo,
-    run_async,
     unprefixed,
 )
 
@@ -73,6 +73,33 @@ class Wish:
     reason: str = ""
     jobid: int = 0
     since: float = field(default_factory=time.monotonic)
+
+
+async def run_async(argv: Sequence[str], timeout: float) -> str:
+    """run() for the service: the loop keeps serving while Slurm answers (or does not)."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError as exc:
+        raise SlurmError(f"cannot run {argv[0]}: {exc.strerror}") from None
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise SlurmError(f"{argv[0]} {argv[1]} did not answer within {timeout:g} s") from None
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        raise
+    if proc.returncode != 0:
+        raise failure(argv, proc.returncode or 0, err.decode(errors="replace"))
+    return out.decode(errors="replace")
 
 
 def slurm_reason(reason: str) -> str:
@@ -113,8 +140,12 @@ class SlurmBridge:
         if self.wishes:
             # One last pass, bounded: what is still undone is redone by the reconcile
             # of the next start (holds and hk's drains are both on record).
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._settle(), CLOSE_SECONDS)
+            except (TimeoutError, SlurmError) as exc:
+                log.error("slurm: stopping with changes not made in Slurm: %s", exc or "timeout")
+            except Exception:  # a bug must not fail the service's stop
+                log.exception("slurm: internal error while stopping")
 
     def on_actions(self, actions: list[core.Action]) -> None:
         hk = self.host.hk

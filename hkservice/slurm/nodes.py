@@ -1,5 +1,6 @@
 """Slurm's nodes as hk reads and changes them: one `sinfo` format, hk's drain reasons, and
-the `scontrol` updates, for both the service's bridge (asyncio) and the hooks (blocking).
+the `scontrol` updates, for both the service's bridge and the hooks. No asyncio here: the
+node Epilog runs at every job's end, and asyncio alone costs it 150 ms of start-up.
 
 Slurm keeps one drain reason per node and a second drain overwrites it, so ownership is
 told by the reason alone: hk's reasons start with `hk:`, and hk never resumes or
@@ -8,12 +9,10 @@ rewrites a node whose reason does not.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 PREFIX = "hk:"
@@ -139,7 +138,7 @@ class Commands:
         return [self.scontrol, "update", f"nodename={names}", "state=resume"]
 
 
-def _failure(argv: Sequence[str], returncode: int, stderr: str) -> SlurmError:
+def failure(argv: Sequence[str], returncode: int, stderr: str) -> SlurmError:
     said = " ".join(clean(stderr).split())[:300] or f"exit status {returncode}"
     return SlurmError(f"{argv[0]} {argv[1]} failed: {said}")
 
@@ -160,43 +159,11 @@ def run(argv: Sequence[str], timeout: float) -> str:
     except OSError as exc:
         raise SlurmError(f"cannot run {argv[0]}: {exc.strerror}") from None
     if done.returncode != 0:
-        raise _failure(argv, done.returncode, done.stderr)
+        raise failure(argv, done.returncode, done.stderr)
     return done.stdout
-
-
-async def run_async(argv: Sequence[str], timeout: float) -> str:
-    """run() for the service: the loop keeps serving while Slurm answers (or does not)."""
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-    except OSError as exc:
-        raise SlurmError(f"cannot run {argv[0]}: {exc.strerror}") from None
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        raise SlurmError(f"{argv[0]} {argv[1]} did not answer within {timeout:g} s") from None
-    except asyncio.CancelledError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        raise
-    if proc.returncode != 0:
-        raise _failure(argv, proc.returncode or 0, err.decode(errors="replace"))
-    return out.decode(errors="replace")
 
 
 def hostnames(commands: Commands) -> list[str]:
     """Every node Slurm knows, once each, in Slurm's order."""
     names = run(commands.hostnames_argv(), commands.timeout).split()
     return list(dict.fromkeys(names))
-
-
-def join(names: Iterable[str]) -> str:
-    """Node names for scontrol and sinfo: a comma list (both take it, no hostlist needed)."""
-    return ",".join(sorted(names))
