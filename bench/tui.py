@@ -119,7 +119,8 @@ async def main() -> int:
             for _ in range(5):
                 churn(rng, units)
                 start = time.perf_counter()
-                app.apply_changes(app.model.apply_list(units))
+                app.model.apply_list(units)
+                app.apply_changes(app.model.take_changes())
                 applies.append(time.perf_counter() - start)
                 # pause() also waits for Textual's next refresh tick, idle time included.
                 await pilot.pause()
@@ -142,17 +143,17 @@ async def main() -> int:
                 record(f"{view} filter cleared (esc)", clearing, "500 ms")
 
         await updates("units view, update of 1% of units")
-        await filtered(app.units_table, "units", "1000")
+        await filtered(app.units.table, "units", "1000")
         # Host prefixes: units holding any of node1, node10-19, node100-199, … match,
         # inside bracketed nodelists too (about half the hosts at `node1`).
-        await filtered(app.units_table, "units", "node12", " (hosts)", cleared=False)
+        await filtered(app.units.table, "units", "node12", " (hosts)", cleared=False)
 
         record("switch to the nodes view", await timed(pilot, lambda: pilot.press("2")), "1 s")
         await updates("nodes view, update of 1% of units")
-        await filtered(app.nodes_table, "nodes", "node1")
+        await filtered(app.nodes.table, "nodes", "node1")
         await pilot.press("f", "f", "f")  # idle, housekeeping, draining
         state = await timed(pilot, lambda: pilot.press("f"))
-        drained = app.nodes_table.row_count
+        drained = app.nodes.table.row_count
         record(f"nodes state filter: draining -> drained ({drained} rows)", state, "500 ms")
         await pilot.press("f", "f")  # offline, then all again
         back = await timed(pilot, lambda: pilot.press("1"))
@@ -160,8 +161,9 @@ async def main() -> int:
         rss = rss_mb()
         # A resync after a long disconnect, in which 90% of the units ended.
         units["units"] = units["units"][: UNITS // 10]
-        resync = await timed(pilot, lambda: app.apply_changes(app.model.apply_list(units)))
-        left = app.units_table.row_count
+        app.model.apply_list(units)
+        resync = await timed(pilot, lambda: app.apply_changes(app.model.take_changes()))
+        left = app.units.table.row_count
         record(f"resync where 90% of the units ended ({left} left)", resync, "500 ms")
 
     print(f"hk console benchmark: {UNITS} units over {NODES} nodes, headless")

@@ -20,10 +20,13 @@ from textual.widgets._footer import FooterKey
 from textual.widgets._toast import Toast
 from textual.widgets.data_table import ColumnKey
 
-from hkconsole.tui.app import NODE_STATES, HkConsole, hosts_text
+from hkconsole.tui.app import HkConsole
+from hkconsole.tui.cells import hosts_text
+from hkconsole.tui.detail import detail_text
 from hkconsole.tui.fixed import disconnect, fixed_app, load_sample
 from hkconsole.tui.sample import T0
 from hkconsole.tui.screens import ConfirmScreen, PromptScreen
+from hkconsole.tui.views.nodes import NODE_STATES
 from hkservice.cluster import Cluster
 from hkservice.fsd import parse_duration
 from hkservice.idset import parse_idset
@@ -83,7 +86,7 @@ async def test_kill_the_highlighted_unit(busy: RunningService) -> None:
     async with app.run_test(size=SIZE, message_hook=notes_into(notes)) as pilot:
         await until(pilot, lambda: rows(app) == [101, 102, 103])
         await pilot.press("down")
-        await until(pilot, lambda: app.selected == 102)
+        await until(pilot, lambda: app.units.key_at_cursor() == 102)
         await pilot.press("k")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         body = str(app.screen.query_one("#dialog-body", Static).render())
@@ -104,14 +107,14 @@ async def test_the_right_unit_dies_when_rows_move_under_the_dialog(
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: rows(app) == [101, 102, 103])
         await pilot.press("down", "down")
-        await until(pilot, lambda: app.selected == 103)
+        await until(pilot, lambda: app.units.key_at_cursor() == 103)
         await pilot.press("k")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         # While the operator reads the dialog: the row above goes away and the list
         # re-sorts, so another unit now sits where the cursor was.
         busy.call("housekeeping.kill", {"jobid": 101, "signum": 9})
         await until(pilot, lambda: 101 not in rows(app))
-        app.set_sort("jobid", reverse=True)
+        app.units.set_sort("jobid", reverse=True)
         await pilot.pause(0.1)
         assert rows(app) == [103, 102]
         await pilot.press("y")
@@ -128,11 +131,11 @@ async def test_marked_units_are_killed_together_and_the_rest_untouched(
     async with app.run_test(size=SIZE, message_hook=notes_into(notes)) as pilot:
         await until(pilot, lambda: rows(app) == [101, 102, 103])
         await pilot.press("space")  # marks 101, moves down to 102
-        await until(pilot, lambda: app.selected == 102)
+        await until(pilot, lambda: app.units.key_at_cursor() == 102)
         await pilot.press("down", "space")  # marks 103
-        assert app.marked == {101, 103}
-        assert str(app.units_table.get_cell("102", "mark")) == ""
-        assert str(app.units_table.get_cell("103", "mark")) == "●"
+        assert app.units.marked == {101, 103}
+        assert str(app.units.table.get_cell("102", "mark")) == ""
+        assert str(app.units.table.get_cell("103", "mark")) == "●"
         await pilot.press("k")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         body = str(app.screen.query_one("#dialog-body", Static).render())
@@ -145,7 +148,7 @@ async def test_marked_units_are_killed_together_and_the_rest_untouched(
         assert notes == [
             f"sent SIGTERM to {encode_jobid(101)} and {encode_jobid(103)} on node[0-1,4-5]"
         ]
-        assert app.marked == set()
+        assert app.units.marked == set()
     assert running(busy) == {102: "2-3"}
     assert sorted(drained(busy)) == [0, 1, 4, 5]
 
@@ -155,19 +158,19 @@ async def test_refresh_rate_key_sets_how_often_the_console_resyncs(
 ) -> None:
     app = HkConsole(busy.endpoint)
     resyncs: list[float] = []
-    resync = app.resync
+    resync = app.feed.resync
 
     async def counted() -> None:
         resyncs.append(time.monotonic())
         await resync()
 
-    app.resync = counted  # type: ignore[method-assign]
+    app.feed.resync = counted  # type: ignore[method-assign]
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         await until(pilot, lambda: app.connected)
-        assert app.refresh_interval == 2.0 and "refresh 2s" in header_lines(app)[2]
+        assert app.feed.interval == 2.0 and "refresh 2s" in header_lines(app)[2]
         resyncs.clear()
         await pilot.press("r")  # 2 s -> 5 s
-        assert app.refresh_interval == 5.0 and "refresh 5s" in header_lines(app)[2]
+        assert app.feed.interval == 5.0 and "refresh 5s" in header_lines(app)[2]
         # A change of rate resyncs at once (within the feed's 0.5 s poll), then waits.
         await until(pilot, lambda: bool(resyncs))
         await pilot.pause(0.7)
@@ -175,7 +178,7 @@ async def test_refresh_rate_key_sets_how_often_the_console_resyncs(
         await pilot.pause(3.0)
         assert resyncs == []  # none within 3 s at 5 s
         await pilot.press("r", "r")  # 10 s, then around to 1 s
-        assert app.refresh_interval == 1.0 and "refresh 1s" in header_lines(app)[2]
+        assert app.feed.interval == 1.0 and "refresh 1s" in header_lines(app)[2]
         # The toast of the first press (4 s ago) and of the second are gone: one toast,
         # in the header's word.
         await pilot.pause()
@@ -257,7 +260,7 @@ async def test_read_only_hides_kill_and_drain(busy: RunningService) -> None:
         await pilot.press("k", "A", "t", "space")
         await pilot.pause(0.2)
         assert not isinstance(app.screen, ConfirmScreen | PromptScreen)
-        assert app.marked == set()  # marks only feed kills
+        assert app.units.marked == set()  # marks only feed kills
         assert "READ-ONLY" in str(app.query_one("#header", Static).render())
     assert len(running(busy)) == 3
 
@@ -278,7 +281,7 @@ async def test_nodes_view_drain_and_undrain(busy: RunningService) -> None:
         # Rows back from a filter return to rank order, not to the bottom.
         await until(pilot, lambda: node_rows() == list(range(8)))
         # The node highlighted under the filter (its first row) stays highlighted.
-        assert app.highlighted_node() == 6
+        assert app.nodes.key_at_cursor() == 6
         await pilot.press("d")
         await until(pilot, lambda: isinstance(app.screen, PromptScreen))
         await pilot.press(*"bad fan [x]", "enter")
@@ -341,9 +344,7 @@ async def test_detail_of_a_big_unit_lists_64_ranks_then_summarises() -> None:
             + [rank(r, "released", 0) for r in range(62, 100)]
         )
         unit = {"jobid": 5, "userid": 1000, "ranks": "0-99", "rank_detail": detail}
-        app.selected = None
-        app.show_detail(unit, [])
-        lines = str(app.detail_pane.render()).splitlines()
+        lines = str(detail_text(unit, [], app.model, T0)).splitlines()
         states = [line.split()[2] for line in lines[1:65]]
         assert states == ["failed"] * 2 + ["running"] * 10 + ["ok"] * 50 + ["released"] * 2
         assert lines[64].split() == ["63", "sim63", "released", "27s"]
@@ -415,11 +416,11 @@ async def test_output_help_pause_filter_and_sort(
         await until(pilot, lambda: rows(app) == [301, 302, 303])
 
         await pilot.press("greater_than_sign", "greater_than_sign", "greater_than_sign")
-        assert app.sorting["units"].column == "nnodes"
+        assert app.units.sort.column == "nnodes"
         await pilot.press("I")
         assert rows(app) == [301, 303, 302]
         # The highlight followed 302 through the filter and the sorts: by key, not row.
-        assert app.selected == 302
+        assert app.units.key_at_cursor() == 302
         assert app.query_one("#units", DataTable).cursor_row == 2
 
         await pilot.press("p")
@@ -469,10 +470,10 @@ async def test_a_filter_hiding_most_of_5000_units_is_quick_and_keeps_the_highlig
     async with app.run_test(size=SIZE) as pilot:
         app.load(*many_units(5000, 8192))
         await pilot.pause()
-        table = app.units_table
+        table = app.units.table
         target = 1_004_321  # matches the filter below: its row must stay highlighted
         table.move_cursor(row=table.get_row_index(str(target)))
-        await until(pilot, lambda: app.selected == target)
+        await until(pilot, lambda: app.units.key_at_cursor() == target)
         start = time.monotonic()
         await pilot.press("slash", *"432", "enter")
         await pilot.pause()
@@ -486,7 +487,7 @@ async def test_a_filter_hiding_most_of_5000_units_is_quick_and_keeps_the_highlig
             )
         ]
         assert shown == expected and len(shown) >= 10
-        assert app.selected == target and table.cursor_row == shown.index(target)
+        assert app.units.key_at_cursor() == target and table.cursor_row == shown.index(target)
         start = time.monotonic()
         await pilot.press("escape")
         await pilot.pause()
@@ -502,10 +503,13 @@ class CountingConsole(HkConsole):
     def __init__(self) -> None:
         super().__init__("ipc:///nowhere", clock=lambda: 9000.0, live=False)
         self.built: list[int] = []
+        node_cells = self.nodes.node_cells
 
-    def node_cells(self, rank: int) -> list[Any]:
-        self.built.append(rank)
-        return super().node_cells(rank)
+        def counted(rank: int) -> list[Any]:
+            self.built.append(rank)
+            return node_cells(rank)
+
+        self.nodes.node_cells = counted  # type: ignore[method-assign]
 
 
 async def test_nodes_view_updates_touch_only_the_ranks_that_changed() -> None:
@@ -515,7 +519,7 @@ async def test_nodes_view_updates_touch_only_the_ranks_that_changed() -> None:
     async with app.run_test(size=SIZE) as pilot:
         app.load(config, units, status)
         await pilot.press("2")
-        nodes = app.nodes_table
+        nodes = app.nodes.table
         await until(pilot, lambda: nodes.row_count == 16384)
         assert str(nodes.get_cell("5", "state")) == "draining"
         app.built.clear()
@@ -561,7 +565,7 @@ async def test_nodes_view_updates_touch_only_the_ranks_that_changed() -> None:
 
 
 def node_rows(app: HkConsole) -> list[int]:
-    return [int(row.key.value or 0) for row in app.nodes_table.ordered_rows]
+    return [int(row.key.value or 0) for row in app.nodes.table.ordered_rows]
 
 
 def header_lines(app: HkConsole) -> list[str]:
@@ -578,19 +582,19 @@ async def test_nodes_state_filter_is_a_state_not_a_substring(busy: RunningServic
         await until(pilot, lambda: rows(app) == [101, 102])
         await pilot.press("2")
         await until(pilot, lambda: node_rows(app) == list(range(8)))
-        await until(pilot, lambda: "housekeeping@" in str(app.nodes_table.get_cell("4", "reason")))
+        await until(pilot, lambda: "housekeeping@" in str(app.nodes.table.get_cell("4", "reason")))
         footer = {key.description: key.key for key in app.query(FooterKey)}
         assert footer["State"] == "z"
         await pilot.press("f")  # the default key is gone once remapped
         await pilot.pause(0.1)
-        assert app.node_state_filter is None
+        assert app.nodes.state_filter is None
         seen: dict[str | None, list[int]] = {}
         for _ in range(len(NODE_STATES) + 1):
             await pilot.press("z")
             await pilot.pause(0.05)
-            seen[app.node_state_filter] = node_rows(app)
-            if app.node_state_filter:
-                assert f"state {app.node_state_filter}" in header_lines(app)[2]
+            seen[app.nodes.state_filter] = node_rows(app)
+            if app.nodes.state_filter:
+                assert f"state {app.nodes.state_filter}" in header_lines(app)[2]
             else:
                 assert "state" not in header_lines(app)[2]
         assert seen == {
@@ -667,7 +671,7 @@ async def test_each_view_keeps_its_own_sort_marked_in_the_column_header() -> Non
     async with app.run_test(size=SIZE) as pilot:
         load_sample(app)
         await pilot.pause()
-        units = app.units_table
+        units = app.units.table
         await pilot.press(*["greater_than_sign"] * 3, "I")  # NNODES, descending
         nnodes = [int(str(units.get_cell(str(j), "nnodes"))) for j in rows(app)]
         assert nnodes == sorted(nnodes, reverse=True)
@@ -682,11 +686,11 @@ async def test_each_view_keeps_its_own_sort_marked_in_the_column_header() -> Non
         await pilot.press("I")
         assert node_rows(app) == list(range(63, -1, -1))
         assert "sort rank ▼" in header_lines(app)[2]
-        assert app.nodes_table.columns[ColumnKey("rank")].label.plain == "RANK ▼"
+        assert app.nodes.table.columns[ColumnKey("rank")].label.plain == "RANK ▼"
         await pilot.press("I")
         assert node_rows(app) == list(range(64))
         await pilot.press("1")
-        assert app.sorting["units"].reverse and app.sorting["units"].column == "nnodes"
+        assert app.units.sort.reverse and app.units.sort.column == "nnodes"
         assert "sort nnodes ▼" in header_lines(app)[2]
 
 
@@ -696,16 +700,16 @@ async def test_detail_follows_the_cursor_when_a_filter_hides_the_highlighted_uni
         load_sample(app)
         await pilot.pause()
         first, *_ = rows(app)
-        assert str(app.detail_pane.render()).startswith(encode_jobid(first))
+        assert str(app.detail.body.render()).startswith(encode_jobid(first))
         await pilot.press("slash", *"sim57", "enter")
         await until(pilot, lambda: len(rows(app)) == 1)
         (shown,) = rows(app)
-        assert app.selected == shown != first
-        assert str(app.detail_pane.render()).startswith(encode_jobid(shown))
+        assert app.units.key_at_cursor() == shown != first
+        assert str(app.detail.body.render()).startswith(encode_jobid(shown))
         await pilot.press("escape", "slash", *"nothing-matches")
         await until(pilot, lambda: rows(app) == [])
-        assert app.selected is None
-        assert str(app.detail_pane.render()) == "no unit selected"
+        assert app.units.key_at_cursor() is None
+        assert str(app.detail.body.render()) == "no unit selected"
 
 
 async def test_runtime_freezes_while_disconnected() -> None:
@@ -716,7 +720,7 @@ async def test_runtime_freezes_while_disconnected() -> None:
         load_sample(app)
         await pilot.pause()
         first = rows(app)[0]
-        runtime = lambda: str(app.units_table.get_cell(str(first), "runtime"))  # noqa: E731
+        runtime = lambda: str(app.units.table.get_cell(str(first), "runtime"))  # noqa: E731
         before = runtime()
         disconnect(app)
         now[0] += 600
@@ -760,7 +764,7 @@ async def test_filter_by_host_finds_units_whose_nodelist_holds_it(sim: RunningSe
     app = HkConsole(sim.endpoint)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: rows(app) == [401, 402, 403, 404])
-        assert str(app.units_table.get_cell("401", "nodelist")) == "sim[0,3,28-29,34,39,52,63]"
+        assert str(app.units.table.get_cell("401", "nodelist")) == "sim[0,3,28-29,34,39,52,63]"
         for text, expected in (
             ("sim28", [401]),  # inside the brackets
             ("SIM28", [401]),
@@ -799,7 +803,7 @@ async def test_filter_finds_a_jobid_spelled_with_f_or_with_the_script_f(
             await until(pilot, lambda: rows(app) == [404])
             assert app.filter_text == text
         await pilot.press("escape", "2")
-        await until(pilot, lambda: "@f" in str(app.nodes_table.get_cell("1", "reason")))
+        await until(pilot, lambda: "@f" in str(app.nodes.table.get_cell("1", "reason")))
         for text in (encode_jobid(403), encode_jobid(403, "f58plain")):
             await pasted_filter(pilot, text)  # the drain reason of the killed unit's node
             await until(pilot, lambda: node_rows(app) == [1])
@@ -815,7 +819,7 @@ async def test_kill_confirm_says_which_marked_units_the_filter_hides_and_esc_cle
     async with app.run_test(size=SIZE, message_hook=notes_into(notes)) as pilot:
         await until(pilot, lambda: rows(app) == [101, 102, 103])
         await pilot.press("space", "down", "space")  # marks 101 and 103
-        assert app.marked == {101, 103}
+        assert app.units.marked == {101, 103}
         await typed_filter(pilot, "node2")
         assert rows(app) == [102]
         await pilot.press("k")
@@ -827,16 +831,16 @@ async def test_kill_confirm_says_which_marked_units_the_filter_hides_and_esc_cle
         await pilot.press("n")
         # esc clears the filter first, then the marks.
         await pilot.press("escape")
-        assert rows(app) == [101, 102, 103] and app.marked == {101, 103}
+        assert rows(app) == [101, 102, 103] and app.units.marked == {101, 103}
         await pilot.press("escape")
-        assert app.marked == set()
-        assert [str(app.units_table.get_cell(str(j), "mark")) for j in rows(app)] == [""] * 3
+        assert app.units.marked == set()
+        assert [str(app.units.table.get_cell(str(j), "mark")) for j in rows(app)] == [""] * 3
         await until(pilot, lambda: bool(notes))
         assert notes == ["cleared 2 marks"]
         # With one marked unit hidden and one shown:
-        assert app.selected == 102
+        assert app.units.key_at_cursor() == 102
         await pilot.press("space", "space")  # 102, then 103
-        assert app.marked == {102, 103}
+        assert app.units.marked == {102, 103}
         await typed_filter(pilot, "node2")
         await pilot.press("k")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
@@ -854,7 +858,7 @@ async def test_kill_while_paused_reads_the_latest_data_not_the_frozen_rows(
     async with app.run_test(size=SIZE, message_hook=notes_into(notes)) as pilot:
         await until(pilot, lambda: rows(app) == [101, 102, 103])
         await pilot.press("space", "space", "up")  # marks 101 and 102; on 102
-        assert app.marked == {101, 102} and app.selected == 102
+        assert app.units.marked == {101, 102} and app.units.key_at_cursor() == 102
         await pilot.press("p")
         busy.call("housekeeping.kill", {"jobid": 102, "signum": 9})
         await until(pilot, lambda: 102 not in app.model.units)
@@ -870,8 +874,8 @@ async def test_kill_while_paused_reads_the_latest_data_not_the_frozen_rows(
         )
         await pilot.press("n")
         await pilot.press("escape")  # clears the marks: the rows stay frozen
-        assert app.marked == set() and rows(app) == [101, 102, 103]
-        assert str(app.units_table.get_cell("101", "mark")) == ""
+        assert app.units.marked == set() and rows(app) == [101, 102, 103]
+        assert str(app.units.table.get_cell("101", "mark")) == ""
         notes.clear()
         await pilot.press("k")  # the highlighted unit, finished
         await until(pilot, lambda: bool(notes))
@@ -929,24 +933,24 @@ async def test_nodes_cursor_goes_to_the_first_row_when_a_filter_hides_its_node(
         await pilot.press("2")
         await until(pilot, lambda: node_rows(app) == list(range(64)))
         await typed_filter(pilot, "sim40")
-        assert node_rows(app) == [40] and app.highlighted_node() == 40
+        assert node_rows(app) == [40] and app.nodes.key_at_cursor() == 40
         await typed_filter(pilot, "nothing-matches")
-        assert node_rows(app) == [] and app.highlighted_node() is None
+        assert node_rows(app) == [] and app.nodes.key_at_cursor() is None
         await typed_filter(pilot, "sim4")
         assert node_rows(app) == [4, *range(40, 50)]
-        assert app.highlighted_node() == 4  # not sim40, highlighted two filters ago
+        assert app.nodes.key_at_cursor() == 4  # not sim40, highlighted two filters ago
         await pilot.press(*["down"] * 6)
-        assert app.highlighted_node() == 45
+        assert app.nodes.key_at_cursor() == 45
         await typed_filter(pilot, "sim45")  # the highlighted node stays through it all
-        assert node_rows(app) == [45] and app.highlighted_node() == 45
+        assert node_rows(app) == [45] and app.nodes.key_at_cursor() == 45
         await typed_filter(pilot, "sim3")
-        assert app.highlighted_node() == 3
+        assert app.nodes.key_at_cursor() == 3
         await pilot.press("escape")
-        assert app.highlighted_node() == 3
+        assert app.nodes.key_at_cursor() == 3
 
 
 def detail_lines(app: HkConsole) -> list[str]:
-    return str(app.detail_pane.render()).splitlines()
+    return str(app.detail.body.render()).splitlines()
 
 
 async def test_detail_running_times_tick_with_runtime_and_output_keeps_rank_order(
@@ -976,7 +980,7 @@ async def test_detail_running_times_tick_with_runtime_and_output_keeps_rank_orde
         ]
 
         def times() -> tuple[float, list[float]]:
-            runtime = parse_duration(str(app.units_table.get_cell("9", "runtime")).strip())
+            runtime = parse_duration(str(app.units.table.get_cell("9", "runtime")).strip())
             ranks = [
                 parse_duration(line.split()[3]) for line in detail_lines(app) if "running" in line
             ]
@@ -1007,8 +1011,8 @@ async def test_counts_are_pluralised_and_since_has_seconds(
         body = str(app.screen.query_one("#dialog-body", Static).render())
         assert body.startswith("  on node2 (rank 2):")
         await pilot.press("n", "2")
-        await until(pilot, lambda: str(app.nodes_table.get_cell("1", "state")) == "drained")
-        since = str(app.nodes_table.get_cell("1", "since"))
+        await until(pilot, lambda: str(app.nodes.table.get_cell("1", "state")) == "drained")
+        since = str(app.nodes.table.get_cell("1", "since"))
         t = drained_at(svc)[1]
         assert since == time.strftime("%b %d %H:%M:%S", time.localtime(t))
         assert re.fullmatch(r"[A-Z][a-z]{2} \d\d \d\d:\d\d:\d\d", since)
@@ -1029,15 +1033,15 @@ async def test_units_cursor_goes_to_the_first_row_when_a_filter_hides_its_unit(
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: rows(app) == [101, 102, 103])
         await pilot.press("down", "down")
-        assert app.selected == 103
+        assert app.units.key_at_cursor() == 103
         await pilot.press("slash")
         app.filter_box.value = "node[0-3]"  # pasted: one change hides 103
         await pilot.press("enter")
         assert rows(app) == [101, 102]
-        assert app.selected == 101 and app.units_table.cursor_row == 0
+        assert app.units.key_at_cursor() == 101 and app.units.table.cursor_row == 0
         await pilot.press("down")
         await typed_filter(pilot, "node[2-5]")  # 102 stays highlighted
-        assert rows(app) == [102, 103] and app.selected == 102
+        assert rows(app) == [102, 103] and app.units.key_at_cursor() == 102
 
 
 async def test_a_filter_typed_on_the_nodes_view_reaches_the_units_when_shown(
@@ -1055,6 +1059,6 @@ async def test_a_filter_typed_on_the_nodes_view_reaches_the_units_when_shown(
         await until(pilot, lambda: 102 not in app.model.units)
         # ...but shows the filter, and what happened meanwhile, once it is on screen.
         await pilot.press("1")
-        assert rows(app) == [103] and app.selected == 103
+        assert rows(app) == [103] and app.units.key_at_cursor() == 103
         await pilot.press("escape")
         assert rows(app) == [101, 103]

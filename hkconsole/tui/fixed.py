@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hkconsole.tui.app import HkConsole
+from hkconsole.tui.detail import Detail
 from hkconsole.tui.sample import ENDPOINT, LABEL, T0, sample_data, sample_detail
 
 
@@ -20,12 +21,9 @@ class FixedConsole(HkConsole):
     def sample_unit(self, jobid: int | None) -> dict[str, Any] | None:
         return next((u for u in self.sample[1]["units"] if u["jobid"] == jobid), None)
 
-    def schedule_detail(self, restart: bool = False) -> None:
-        unit = self.sample_unit(self.selected)
-        if unit is not None:
-            self.show_detail(*sample_detail(unit))
-        else:
-            self.show_detail(None, [])
+    def detail_sample(self, jobid: int) -> Detail | None:
+        unit = self.sample_unit(jobid)
+        return sample_detail(unit) if unit is not None else None
 
     async def fetch_output(self, jobid: int) -> list[list[Any]]:
         unit = self.sample_unit(jobid)

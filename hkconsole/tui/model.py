@@ -36,6 +36,8 @@ class ConsoleModel:
     _holders: dict[int, set[int]] = field(default_factory=dict)
     # Ranks whose node row may have changed since the view last asked.
     _dirty_ranks: set[int] = field(default_factory=set)
+    # Units changed since the console last took them (`take_changes`).
+    _changed: set[int] = field(default_factory=set)
 
     # -- snapshots ----------------------------------------------------------
 
@@ -75,6 +77,7 @@ class ConsoleModel:
             self._hold(jobid, after - before)
         self.units = fresh
         self._wire_forms = wire_forms
+        self._changed |= changed
         return changed
 
     def apply_status(self, status: Mapping[str, Any]) -> None:
@@ -138,6 +141,7 @@ class ConsoleModel:
             for rank in parse_idset(body["ranks"]):
                 self.drains.pop(rank, None)
                 self._dirty_ranks.add(rank)
+        self._changed |= changed
         return changed, gap
 
     def _hold(self, jobid: int, ranks: set[int]) -> None:
@@ -153,6 +157,25 @@ class ConsoleModel:
                 if not holding:
                     del self._holders[rank]
         self._dirty_ranks |= ranks
+
+    def take_changes(self) -> set[int]:
+        """The jobids added, changed or removed since the last call."""
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def still_running(self, jobid: int) -> bool:
+        """Whether the unit has commands running (what a kill hits)."""
+        unit = self.units.get(jobid)
+        return unit is not None and bool(unit.pending)
+
+    def running_on(self, ranks: set[int]) -> dict[int, set[int]]:
+        """jobid -> its ranks among `ranks` still running (what a kill there hits)."""
+        hits: dict[int, set[int]] = {}
+        for jobid in sorted({j for r in ranks for j in self._holders.get(r, ())}):
+            unit = self.units.get(jobid)
+            if unit is not None and unit.pending & ranks:
+                hits[jobid] = unit.pending & ranks
+        return hits
 
     def take_dirty_ranks(self) -> set[int]:
         """The ranks whose node row may have changed since the last call."""

@@ -13,6 +13,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, RichLog, Static
 from textual.widgets.option_list import Option
 
+from hkconsole.tui.cells import visible_lines
+from hkservice.text import visible
+
 SIGNALS = ("TERM", "INT", "HUP", "KILL", "USR1", "USR2")
 
 
@@ -31,8 +34,8 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(Text(self.title_text, style="bold"), id="dialog-title")
-            yield Static(Text(self.body_text), id="dialog-body")
+            yield Label(Text(visible(self.title_text), style="bold"), id="dialog-title")
+            yield Static(Text(visible_lines(self.body_text)), id="dialog-body")
             with Horizontal(id="dialog-buttons"):
                 yield Button("No (n)", id="no", variant="primary")
                 yield Button("Yes (y)", id="yes", variant="error")
@@ -67,7 +70,7 @@ class PromptScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(Text(self.title_text, style="bold"), id="dialog-title")
+            yield Label(Text(visible(self.title_text), style="bold"), id="dialog-title")
             yield Input(placeholder=self.placeholder, id="prompt-input")
             yield Static("", id="prompt-error")
 
@@ -135,7 +138,7 @@ class OutputScreen(ModalScreen[None]):
         log = self.query_one(RichLog)
         for prefix, text in self.lines:
             style = "red" if prefix.endswith("err") else ""
-            log.write(Text.assemble((prefix, "dim"), " ", (text, style)))
+            log.write(Text.assemble((prefix, "dim"), " ", (visible(text), style)))
         if not self.lines:
             log.write(Text("(no output)", style="dim"))
 

@@ -1,0 +1,108 @@
+"""The three header lines: connection, counts, and what shapes the view."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.text import Text
+from textual.widgets import Static
+
+from hkconsole.tui.cells import STATE_STYLES, Sort
+from hkservice.fsd import format_duration_config
+from hkservice.text import visible
+
+Part = Text | str | tuple[str, str]
+
+
+@dataclass
+class HeaderState:
+    endpoint: str
+    read_only: bool
+    label: str
+    connected: bool = False
+    status_line: str = "connecting…"
+    paused_at: float | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    sort: Sort = field(default_factory=Sort)
+    filter_text: str = ""
+    shown: tuple[int, int] | None = None  # rows shown of rows there, while filtered
+    state_filter: str | None = None
+    signal_name: str = "TERM"
+    refresh: float = 2.0
+
+
+def count(number: int, one: str, many: str, style: str) -> list[Part]:
+    return [(f"{number}", style), f" {one}  " if number == 1 else f" {many}  "]
+
+
+def header_text(h: HeaderState) -> Text:
+    # Three lines, each clipped to the width (hkconsole.tcss): the connection first,
+    # so a long DISCONNECTED reason is what gets cut, not the retry countdown.
+    if h.connected:
+        state = Text(" CONNECTED ", style="bold black on green")
+    else:
+        state = Text(f" {visible(h.status_line)} ", style="bold white on red")
+    parts: list[Part] = [("hk ", "bold"), state]
+    if h.paused_at is not None:
+        frozen = time.strftime("%H:%M:%S", time.localtime(h.paused_at))
+        parts += [" ", Text(f" PAUSED: rows as of {frozen} ", style="bold black on yellow")]
+    if h.read_only:
+        parts += [" ", Text(" READ-ONLY ", style="bold black on cyan")]
+    if h.label:
+        parts += ["  ", (h.label, "bold magenta")]
+    # A DISCONNECTED reason usually names the endpoint already.
+    if h.connected or h.endpoint not in h.status_line:
+        parts += ["  ", (h.endpoint, "cyan")]
+    c = h.counts
+    failed = c.get("failed", 0)
+    parts += [
+        "\n",
+        *count(c.get("units", 0), "unit", "units", "bold"),
+        *count(
+            c.get("housekeeping", 0), "node in housekeeping", "nodes in housekeeping", "bold yellow"
+        ),
+        (f"{c.get('drained', 0)}", "bold red" if c.get("drained") else "bold"),
+        " drained  ",
+        (f"{failed}", "bold red" if failed else "bold"),
+        " failed rank" if failed == 1 else " failed ranks",
+    ]
+    if h.paused_at is not None:
+        # The counts keep following the service while the rows hold still.
+        parts += [("  (counts live)", "yellow")]
+    # What shapes the current view comes before the (static) service settings.
+    shaping: list[Part] = []
+    if h.sort.column:
+        shaping += [("sort ", "dim"), f"{h.sort.column} {'▼' if h.sort.reverse else '▲'}  "]
+    if h.filter_text:
+        shaping += [("filter ", "dim"), (visible(h.filter_text), "bold"), "  "]
+    if h.state_filter:
+        state_style = f"bold {STATE_STYLES.get(h.state_filter, '')}"
+        shaping += [("state ", "dim"), (h.state_filter, state_style), "  "]
+    cfg = h.config
+    if shaping or cfg:
+        parts += ["\n", *shaping]
+    if shaping and cfg:
+        parts += [("│ ", "dim")]
+    if cfg:
+        parts += [
+            ("release-after ", "dim"),
+            format_duration_config(cfg.get("release-after")),
+            ("  timeout ", "dim"),
+            format_duration_config(cfg.get("timeout")),
+            ("  kill-grace ", "dim"),
+            format_duration_config(cfg.get("kill-grace")),
+            ("  signal ", "dim"),
+            # Armed with KILL, every kill is one no cleanup survives: it stands out.
+            (f"SIG{h.signal_name}", "bold red" if h.signal_name == "KILL" else "bold"),
+            ("  refresh ", "dim"),
+            f"{h.refresh:g}s",
+        ]
+    return Text.assemble(*parts)
+
+
+class StatusHeader(Static):
+    def show(self, state: HeaderState) -> None:
+        self.update(header_text(state))

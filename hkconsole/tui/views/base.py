@@ -1,0 +1,164 @@
+"""A view: one live table with its own sort, filter and cursor, kept by key.
+
+The cursor is the operator's: a row key (`cursor_key`), never a row index. Every sort,
+refilter or update moves the table's cursor back to that key, with the table's own
+`RowHighlighted` prevented (it would arrive late and name whatever row sat there);
+`Highlighted` is posted when, and only when, the key under the cursor changes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, ClassVar
+
+from textual import on
+from textual.app import ComposeResult
+from textual.coordinate import Coordinate
+from textual.message import Message
+from textual.widget import Widget
+from textual.widgets import DataTable
+
+from hkconsole.tui.cells import NO_QUERY, Query, Sort, natural_key, sort_key
+from hkconsole.tui.model import ConsoleModel
+from hkconsole.tui.table import LiveTable
+
+
+class TableView(Widget):
+    # (key, header label) of each column; the first one's sort is the natural order.
+    COLUMNS: ClassVar[tuple[tuple[str, str], ...]] = ()
+    # Columns the sort keys cycle through (all but marks).
+    SORTABLE: ClassVar[tuple[str, ...]] = ()
+
+    class Highlighted(Message):
+        def __init__(self, view: TableView, key: int | None) -> None:
+            super().__init__()
+            self.view = view
+            self.key = key
+
+    def __init__(self, model: ConsoleModel, table_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+        self.table = LiveTable(id=table_id, cursor_type="row", zebra_stripes=True)
+        self.sort = Sort()
+        self.filter_query = NO_QUERY
+        self.cursor_key: int | None = None
+        # Changes that came while the view was off screen: applied when it is shown.
+        self.behind: set[int] = set()
+        self.behind_full = False
+        self.refiltered = False
+        # On screen, and not paused: only then do changes reach the table.
+        self.active = False
+
+    def compose(self) -> ComposeResult:
+        yield self.table
+
+    def on_mount(self) -> None:
+        for key, label in self.COLUMNS:
+            # Room for the ▲/▼ a sorted column gets, so sorting does not shift columns.
+            self.table.add_column(label if key == "mark" else label + "  ", key=key)
+
+    # -- the cursor, by key --------------------------------------------------
+
+    def key_at_cursor(self) -> int | None:
+        """The row under the table's cursor now (not a mirror that may lag it)."""
+        table = self.table
+        if not table.row_count:
+            return None
+        key = table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key
+        return int(key.value) if key.value is not None else None
+
+    @on(DataTable.RowHighlighted)
+    def _moved(self, event: DataTable.RowHighlighted) -> None:
+        event.stop()
+        self._follow_cursor()
+
+    def _follow_cursor(self) -> None:
+        key = self.key_at_cursor()
+        if key != self.cursor_key:
+            self.cursor_key = key
+            self.post_message(self.Highlighted(self, key))
+
+    def restore_cursor(self, first_if_gone: bool = False, scroll: bool = False) -> None:
+        """Put the cursor back on `cursor_key`; if that row is gone, on the first row
+        (`first_if_gone`: a filter hid it) or on whatever took its place (it ended)."""
+        table = self.table
+        key = self.cursor_key
+        with self.prevent(DataTable.RowHighlighted):
+            if key is not None and str(key) in table.rows:
+                row = table.get_row_index(str(key))
+                if table.cursor_row != row:
+                    table.move_cursor(row=row, animate=False, scroll=scroll)
+            elif first_if_gone and table.row_count:
+                table.move_cursor(row=0, animate=False, scroll=True)
+        self._follow_cursor()
+
+    # -- sorting -------------------------------------------------------------
+
+    def set_sort(self, column: str | None, reverse: bool | None = None) -> None:
+        """Sort by `column` (None: the natural order), keeping the direction unless given."""
+        self.sort.column = column
+        if reverse is not None:
+            self.sort.reverse = reverse
+        self.apply_sort()
+        self.mark_sorted_column()
+        self.restore_cursor()
+
+    def cycle_sort(self, step: int) -> None:
+        """`<`/`>`: the next column, and past the last one the natural order again."""
+        cycle = (None, *self.SORTABLE)
+        index = cycle.index(self.sort.column) if self.sort.column in cycle else 0
+        self.set_sort(cycle[(index + step) % len(cycle)])
+
+    def invert(self) -> None:
+        self.set_sort(self.sort.column or self.SORTABLE[0], reverse=not self.sort.reverse)
+
+    def apply_sort(self) -> None:
+        if self.sort.column is not None:
+            self.table.sort(self.sort.column, key=sort_key, reverse=self.sort.reverse)
+        elif not self.in_natural_order():
+            self.table.sort(self.COLUMNS[self.natural_column()][0], key=natural_key)
+
+    def natural_column(self) -> int:
+        return 1 if self.COLUMNS[0][0] == "mark" else 0
+
+    def in_natural_order(self) -> bool:
+        column = self.COLUMNS[self.natural_column()][0]
+        table = self.table
+        order = [natural_key(table.get_cell(row.key, column)) for row in table.ordered_rows]
+        return all(a <= b for a, b in itertools.pairwise(order))
+
+    def mark_sorted_column(self) -> None:
+        for key, label in self.COLUMNS:
+            arrow = ("▼" if self.sort.reverse else "▲") if key == self.sort.column else ""
+            self.table.set_column_label(key, f"{label} {arrow}" if arrow else label)
+
+    @on(DataTable.HeaderSelected)
+    def _header_clicked(self, event: DataTable.HeaderSelected) -> None:
+        event.stop()
+        if event.column_key.value and event.column_key.value != "mark":
+            self.set_sort(event.column_key.value)
+
+    # -- data ----------------------------------------------------------------
+
+    def set_query(self, query: Query) -> None:
+        if query != self.filter_query:
+            self.filter_query = query
+            self.refiltered = True
+
+    def apply(self, changed: set[int], full: bool = False) -> None:
+        """New data: applied now if the view is on screen, else when it is shown."""
+        if self.active:
+            self.refresh_rows(changed, full)
+        else:
+            self.behind |= changed
+            self.behind_full = self.behind_full or full
+
+    def catch_up(self, full: bool = False) -> None:
+        """Active again (shown, or unpaused): apply what happened meanwhile."""
+        self.active = True
+        changed, full = self.behind, self.behind_full or full
+        self.behind, self.behind_full = set(), False
+        self.refresh_rows(changed, full)
+
+    def refresh_rows(self, changed: set[int], full: bool) -> None:
+        raise NotImplementedError

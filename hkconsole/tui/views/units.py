@@ -1,0 +1,219 @@
+"""The units view: one row per unit in housekeeping, marks for kills, RUNTIME ticking."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from textual.widgets.data_table import CellDoesNotExist
+
+from hkconsole.tables import Unit
+from hkconsole.tui.cells import (
+    Cell,
+    Query,
+    fold,
+    jobid_text,
+    runtime_cell,
+    settle_heap,
+)
+from hkconsole.tui.flows import KillTarget
+from hkconsole.tui.model import ConsoleModel
+from hkconsole.tui.views.base import TableView
+
+UNIT_COLUMNS = (
+    ("mark", " "),
+    ("jobid", "JOBID"),
+    ("user", "USER"),
+    ("nnodes", "NNODES"),
+    ("active", "#ACTIVE"),
+    ("failed", "FAILED"),
+    ("runtime", "RUNTIME"),
+    ("nodelist", "NODELIST"),
+)
+RUNTIME_INDEX = [key for key, _ in UNIT_COLUMNS].index("runtime")
+
+
+class UnitsView(TableView):
+    COLUMNS = UNIT_COLUMNS
+    SORTABLE = tuple(key for key, _ in UNIT_COLUMNS if key != "mark")
+
+    def __init__(
+        self, model: ConsoleModel, clock: Callable[[], float], long_running: float
+    ) -> None:
+        super().__init__(model, "units", id="units-view")
+        self.clock = clock
+        self.long_running = long_running
+        self.marked: set[int] = set()
+        # The one moment every RUNTIME on screen is taken at (`tick`).
+        self.now = clock()
+        self._hay: dict[int, str] = {}
+        self._nodelists: dict[int, str] = {}
+        # Rows hidden by the filter keep their cells, to come back cheaply.
+        self._stash: dict[int, list[Any]] = {}
+
+    def on_mount(self) -> None:
+        # (TableView's on_mount runs too: Textual calls each class's handler.)
+        # Rows scrolled onto the screen show the same moment as the others at once.
+        self.watch(self.table, "scroll_y", lambda: self.tick(), init=False)
+
+    # -- cells ---------------------------------------------------------------
+
+    def nodelist(self, unit: Unit) -> str:
+        nodes = self._nodelists.get(unit.jobid)
+        if nodes is None:
+            cluster = self.model.cluster
+            nodes = cluster.nodelist(unit.allocated) if cluster is not None else ""
+            self._nodelists[unit.jobid] = nodes
+        return nodes
+
+    def mark_cell(self, jobid: int) -> Cell:
+        return Cell("●" if jobid in self.marked else "", style="bold yellow")
+
+    def runtime(self, unit: Unit) -> Cell:
+        return runtime_cell(max(0.0, self.now - unit.t_start), self.long_running)
+
+    def cells(self, unit: Unit) -> list[Cell]:
+        return [
+            self.mark_cell(unit.jobid),
+            Cell(jobid_text(unit.jobid), unit.jobid, natural=(unit.t_start, unit.jobid)),
+            Cell(str(unit.userid), unit.userid),
+            Cell(str(len(unit.allocated)), len(unit.allocated), right=True),
+            Cell(str(len(unit.pending)), len(unit.pending), right=True),
+            Cell(
+                str(len(unit.failed)) if unit.failed else "",
+                len(unit.failed),
+                style="bold red",
+                right=True,
+            ),
+            self.runtime(unit),
+            Cell(self.nodelist(unit), min(unit.allocated, default=-1)),
+        ]
+
+    def matches(self, unit: Unit, query: Query) -> bool:
+        """Whether the filter shows `unit`: its cells contain the text, or it holds one of
+        the hosts the text names (a nodelist like sim[0,3,28-29] contains no `sim28`)."""
+        if not query.text:
+            return True
+        if not query.ranks.isdisjoint(unit.allocated):
+            return True
+        hay = self._hay.get(unit.jobid)
+        if hay is None:
+            # Kept until the unit changes: typing a filter over 10,000 units must not
+            # format 10,000 jobids and nodelists per key stroke.
+            fields = (jobid_text(unit.jobid), str(unit.jobid), str(unit.userid))
+            hay = self._hay[unit.jobid] = fold("\n".join((*fields, self.nodelist(unit))))
+        return query.folded in hay
+
+    # -- marks ---------------------------------------------------------------
+
+    def toggle_mark(self) -> None:
+        """Space: mark or unmark the unit under the cursor, then move down."""
+        jobid = self.key_at_cursor()
+        if jobid is None:
+            return
+        self.marked ^= {jobid}
+        self.refresh_marks({jobid})
+        table = self.table
+        if table.cursor_row < table.row_count - 1:
+            table.move_cursor(row=table.cursor_row + 1)
+
+    def kill_target(self, signal: str, filter_text: str) -> KillTarget | None:
+        """The marked units, else the one under the cursor, read from the table now."""
+        key = self.key_at_cursor()
+        jobids = tuple(sorted(self.marked)) or ((key,) if key is not None else ())
+        if not jobids:
+            return None
+        hidden = tuple(j for j in jobids if str(j) not in self.table.rows)
+        return KillTarget(jobids, signal, hidden, filter_text)
+
+    def clear_marks(self) -> set[int]:
+        cleared, self.marked = self.marked, set()
+        self.refresh_marks(cleared)
+        return cleared
+
+    def refresh_marks(self, jobids: Iterable[int]) -> None:
+        """Redraw the mark cells of these units, and nothing else: paused stays paused."""
+        table = self.table
+        for jobid in jobids:
+            # A row hidden by the filter is built afresh when it comes back.
+            self._stash.pop(jobid, None)
+            if str(jobid) in table.rows:
+                table.update_cell(str(jobid), "mark", self.mark_cell(jobid))
+
+    def shown_keys(self) -> set[int]:
+        return {int(k.value or 0) for k in self.table.rows}
+
+    # -- applying changes ----------------------------------------------------
+
+    def refresh_rows(self, changed: set[int], full: bool) -> None:
+        table = self.table
+        units = self.model.units
+        refiltered, self.refiltered = self.refiltered, False
+        if full:
+            self._hay.clear()
+            self._nodelists.clear()
+            self._stash.clear()
+        for jobid in changed:
+            self._hay.pop(jobid, None)
+            self._nodelists.pop(jobid, None)
+            self._stash.pop(jobid, None)
+        # Marks of units that ended go with their rows.
+        self.marked &= units.keys()
+        self.now = self.clock()
+        query = self.filter_query
+        if query.text:
+            wanted = {j for j, u in units.items() if self.matches(u, query)}
+        else:
+            wanted = set(units)
+        present = self.shown_keys()
+        stash = self._stash
+        touched = False
+        with self.app.batch_update():
+            gone = present - wanted
+            if gone:
+                for jobid in gone & units.keys() - changed:
+                    stash[jobid] = table.get_row(str(jobid))
+                table.remove_rows(str(jobid) for jobid in gone)
+                touched = True
+            # Only new rows and changed units are visited: 1% changed costs 1%.
+            fresh = wanted if full else (wanted - present) | (changed & wanted)
+            visit = {str(j): units[j] for j in sorted(fresh, key=lambda j: units[j].t_start)}
+            new_rows: list[tuple[str, list[Cell]]] = []
+            back_rows: list[tuple[str, list[Cell]]] = []
+            for key, unit in visit.items():
+                if key not in table.rows:
+                    cells = stash.pop(unit.jobid, None)
+                    if cells is None:
+                        new_rows.append((key, self.cells(unit)))
+                    else:
+                        cells[RUNTIME_INDEX] = self.runtime(unit)
+                        back_rows.append((key, cells))
+                else:
+                    for (column, _), cell in zip(UNIT_COLUMNS, self.cells(unit), strict=True):
+                        if str(table.get_cell(key, column)) != str(cell):
+                            table.update_cell(key, column, cell)
+                            touched = True
+            table.add_keyed_rows(back_rows, measure=False)
+            table.add_keyed_rows(new_rows)
+            settle_heap(len(new_rows))
+            added = bool(new_rows or back_rows)
+            if added or (touched and self.sort.column is not None):
+                self.apply_sort()
+            self.restore_cursor(first_if_gone=refiltered)
+            self.tick()
+        for jobid in stash.keys() - units.keys():
+            del stash[jobid]
+
+    def tick(self) -> None:
+        """RUNTIME of the rows on screen, all taken at one moment (`now`)."""
+        table = self.table
+        top = int(table.scroll_offset.y)
+        for row in table.ordered_rows[top : top + table.size.height]:
+            unit = self.model.units.get(int(row.key.value or 0))
+            if unit is None:
+                continue
+            cell = self.runtime(unit)
+            with contextlib.suppress(CellDoesNotExist):
+                if str(table.get_cell(row.key, "runtime")) != str(cell):
+                    table.update_cell(row.key, "runtime", cell)
