@@ -477,7 +477,9 @@ async def test_a_filter_hiding_most_of_5000_units_is_quick_and_keeps_the_highlig
         start = time.monotonic()
         await pilot.press("slash", *"432", "enter")
         await pilot.pause()
-        assert time.monotonic() - start < 3.0
+        # A guard against the O(rows²) removal (10 s and more), loose enough for a
+        # machine shared by several test runs; bench/tui.py holds the real targets.
+        assert time.monotonic() - start < 6.0
         shown = rows(app)
         expected = [
             j
@@ -491,7 +493,7 @@ async def test_a_filter_hiding_most_of_5000_units_is_quick_and_keeps_the_highlig
         start = time.monotonic()
         await pilot.press("escape")
         await pilot.pause()
-        assert time.monotonic() - start < 3.0
+        assert time.monotonic() - start < 6.0
         assert rows(app) == list(range(1_000_000, 1_005_000))  # start order, all back
         assert table.cursor_row == target - 1_000_000
         assert str(table.get_cell(str(target), "nodelist")) == f"node{(target - 1_000_000) % 8192}"
