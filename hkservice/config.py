@@ -34,6 +34,10 @@ SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
         "endpoint": ("string", False),
         "events-endpoint": ("string", False),
         "state-dir": ("string", False),
+        "read-endpoint": ("string", False),
+        "read-events-endpoint": ("string", False),
+        "keys-dir": ("string", False),
+        "insecure": ("boolean", False),
     },
     "scheduler": {
         "kind": ("string", True),
@@ -75,6 +79,17 @@ class Config:
     state_dir: Path
     path: Path | None = None
     scheduler: SchedulerConfig | None = None
+    # The read-only endpoint and its events (None: none), the directory of CURVE keys
+    # (server.key_secret, operators/, schedulers/, viewers/), and whether tcp without
+    # CURVE is allowed.
+    read_endpoint: str | None = None
+    read_events_endpoint: str | None = None
+    keys_dir: Path | None = None
+    insecure: bool = False
+
+    @property
+    def key_dir(self) -> Path:
+        return self.keys_dir if self.keys_dir is not None else self.state_dir / "keys"
 
 
 def _default_state_dir() -> Path:
@@ -157,9 +172,18 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
     kill_grace = _duration(hk, "kill-grace", "housekeeping")
 
     service = data.get("service", {})
-    for key in ("endpoint", "events-endpoint", "state-dir"):
+    for key in (
+        "endpoint",
+        "events-endpoint",
+        "state-dir",
+        "read-endpoint",
+        "read-events-endpoint",
+        "keys-dir",
+    ):
         if key in service and not isinstance(service[key], str):
             raise ConfigError(f"service.{key}: expected a string")
+    if "insecure" in service and not isinstance(service["insecure"], bool):
+        raise ConfigError("service.insecure: expected true or false")
     endpoint = service.get("endpoint") or default_endpoint()
     _check_endpoint(endpoint, "service.endpoint")
     try:
@@ -171,6 +195,7 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         raise ConfigError(
             f"service.events-endpoint: '{events_endpoint}' is also the request endpoint"
         )
+    read_endpoint, read_events_endpoint = _read_endpoints(service, (endpoint, events_endpoint))
     state_dir = Path(service["state-dir"]) if "state-dir" in service else _default_state_dir()
     # The local agent's socket lives in the state directory: a long state-dir would
     # only fail when the first command is launched.
@@ -192,6 +217,10 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         state_dir=state_dir,
         path=path,
         scheduler=scheduler,
+        read_endpoint=read_endpoint,
+        read_events_endpoint=read_events_endpoint,
+        keys_dir=Path(service["keys-dir"]) if "keys-dir" in service else None,
+        insecure=service.get("insecure", False),
     )
 
 
@@ -231,6 +260,28 @@ def _scheduler_hostlist(scheduler: SchedulerConfig) -> str:
     if not names:
         raise ConfigError("cluster.hostlist: Slurm (sinfo) lists no nodes")
     return str(hostlist.collect_hostlist(names))
+
+
+def _read_endpoints(
+    service: dict[str, Any], taken: tuple[str, str]
+) -> tuple[str | None, str | None]:
+    """The read-only endpoint and its events endpoint, or (None, None)."""
+    read_endpoint = service.get("read-endpoint") or None
+    if read_endpoint is None:
+        if service.get("read-events-endpoint"):
+            raise ConfigError("service.read-events-endpoint: set without a read-endpoint")
+        return None, None
+    _check_endpoint(read_endpoint, "service.read-endpoint")
+    try:
+        read_events = service.get("read-events-endpoint") or events_endpoint_for(read_endpoint)
+    except ValueError as exc:
+        raise ConfigError(f"service.read-endpoint: {exc}") from None
+    _check_endpoint(read_events, "service.read-events-endpoint")
+    if read_events == read_endpoint or read_endpoint in taken:
+        raise ConfigError(f"service.read-endpoint: '{read_endpoint}' is used twice")
+    if read_events in taken:
+        raise ConfigError(f"service.read-events-endpoint: '{read_events}' is used twice")
+    return read_endpoint, read_events
 
 
 def load_config(path: Path) -> Config:

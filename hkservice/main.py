@@ -11,6 +11,11 @@ from hkservice import __version__
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["keygen"]:
+        from hkservice.keys import keygen_main
+
+        return keygen_main(args_list[1:])
     parser = argparse.ArgumentParser(
         prog="hkservice",
         description="Run the hk housekeeping service in the foreground (logs to stderr).",
@@ -25,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("--version", action="version", version=f"hkservice {__version__}")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s hkservice %(levelname)s: %(message)s",

@@ -11,6 +11,11 @@ from hkservice import PROTOCOL_VERSION
 from hkservice.errors import HkError
 
 MAX_MESSAGE_BYTES = 1 << 20
+# Drain reasons: one line of printable text, short enough to read in a table.
+MAX_REASON = 256
+# No request needs more than a map of maps; anything deeper is malformed, and refused
+# before any code walks it (a repr of 1,000 nested lists is a RecursionError).
+MAX_NESTING = 8
 
 EVENT_STARTED = "housekeeping.started"
 EVENT_FINISHED = "housekeeping.finished"
@@ -33,6 +38,23 @@ def pack(obj: Any) -> bytes:
 def unpack(data: bytes) -> Any:
     # strict_map_key=False: ints as keys are legitimate in our maps' values.
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def nesting_depth_over(value: Any, limit: int = MAX_NESTING) -> bool:
+    """True if containers nest deeper than `limit`; iterative, so any depth is safe."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = [*item.keys(), *item.values()]
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def request(method: str, params: dict[str, Any] | None = None, req_id: int = 0) -> dict[str, Any]:

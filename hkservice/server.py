@@ -14,7 +14,6 @@ import fcntl
 import logging
 import os
 import signal as signal_module
-import stat
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from hkservice import PROTOCOL_VERSION, __version__, core
+from hkservice import PROTOCOL_VERSION, __version__, auth, core, endpoints, limits
 from hkservice.cluster import Cluster, TargetError
 from hkservice.config import Config
 from hkservice.errors import HkError
@@ -38,6 +37,8 @@ from hkservice.protocol import (
     EVENT_UNDRAINED,
     HEARTBEAT_SECONDS,
     MAX_MESSAGE_BYTES,
+    MAX_REASON,
+    nesting_depth_over,
     pack,
     reply_error,
     reply_ok,
@@ -46,7 +47,7 @@ from hkservice.protocol import (
 from hkservice.runner import LaunchSpec, LocalRunner, Runner
 from hkservice.scheduler import make_bridge
 from hkservice.store import Store
-from hkservice.text import plural
+from hkservice.text import plural, quoted, visible
 
 log = logging.getLogger("hkservice")
 
@@ -63,33 +64,6 @@ class StoreFailed(HkError):
 
     def __init__(self, message: str) -> None:
         super().__init__("EINTERNAL", message)
-
-
-def _ipc_path(endpoint: str) -> Path | None:
-    return Path(endpoint[len("ipc://") :]) if endpoint.startswith("ipc://") else None
-
-
-def _prepare_ipc(endpoint: str) -> None:
-    path = _ipc_path(endpoint)
-    if path is None:
-        return
-    # Only the service's user may enter the socket's directory: that is what gives
-    # kill, drain and start their operator rights on a local ipc endpoint. mkdir's mode
-    # only applies to a directory it creates, so one that was already there (a /tmp
-    # name anyone could have taken first) is checked.
-    directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = directory.lstat()
-    uid = os.getuid()
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
-        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a directory"
-        raise RuntimeError(
-            f"the socket directory {directory} must be private to the service's user: it "
-            f"is {what} owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}, "
-            f"where it needs owner uid {uid} and no group or other access (mode 0700)"
-        )
-    if path.exists():
-        path.unlink()
 
 
 def _lock_state_dir(state_dir: Path) -> Any:
@@ -129,6 +103,21 @@ def _jobid(params: dict[str, Any], required: bool = True) -> int | None:
     return value
 
 
+def decode(body: memoryview | bytes) -> dict[str, Any] | tuple[str, str]:
+    """A request map, or (code, message) saying why it is not one."""
+    if len(body) > MAX_MESSAGE_BYTES:  # libzmq drops these first; kept for other callers
+        return ("E2BIG", f"message of {len(body)} bytes is over the {MAX_MESSAGE_BYTES} limit")
+    try:
+        message = unpack(body)
+    except Exception:
+        return ("EPROTO", "undecodable message: expected one msgpack map")
+    if not isinstance(message, dict):
+        return ("EPROTO", "malformed message: expected a msgpack map")
+    if nesting_depth_over(message):
+        return ("EPROTO", "malformed message: nested too deep")
+    return message
+
+
 class Service:
     def __init__(
         self,
@@ -154,8 +143,12 @@ class Service:
         )
         self.runner.set_exit_callback(self._on_exit)
         self._ctx = zmq.asyncio.Context()
-        self._router: zmq.asyncio.Socket | None = None
-        self._pub: zmq.asyncio.Socket | None = None
+        self._bound: list[endpoints.Bound] = []
+        self._zap: auth.ZapHandler | None = None
+        # Who sent the request being handled, and through which endpoint (set around
+        # each handler call).
+        self._caller: auth.Caller | None = None
+        self._via: endpoints.Bound | None = None
         self._seq = 0
         self._seq_limit = 0
         self._batch: dict[int, list[tuple[int, core.Outcome]]] = {}
@@ -187,12 +180,6 @@ class Service:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, self.stop)
         self._bind()
-        if not self.config.endpoint.startswith("ipc://"):
-            log.warning(
-                "%s is not an ipc endpoint: anyone who can reach it may kill, drain and "
-                "start (hk has no CURVE authentication yet); prefer ipc://",
-                self.config.endpoint,
-            )
         await self._recover()
         if self.bridge is not None:
             await self.bridge.start()
@@ -204,12 +191,13 @@ class Service:
                 self.cluster.text,
                 self.cluster.size,
             )
-        serve = asyncio.create_task(self._serve())
-        heartbeat = asyncio.create_task(self._heartbeat())
+        tasks = [asyncio.create_task(self._serve()), asyncio.create_task(self._heartbeat())]
+        if self._zap is not None:
+            tasks.append(asyncio.create_task(self._zap.run()))
         await self._stopping.wait()
-        serve.cancel()
-        heartbeat.cancel()
-        for task in (serve, heartbeat):
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         # After a store failure nothing more is changed or killed: the commands stay
@@ -237,33 +225,17 @@ class Service:
         self._stopping.set()
 
     def _bind(self) -> None:
-        for endpoint in (self.config.endpoint, self.config.events_endpoint):
-            _prepare_ipc(endpoint)
-        router = self._ctx.socket(zmq.ROUTER)
-        router.setsockopt(zmq.LINGER, 0)
-        pub = self._ctx.socket(zmq.PUB)
-        pub.setsockopt(zmq.LINGER, 0)
-        self._router, self._pub = router, pub
-        for sock, endpoint in ((router, self.config.endpoint), (pub, self.config.events_endpoint)):
-            try:
-                sock.bind(endpoint)
-            except zmq.ZMQError as exc:
-                raise RuntimeError(f"cannot bind {endpoint}: {exc.strerror}") from None
-        for endpoint in (self.config.endpoint, self.config.events_endpoint):
-            path = _ipc_path(endpoint)
-            if path is not None:
-                # Even in a shared directory, only the service's user may connect.
-                path.chmod(0o600)
+        limits.raise_open_files()
+        # The ZAP handler first: a CURVE socket bound before it would meet handshakes
+        # with nobody to answer them.
+        self._zap = auth.ZapHandler(self._ctx, auth.KeyRing(self.config.key_dir))
+        self._bound = endpoints.bind_all(self._ctx, self.config)
 
     def _shutdown(self) -> None:
-        for sock in (self._router, self._pub):
-            if sock is not None:
-                sock.close(linger=0)
-        for endpoint in (self.config.endpoint, self.config.events_endpoint):
-            path = _ipc_path(endpoint)
-            if path is not None:
-                with contextlib.suppress(OSError):
-                    path.unlink()
+        endpoints.close_all(self._bound)
+        self._bound = []
+        if self._zap is not None:
+            self._zap.close()
         self._ctx.term()
         self.store.close()
         log.info("stopped")
@@ -353,7 +325,7 @@ class Service:
         self._seq_limit = first + EVENT_SEQ_BLOCK - 1
 
     def _publish(self, topic: str, body: dict[str, Any]) -> None:
-        if self._pub is None or self._failed is not None:
+        if not self._bound or self._failed is not None:
             return
         if self._seq >= self._seq_limit:
             try:
@@ -362,8 +334,10 @@ class Service:
                 return
         self._seq += 1
         body = {"v": PROTOCOL_VERSION, "seq": self._seq, "t": self.clock(), **body}
-        with contextlib.suppress(zmq.ZMQError):
-            self._pub.send_multipart([topic.encode(), pack(body)], flags=zmq.NOBLOCK)
+        frames = [topic.encode(), pack(body)]
+        for b in self._bound:
+            with contextlib.suppress(zmq.ZMQError):
+                b.pub_now.send_multipart(frames, flags=zmq.NOBLOCK)
 
     def _effect(self, action: core.Action) -> None:
         match action:
@@ -402,7 +376,7 @@ class Service:
             case core.Drained(ranks, reason, t):
                 # A warning: the failure itself was logged as an error when it happened,
                 # and an operator's drain is no error at all.
-                log.warning("drained %s: %s", self.cluster.nodelist(ranks), reason)
+                log.warning("drained %s: %s", self.cluster.nodelist(ranks), visible(reason))
                 self._publish(
                     EVENT_DRAINED, {"ranks": format_idset(ranks), "reason": reason, "t": t}
                 )
@@ -466,54 +440,83 @@ class Service:
     # -- requests -----------------------------------------------------------
 
     async def _serve(self) -> None:
-        assert self._router is not None
+        queue = endpoints.RequestQueue(self._bound)
         while True:
-            frames = await self._router.recv_multipart(copy=True)
-            if len(frames) < 2:
-                continue
-            # Everything before the body is the envelope: the identity, and for a REQ
-            # client an empty delimiter, which REQ needs back to accept the reply.
-            envelope, body = frames[:-1], frames[-1]
-            reply = self.handle_bytes(body)
-            with contextlib.suppress(zmq.ZMQError):
-                await self._router.send_multipart([*envelope, pack(reply)])
+            # Nothing that goes wrong with one request may end the loop: the heartbeats
+            # would go on, and the service would look alive while answering no one.
+            try:
+                queue.pull(self._classify)
+                if not queue:
+                    await queue.poller.poll()
+                    continue
+                request, decoded = queue.pop()
+                self._answer(request, decoded)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("request loop: a request failed outside its handler")
+            # Exits and timers get their turn between requests.
+            await asyncio.sleep(0)
 
-    def handle_bytes(self, body: bytes) -> dict[str, Any]:
-        if len(body) > MAX_MESSAGE_BYTES:
-            return reply_error(
-                0, "E2BIG", f"message of {len(body)} bytes is over the {MAX_MESSAGE_BYTES} limit"
+    def _classify(self, frame: zmq.Frame) -> tuple[bool, dict[str, Any] | tuple[str, str]]:
+        decoded = decode(frame.buffer)
+        is_act = (
+            isinstance(decoded, dict)
+            and isinstance(decoded.get("method"), str)
+            and auth.access_of(decoded["method"]) is not auth.Access.READ
+        )
+        return is_act, decoded
+
+    def _answer(self, request: endpoints.Request, decoded: Any) -> None:
+        reply = self.handle_decoded(decoded, request)
+        with contextlib.suppress(zmq.ZMQError):
+            request.bound.router_now.send_multipart(
+                [*request.envelope, pack(reply)], flags=zmq.NOBLOCK
             )
-        try:
-            message = unpack(body)
-        except Exception:
-            return reply_error(0, "EPROTO", "undecodable message: expected one msgpack map")
-        if not isinstance(message, dict):
-            return reply_error(0, "EPROTO", "malformed message: expected a msgpack map")
+
+    def handle_decoded(self, decoded: Any, request: endpoints.Request) -> dict[str, Any]:
+        if isinstance(decoded, tuple):
+            code, text = decoded
+            return reply_error(0, code, text)
+        message: dict[str, Any] = decoded
         req_id = message.get("id", 0)
         if not isinstance(req_id, int) or isinstance(req_id, bool):
             req_id = 0
         try:
-            return reply_ok(req_id, self.handle(message))
+            caller = auth.caller_of(
+                request.frame, request.bound.listener, auth.reported_user(message)
+            )
+            self._caller, self._via = caller, request.bound
+            return reply_ok(req_id, self.handle(message, request.bound))
         except HkError as exc:
             return reply_error(req_id, exc.code, exc.message)
         except Exception as exc:  # a bug must cost one request, never the service
-            log.exception("internal error handling %r", message.get("method"))
-            return reply_error(req_id, "EINTERNAL", f"internal error: {exc}")
+            method = message.get("method")
+            log.exception(
+                "internal error handling %s", visible(method) if isinstance(method, str) else "?"
+            )
+            return reply_error(req_id, "EINTERNAL", f"internal error: {type(exc).__name__}")
+        finally:
+            self._caller = self._via = None
 
-    def handle(self, message: dict[str, Any]) -> dict[str, Any]:
+    def handle(self, message: dict[str, Any], bound: endpoints.Bound) -> dict[str, Any]:
         if self._failed is not None:
             raise StoreFailed("the service is stopping: it could not save its state")
         version = message.get("v")
-        if version != PROTOCOL_VERSION:
+        # `is int`: True and 1.0 compare equal to 1 but are not a version.
+        if type(version) is not int or version != PROTOCOL_VERSION:
+            shown = version if type(version) is int else f"of type {type(version).__name__}"
             raise HkError(
-                "EPROTO", f"protocol version {version!r} not supported (this is {PROTOCOL_VERSION})"
+                "EPROTO", f"protocol version {shown} not supported (this is {PROTOCOL_VERSION})"
             )
         method = message.get("method")
         if not isinstance(method, str):
             raise HkError("EPROTO", "missing method")
         handler = self.handlers.get(method)
         if handler is None:
-            raise HkError("ENOSYS", f"unknown method '{method}'")
+            raise HkError("ENOSYS", f"unknown method {quoted(method)}")
+        assert self._caller is not None
+        auth.authorize(method, self._caller, bound.listener, self.config.endpoint)
         params = message.get("params", {})
         if params is None:
             params = {}
@@ -542,8 +545,12 @@ class Service:
             "release-after": cfg.release_after,
             "timeout": cfg.timeout,
             "kill-grace": cfg.kill_grace,
-            "endpoint": cfg.endpoint,
-            "events-endpoint": cfg.events_endpoint,
+            # The endpoint asked, and its events: a viewer on the read-only endpoint
+            # follows the read-only events.
+            "endpoint": self._via.listener.endpoint if self._via else cfg.endpoint,
+            "events-endpoint": self._via.events_endpoint if self._via else cfg.events_endpoint,
+            "operator-endpoint": cfg.endpoint,
+            "read-endpoint": cfg.read_endpoint,
             "state-dir": str(cfg.state_dir),
             "t_now": self.clock(),
         }
@@ -660,6 +667,14 @@ class Service:
         ranks = self._ranks(params)
         assert ranks is not None
         reason = _param(params, "reason", str, False) or ""
+        if len(reason) > MAX_REASON or not reason.isprintable():
+            raise HkError(
+                "EINVAL",
+                f"a drain reason is at most {MAX_REASON} printable characters on one line "
+                f"(this one has {len(reason)} characters"
+                + ("" if reason.isprintable() else ", with control characters or line breaks")
+                + ")",
+            )
         already = self.drain_ranks(ranks, reason)
         return {
             "drained": format_idset(ranks - already),

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from hkconsole.client import Client, wait_for_service
+from hkconsole.client import Client, CurveKeys, wait_for_service
 
 START_TIMEOUT = 15.0
 
@@ -34,6 +34,8 @@ def missing_part(reason: str) -> None:
 
 
 def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):
@@ -51,10 +53,15 @@ class RunningService:
     options: dict[str, str] = field(default_factory=dict)
     stop_commands_on_exit: bool = True
     proc: subprocess.Popen[bytes] | None = None
+    # [service] keys beyond endpoint and state-dir ("endpoint" replaces the ipc one), and
+    # the CURVE keys the test's own clients use.
+    service_options: dict[str, Any] = field(default_factory=dict)
+    keys: CurveKeys | None = None
+    preexec_fn: Callable[[], None] | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"ipc://{self.base}/hk.sock"
+        return str(self.service_options.get("endpoint", f"ipc://{self.base}/hk.sock"))
 
     @property
     def events_endpoint(self) -> str:
@@ -82,6 +89,7 @@ class RunningService:
             "[service]",
             f"endpoint = {toml_value(self.endpoint)}",
             f"state-dir = {toml_value(str(self.state_dir))}",
+            *(f"{k} = {toml_value(v)}" for k, v in self.service_options.items() if k != "endpoint"),
         ]
         self.config_path.write_text("\n".join(lines) + "\n")
 
@@ -93,11 +101,17 @@ class RunningService:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it from here
         env = {**os.environ, "HK_STATE_MARK": str(self.state_dir)}
         self.proc = subprocess.Popen(
-            argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env
+            argv,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            preexec_fn=self.preexec_fn,
         )
         log.close()
         proc = self.proc
-        if wait_for_service(self.endpoint, START_TIMEOUT, alive=lambda: proc.poll() is None):
+        alive = lambda: proc.poll() is None  # noqa: E731
+        if wait_for_service(self.endpoint, START_TIMEOUT, alive=alive, keys=self.keys):
             return self
         raise RuntimeError(f"hkservice did not start:\n{self.log()}")
 
@@ -128,7 +142,7 @@ class RunningService:
             self.proc = None
 
     def client(self, timeout: float = 5.0) -> Client:
-        return Client(self.endpoint, timeout=timeout)
+        return Client(self.endpoint, timeout=timeout, keys=self.keys)
 
     def call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         with self.client() as client:

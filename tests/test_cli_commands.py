@@ -1031,6 +1031,7 @@ def test_a_tcp_service_is_reached(capsys: pytest.CaptureFixture[str]) -> None:
     base = Path(tempfile.mkdtemp(prefix="hk-", dir="/tmp"))
     service = TcpService(base, "node[0-1]", ["sleep", "600"])
     service.port = free_port_pair()
+    service.service_options["insecure"] = True  # CURVE has tests of its own (test_trust)
     try:
         service.start()
         run = runner(capsys, service)

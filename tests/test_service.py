@@ -376,7 +376,6 @@ def raw_call(svc: RunningService, body: bytes) -> dict[str, Any]:
             "EPROTO",
             "missing parameter 'ranks'",
         ),
-        (b"\x00" * (8 << 20), "E2BIG", "limit"),
     ],
     ids=[
         "undecodable",
@@ -388,7 +387,6 @@ def raw_call(svc: RunningService, body: bytes) -> dict[str, Any]:
         "params-not-map",
         "bad-idset",
         "missing-param",
-        "8MiB",
     ],
 )
 def test_bad_messages_get_clear_errors_and_service_keeps_serving(
@@ -777,6 +775,7 @@ def test_an_endpoint_that_cannot_be_bound_is_one_line() -> None:
             '[cluster]\nhostlist = "n[0-3]"\n[housekeeping]\ncommand = ["true"]\n'
             '[service]\nendpoint = "tcp://no-such-host.invalid:5555"\n'
             f'events-endpoint = "ipc://{base}/ev"\nstate-dir = "{base}/state"\n'
+            "insecure = true\n"
         )
         proc = run_hkservice(config)
         assert proc.returncode == 1

@@ -1,0 +1,476 @@
+"""Trust (docs/hkservice.md, Security): limits on what clients send, roles, CURVE keys.
+
+Every test runs a real hkservice and real ZeroMQ clients; users other than the test's
+own are real users (nobody), keys are made by `hkservice keygen`.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from hkconsole.client import Client, CurveKeys, ServiceError, curve_keys
+from hkservice import keys
+from hkservice.protocol import MAX_REASON, pack, unpack
+from tests.conftest import RunningService, ServiceFactory, missing_part
+
+NOBODY = 65534
+
+
+def raw_call(endpoint: str, body: bytes, timeout_ms: int = 5000) -> dict[str, Any] | None:
+    """Send raw bytes; the reply, or None if none came."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        sock.send(body)
+        if not sock.poll(timeout_ms):
+            return None
+        return unpack(sock.recv())
+    finally:
+        sock.close()
+
+
+def status(pid: int, field: str) -> int:
+    """A kB figure (VmHWM, VmSize) from /proc/PID/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def nested(depth: int) -> bytes:
+    return b"\x91" * depth + b"\x01"  # msgpack: [[[...1...]]]
+
+
+# -- limits on what clients send ----------------------------------------------
+
+
+def test_an_oversized_request_is_dropped_before_it_is_read(hk_service: ServiceFactory) -> None:
+    svc = hk_service()
+    assert svc.proc is not None
+    before = status(svc.proc.pid, "VmHWM")
+    assert raw_call(svc.endpoint, b"\x00" * (64 << 20), timeout_ms=1000) is None
+    assert svc.call("service.config")["size"] == 4
+    # Read whole, 64 MiB would have cost at least as much in the service.
+    assert status(svc.proc.pid, "VmHWM") - before < 16 * 1024
+
+
+def test_a_request_too_big_for_memory_leaves_the_service_answering(
+    hk_service: ServiceFactory,
+) -> None:
+    svc = hk_service()
+    assert svc.proc is not None
+    pid = svc.proc.pid
+    room = status(pid, "VmSize") * 1024 + (96 << 20)
+    resource.prlimit(pid, resource.RLIMIT_AS, (room, room))
+    assert raw_call(svc.endpoint, b"\x00" * (256 << 20), timeout_ms=1000) is None
+    for _ in range(3):
+        assert svc.call("service.config")["size"] == 4
+    assert svc.proc.poll() is None
+
+
+def test_the_client_refuses_a_request_over_the_limit_itself(hk_service: ServiceFactory) -> None:
+    svc = hk_service()
+    with pytest.raises(ServiceError, match="over the 1048576-byte limit") as err:
+        svc.call("resource.drain", {"ranks": "0", "reason": "x" * (2 << 20)})
+    assert err.value.code == "E2BIG"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"v": True, "id": 1, "method": "housekeeping.list"},
+        {"v": 1.0, "id": 1, "method": "housekeeping.list"},
+        {"v": "1", "id": 1, "method": "housekeeping.list"},
+        {"v": [[[[[[[[[[1]]]]]]]]]], "id": 1, "method": "housekeeping.list"},
+    ],
+    ids=["true", "float", "string", "nested"],
+)
+def test_a_version_that_is_not_the_integer_1_is_eproto(
+    hk_service: ServiceFactory, message: dict[str, Any]
+) -> None:
+    svc = hk_service()
+    reply = raw_call(svc.endpoint, pack(message))
+    assert reply is not None
+    assert reply["error"]["code"] == "EPROTO"
+    assert "protocol version" in reply["error"]["message"] or "nested" in reply["error"]["message"]
+
+
+@pytest.mark.parametrize("where", ["v", "id", "method", "params", "param", "user", "extra"])
+def test_deep_nesting_anywhere_is_eproto_without_a_traceback(
+    hk_service: ServiceFactory, where: str
+) -> None:
+    svc = hk_service()
+    deep = b"\x91" * 1000 + b"\x01"
+    fields = {
+        "v": b"\xa1v" + b"\x01",
+        "id": b"\xa2id\x05",
+        "method": b"\xa6method\xb1housekeeping.list",
+        "params": b"\xa6params\x80",
+    }
+    if where == "param":
+        fields["params"] = b"\xa6params\x81\xa5jobid" + deep
+    elif where in ("extra", "user"):
+        fields[where] = bytes([0xA0 | len(where)]) + where.encode() + deep
+    else:
+        key = fields[where][: 1 + (fields[where][0] & 0x1F)]
+        fields[where] = key + deep
+    body = bytes([0x80 | len(fields)]) + b"".join(fields.values())
+    reply = raw_call(svc.endpoint, body)
+    assert reply is not None
+    assert reply["error"]["code"] == "EPROTO", reply
+    assert svc.call("service.config")["size"] == 4
+    assert "Traceback" not in svc.log()
+
+
+# -- reasons -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reason", "why"),
+    [
+        ("x" * (MAX_REASON + 1), "257 characters"),
+        ("disk\nnode9 drained: forged", "line breaks"),
+        ("fan \x1b[2J", "control characters"),
+        ("tab\there", "control characters"),
+    ],
+    ids=["long", "newline", "escape", "tab"],
+)
+def test_a_drain_reason_is_one_short_printable_line(
+    hk_service: ServiceFactory, reason: str, why: str
+) -> None:
+    svc = hk_service()
+    with pytest.raises(ServiceError, match=f"at most {MAX_REASON} printable") as err:
+        svc.call("resource.drain", {"ranks": "1", "reason": reason})
+    assert err.value.code == "EINVAL"
+    assert why in err.value.message
+    assert svc.call("resource.status")["drained"] == []
+
+
+def test_a_reason_of_256_printable_characters_is_kept_whole(hk_service: ServiceFactory) -> None:
+    svc = hk_service()
+    reason = "é" * MAX_REASON
+    svc.call("resource.drain", {"ranks": "1", "reason": reason})
+    [drain] = svc.call("resource.status")["drained"]
+    assert drain["reason"].startswith(reason)
+
+
+# -- open files ------------------------------------------------------------------
+
+
+def lowered_nofile(soft: int, hard: int) -> Callable[[], None]:
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return lower
+
+
+def connect_many(endpoint: str, count: int) -> tuple[zmq.Context[Any], list[zmq.Socket[Any]]]:
+    ctx: zmq.Context[Any] = zmq.Context()
+    ctx.setsockopt(zmq.MAX_SOCKETS, count + 100)
+    socks = []
+    for i in range(count):
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        sock.send(pack({"v": 1, "id": i + 1, "method": "service.config"}))
+        socks.append(sock)
+    return ctx, socks
+
+
+def answered(socks: list[zmq.Socket[Any]], timeout: float) -> int:
+    poller = zmq.Poller()
+    for sock in socks:
+        poller.register(sock, zmq.POLLIN)
+    got: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(got) < len(socks) and time.monotonic() < deadline:
+        for sock, _ in poller.poll(200):
+            sock.recv()
+            got.add(id(sock))
+            poller.unregister(sock)
+    return len(got)
+
+
+def test_a_thousand_clients_at_once_under_a_soft_limit_of_1024(
+    hk_service: ServiceFactory,
+) -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 4096:
+        missing_part(f"a hard open files limit of 4096 (it is {hard})")
+    svc = hk_service(start=False)
+    svc.preexec_fn = lowered_nofile(1024, 4096)
+    svc.start()
+    assert svc.proc is not None
+    limits = Path(f"/proc/{svc.proc.pid}/limits").read_text()
+    assert any(
+        line.startswith("Max open files") and "4096                 4096" in line
+        for line in limits.splitlines()
+    ), limits
+    ctx, socks = connect_many(svc.endpoint, 1000)
+    try:
+        assert answered(socks, 30) == 1000
+    finally:
+        for sock in socks:
+            sock.close()
+        ctx.term()
+    assert svc.proc.poll() is None
+    assert svc.call("service.config")["size"] == 4
+
+
+# -- who may connect -------------------------------------------------------------
+
+
+# The interpreter may live where nobody cannot read (/root/.pyenv): it starts as root,
+# loads what the command line needs, then becomes nobody before it runs it.
+AS_NOBODY = f"""
+import _socket, json, locale, os, pwd, sys, tomllib
+import zmq
+import hkconsole.cli, hkconsole.client, hkconsole.formatter, hkconsole.tables
+hkconsole.cli.build_parser().parse_args(sys.argv[1:])
+os.setgroups([])
+os.setgid({NOBODY})
+os.setuid({NOBODY})
+sys.exit(hkconsole.cli.main(sys.argv[1:]))
+"""
+
+
+def as_nobody(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    if os.getuid() != 0:
+        missing_part("root, to run a client as another user")
+    return subprocess.run(
+        [sys.executable, "-c", AS_NOBODY, *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "HOME": "/", "USER": "nobody", "SUDO_USER": ""},
+        cwd="/",
+    )
+
+
+def hkconsole(*args: str) -> list[str]:
+    return list(args)
+
+
+def test_a_user_without_access_to_the_socket_is_told_permission_denied(
+    hk_service: ServiceFactory,
+) -> None:
+    svc = hk_service()
+    proc = as_nobody(hkconsole("--endpoint", svc.endpoint, "list"))
+    assert proc.returncode == 1
+    socket_path = svc.endpoint[len("ipc://") :]
+    assert f"permission denied: you may not connect to the socket {socket_path}" in proc.stderr
+    assert "is hkservice running" not in proc.stderr
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory anyone may enter (for a read-only socket): /tmp/hk-read-XXXX, 0755."""
+    path = Path(tempfile.mkdtemp(prefix="hk-read-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    for child in path.iterdir():
+        child.unlink()
+    path.rmdir()
+
+
+def with_read_endpoint(hk_service: ServiceFactory, shared: Path, **kwargs: Any) -> RunningService:
+    svc = hk_service(start=False, **kwargs)
+    svc.service_options["read-endpoint"] = f"ipc://{shared}/read.sock"
+    return svc.start()
+
+
+def test_the_read_only_endpoint_serves_reads_to_anyone_and_refuses_acts(
+    hk_service: ServiceFactory, shared_dir: Path
+) -> None:
+    svc = with_read_endpoint(hk_service, shared_dir, command=["sleep", "600"])
+    svc.call("housekeeping.start", {"jobid": 7, "ranks": "0-1"})
+    read = f"ipc://{shared_dir}/read.sock"
+    mode = stat.S_IMODE((shared_dir / "read.sock").stat().st_mode)
+    assert mode == 0o666
+    proc = as_nobody(hkconsole("--endpoint", read, "list", "-n", "-o", "{id.dec} {nodelist}"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["7", "node[0-1]"]
+    for method, params in [
+        ("housekeeping.kill", {"jobid": 7}),
+        ("resource.drain", {"ranks": "2", "reason": "x"}),
+        ("resource.undrain", {"ranks": "2"}),
+        ("housekeeping.start", {"jobid": 8, "ranks": "3"}),
+    ]:
+        with Client(read, timeout=5) as client, pytest.raises(ServiceError) as err:
+            client.call(method, params)
+        assert err.value.code == "EPERM"
+        assert f"use the operator endpoint {svc.endpoint}" in err.value.message
+    proc = as_nobody(hkconsole("--endpoint", read, "kill", "-j", "7"))
+    assert proc.returncode == 1
+    assert "read-only endpoint; use the operator endpoint" in proc.stderr
+    assert svc.call("housekeeping.list")["units"][0]["pending"] == "0-1"
+    config = Client(read, timeout=5).call("service.config")
+    assert config["events-endpoint"] == f"{read}-events"
+    assert stat.S_IMODE((shared_dir / "read.sock-events").stat().st_mode) == 0o666
+
+
+def test_a_read_only_socket_in_a_private_directory_is_refused_at_start(
+    hk_service: ServiceFactory,
+) -> None:
+    svc = hk_service(start=False)
+    svc.service_options["read-endpoint"] = f"ipc://{svc.base}/read.sock"
+    with pytest.raises(RuntimeError, match="did not start"):
+        svc.start()
+    assert "other users cannot reach the socket" in svc.log()
+
+
+# -- tcp and CURVE ---------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def keygen(directory: Path, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hkservice", "keygen", name, "--dir", str(directory), *extra],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+
+def test_keygen_writes_a_private_secret_and_a_public_key_naming_its_hosts(
+    tmp_path: Path,
+) -> None:
+    old = os.umask(0)
+    try:
+        proc = keygen(tmp_path, "node7", "--hosts", "node[7-8]")
+    finally:
+        os.umask(old)
+    assert proc.returncode == 0, proc.stderr
+    secret, public = tmp_path / "node7.key_secret", tmp_path / "node7.key"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE(public.stat().st_mode) == 0o644
+    cert = keys.load(public)
+    assert cert.metadata == {"name": "node7", "hosts": "node[7-8]"}
+    assert cert.secret is None
+    # pyzmq reads it as its own certificate format.
+    import zmq.auth
+
+    pub, sec = zmq.auth.load_certificate(secret)
+    assert pub == cert.public and sec == keys.load(secret).secret
+    again = keygen(tmp_path, "node7")
+    assert again.returncode == 1
+    assert "already exists: not overwritten" in again.stderr
+    bad = keygen(tmp_path, "../evil")
+    assert bad.returncode == 1 and "is not a key name" in bad.stderr
+    bad = keygen(tmp_path, "n1", "--hosts", "node[1-")
+    assert bad.returncode == 1 and "--hosts:" in bad.stderr
+
+
+def tcp_service(hk_service: ServiceFactory, **options: Any) -> RunningService:
+    svc = hk_service(start=False, command=["sleep", "600"])
+    port, events = free_port(), free_port()
+    svc.service_options.update(
+        {
+            "endpoint": f"tcp://127.0.0.1:{port}",
+            "events-endpoint": f"tcp://127.0.0.1:{events}",
+            "keys-dir": str(svc.base / "keys"),
+            **options,
+        }
+    )
+    return svc
+
+
+def test_tcp_without_curve_is_refused_at_start(hk_service: ServiceFactory) -> None:
+    svc = tcp_service(hk_service)
+    with pytest.raises(RuntimeError, match="did not start"):
+        svc.start()
+    assert "is a tcp endpoint without CURVE" in svc.log()
+    assert "hkservice keygen server" in svc.log()
+
+
+def test_insecure_tcp_starts_with_a_warning_at_every_start(hk_service: ServiceFactory) -> None:
+    svc = tcp_service(hk_service, insecure=True)
+    svc.start()
+    svc.call("housekeeping.start", {"jobid": 1, "ranks": "0"})
+    svc.stop()
+    svc.start()
+    assert svc.log().count("insecure = true:") == 2
+
+
+def make_keys(svc: RunningService) -> dict[str, CurveKeys]:
+    """The service's key, and one client key per role directory (and one unlisted)."""
+    key_dir = svc.base / "keys"
+    assert keygen(key_dir, "server").returncode == 0
+    made: dict[str, CurveKeys] = {}
+    for name, directory in [
+        ("olivia", "operators"),
+        ("sam", "schedulers"),
+        ("vera", "viewers"),
+        ("mallory", None),
+    ]:
+        assert keygen(svc.base / "clients", name).returncode == 0
+        if directory is not None:
+            (key_dir / directory).mkdir(parents=True, exist_ok=True)
+            (svc.base / "clients" / f"{name}.key").rename(key_dir / directory / f"{name}.key")
+        made[name] = curve_keys(
+            str(svc.base / "clients" / f"{name}.key_secret"), str(key_dir / "server.key")
+        )
+    return made
+
+
+def test_curve_keys_give_each_client_its_role(hk_service: ServiceFactory) -> None:
+    svc = tcp_service(hk_service)
+    made = make_keys(svc)
+    svc.keys = made["olivia"]
+    svc.start()
+
+    def call(name: str, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        with Client(svc.endpoint, timeout=3, keys=made[name]) as client:
+            return client.call(method, params)
+
+    call("sam", "housekeeping.start", {"jobid": 5, "ranks": "0-1"})
+    assert [u["jobid"] for u in call("vera", "housekeeping.list")["units"]] == [5]
+    with pytest.raises(ServiceError, match="key 'vera' is a viewer key") as err:
+        call("vera", "housekeeping.kill", {"jobid": 5})
+    assert err.value.code == "EPERM"
+    with pytest.raises(ServiceError, match="key 'sam' is a scheduler key") as err:
+        call("sam", "resource.drain", {"ranks": "3", "reason": "no"})
+    call("olivia", "resource.drain", {"ranks": "3", "reason": "fan"})
+    with pytest.raises(ServiceError, match="did not answer") as err:
+        call("mallory", "housekeeping.list")
+    assert "key " + made["mallory"].public.decode() + " is not in" in svc.log()
+    # No key at all: the handshake fails, nothing is served.
+    with Client(svc.endpoint, timeout=2) as client, pytest.raises(ServiceError):
+        client.call("housekeeping.list")
+    assert call("olivia", "housekeeping.kill", {"jobid": 5, "signum": 9})["ranks"] == 2
+
+
+def test_a_key_copied_into_viewers_works_at_the_next_connection(
+    hk_service: ServiceFactory,
+) -> None:
+    svc = tcp_service(hk_service)
+    made = make_keys(svc)
+    svc.keys = made["olivia"]
+    svc.start()
+    with (
+        Client(svc.endpoint, timeout=2, keys=made["mallory"]) as client,
+        pytest.raises(ServiceError),
+    ):
+        client.call("housekeeping.list")
+    (svc.base / "clients" / "mallory.key").rename(svc.base / "keys" / "viewers" / "mallory.key")
+    with Client(svc.endpoint, timeout=3, keys=made["mallory"]) as client:
+        assert client.call("housekeeping.list")["units"] == []
