@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from hkconsole.client import Client, ServiceError, check_endpoint, resolve_endpoint, tcp_address
 from hkconsole.formatter import FormatError, FormatRegistry, OutputFormat, merge_rows
+from hkconsole.serve import run_serve, under_web_driver
 from hkconsole.tables import (
     DRAIN_HEADINGS,
     GROUP_NODE_FIELDS,
@@ -218,7 +219,7 @@ def build_parser() -> Parser:
     )
     _table_options(p)
 
-    def demo_int(low: int, high: int) -> Any:
+    def bounded_int(low: int, high: int) -> Any:
         def parse(text: str) -> int:
             value = ascii_number(text, high)
             if value is None or value < low:
@@ -239,14 +240,14 @@ def build_parser() -> Parser:
     )
     p.add_argument(
         "--nodes",
-        type=demo_int(1, 4096),
+        type=bounded_int(1, 4096),
         default=64,
         metavar="N",
         help="how many simulated nodes, 1 to 4096 (default: 64)",
     )
     p.add_argument(
         "--seed",
-        type=demo_int(0, (1 << 64) - 1),
+        type=bounded_int(0, (1 << 64) - 1),
         metavar="SEED",
         help="replay the same jobs with the same cleanup outcomes (default: a random seed, "
         "printed at start and exit and shown in the console's header); which nodes a job "
@@ -267,6 +268,23 @@ def build_parser() -> Parser:
         help="console: hide kill and drain actions (default: off)",
     )
     p.add_argument("--run-for", type=float, help=argparse.SUPPRESS)
+
+    p = sub.add_parser(
+        "serve",
+        help="the live console in a web browser",
+        description="Serve the live console to web browsers on http://localhost:PORT (one "
+        "console per browser tab). Read-only unless --operator: anyone who can open the "
+        "page acts with your rights on the service.",
+        allow_abbrev=False,
+    )
+    p.add_argument(
+        "--port",
+        type=bounded_int(1, 65535),
+        default=8000,
+        metavar="P",
+        help="the port on localhost (default: 8000)",
+    )
+    p.add_argument("--operator", action="store_true", help="allow kill and drain from the browser")
     return parser
 
 
@@ -594,7 +612,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         if args.command is None:
-            if not on_a_terminal():
+            # Under textual-serve (`serve`) the console draws into a browser through pipes.
+            if not on_a_terminal() and not under_web_driver():
                 return _usage_error(NO_TERMINAL)
             # Checked before Textual starts: the console would only show it as a status.
             check_endpoint(resolve_endpoint(args.endpoint))
@@ -611,6 +630,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 read_only=args.read_only,
                 run_for=args.run_for,
             )
+        if args.command == "serve":
+            endpoint = resolve_endpoint(args.endpoint)
+            check_endpoint(endpoint)
+            return run_serve(endpoint, args.port, args.operator)
         with CliClient(args.endpoint, timeout=TIMEOUT) as client:
             try:
                 code = COMMANDS[args.command](args, client)
