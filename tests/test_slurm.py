@@ -61,7 +61,11 @@ def slurm() -> Iterator[SlurmCluster]:
     wrapper = base / "epilog-slurmctld.sh"
     wrapper.write_text(f"#!/bin/sh\nexec {hooks[1]} --endpoint ipc://{base}/hk/hk.sock\n")
     wrapper.chmod(0o755)
-    cluster = SlurmCluster(base / "slurm", epilog=str(hooks[0]), epilog_slurmctld=str(wrapper))
+    # A test can make the node Epilog late (a busy node) by creating `slow-epilog`.
+    epilog = base / "epilog.sh"
+    epilog.write_text(f"#!/bin/sh\n[ -e {base}/slow-epilog ] && sleep 1\nexec {hooks[0]}\n")
+    epilog.chmod(0o755)
+    cluster = SlurmCluster(base / "slurm", epilog=str(epilog), epilog_slurmctld=str(wrapper))
     saved = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(cluster.conf)
     try:
@@ -504,8 +508,33 @@ def test_sinfo_output_and_reasons_read_strictly() -> None:
     assert set(nodes) == {"node1", "node2", "node3"}
     assert parse_hold(hold_reason(42, 1000)) == (42, 1000)
     assert parse_hold(hold_reason(42, 1000) + " extra") is None
+    assert parse_hold(hold_reason(2**64, 0)) is None
+    assert parse_hold(hold_reason(1, 2**32)) is None
+    assert parse_hold("hk: held for cleanup of job \u0661 (uid 0)") is None
     assert slurm_reason("housekeeping@f38 exit-code: exited 1") == (
         "hk: exit-code: exited 1 (job 123)"
     )
     # An operator's reason: one line whatever it holds.
     assert slurm_reason("bad\nfan\x1b[2J") == "hk: bad fan [2J"
+
+
+def test_cleanup_done_before_the_node_epilog_held_the_node(
+    slurm: SlurmCluster, hk: ServiceMaker
+) -> None:
+    # EpilogSlurmctld runs before the node Epilogs: an instant cleanup can end before a
+    # late node Epilog held its node. hk waits for each node's Epilog to end, then lifts
+    # its hold, once.
+    svc = hk(f"echo ran >> {hk_dir(slurm)}/marks/$HK_HOSTNAME.count")
+    slow = slurm.base.parent / "slow-epilog"
+    slow.touch()
+    try:
+        job = slurm.sbatch("-N4")
+        wait_until(lambda: mark(svc, "node0", job, "end").exists(), 10, "cleanup done")
+    finally:
+        slow.unlink()
+    wait_until(lambda: job_state(slurm, job) == "COMPLETED", 10)
+    wait_until(settled(slurm, dict.fromkeys(("node0", "node1", "node2", "node3"), "")), 10)
+    time.sleep(2.5)  # orphan-grace and two reconciles: nothing is run again
+    assert settled(slurm, dict.fromkeys(("node0", "node1", "node2", "node3"), ""))()
+    for node in ("node0", "node1", "node2", "node3"):
+        assert (svc.base / "marks" / f"{node}.count").read_text() == "ran\n", node

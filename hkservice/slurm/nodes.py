@@ -22,7 +22,9 @@ SINFO_FIELDS = "NodeList:|,StateComplete:|,Timestamp:|,Reason:0"
 # How long one scontrol or sinfo may take before it is killed and counted a failure.
 DEFAULT_COMMAND_TIMEOUT = 10.0
 
-_HOLD = re.compile(r"^hk: held for cleanup of job (\d+) \(uid (\d+)\)$")
+MAX_JOBID = (1 << 64) - 1
+MAX_UID = (1 << 32) - 1
+_HOLD = re.compile(r"hk: held for cleanup of job ([0-9]+) \(uid ([0-9]+)\)")
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -74,8 +76,13 @@ def hold_reason(jobid: int, uid: int) -> str:
 
 
 def parse_hold(reason: str) -> tuple[int, int] | None:
-    match = _HOLD.match(reason)
-    return (int(match.group(1)), int(match.group(2))) if match else None
+    """(jobid, uid) of a hold reason; None for any other reason, or numbers out of range
+    (anyone with Slurm's admin rights can write a reason)."""
+    match = _HOLD.fullmatch(reason)
+    if match is None or len(match.group(1)) > 20 or len(match.group(2)) > 10:
+        return None
+    jobid, uid = int(match.group(1)), int(match.group(2))
+    return (jobid, uid) if jobid <= MAX_JOBID and uid <= MAX_UID else None
 
 
 def failure_reason(what: str, jobid: int) -> str:
