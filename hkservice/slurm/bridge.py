@@ -64,14 +64,14 @@ _CORE_FAILURE = re.compile(r"^housekeeping@(\S+) (.+)$", re.DOTALL)
 class Wish:
     """What hk wants of one node in Slurm.
 
-    kind: "resume-hold" (lift the hold of job `jobid` once its Epilog has finished),
-    "drain" (drained with `reason`, unless drained by someone else), "hold" (drained
-    with `reason` if not drained at all), "resume" (resume if drained by hk).
+    kind: "resume-hold" (lift hk's hold once the node's Epilog has finished; only
+    wished when no unit holds the node any more), "drain" (drained with `reason`, unless
+    drained by someone else), "hold" (drained with `reason` if not drained at all),
+    "resume" (resume if drained by hk).
     """
 
     kind: str
     reason: str = ""
-    jobid: int = 0
     since: float = field(default_factory=time.monotonic)
 
 
@@ -160,7 +160,7 @@ class SlurmBridge:
                     reason = hold_reason(jobid, unit.userid)
                     for rank in unit.ranks:
                         if rank not in hk.drains:
-                            self._wish(cluster.hostname(rank), Wish("hold", reason, jobid))
+                            self._wish(cluster.hostname(rank), Wish("hold", reason))
                 case core.Drained(ranks, reason, _):
                     for rank in ranks:
                         self._wish(cluster.hostname(rank), Wish("drain", slurm_reason(reason)))
@@ -173,15 +173,15 @@ class SlurmBridge:
                         else:
                             # Still in cleanup: back to being held for it.
                             hold = hold_reason(unit.jobid, unit.userid)
-                            self._wish(cluster.hostname(rank), Wish("drain", hold, unit.jobid))
-                case core.Released(jobid, ranks, _):
+                            self._wish(cluster.hostname(rank), Wish("drain", hold))
+                case core.Released(_, ranks, _):
                     if busy is None:
                         busy = hk.housekeeping_ranks()
                     for rank in ranks:
                         # A failed node stays drained (its drain came first); a node
                         # another unit holds stays held until that one releases it.
                         if rank not in hk.drains and rank not in busy:
-                            self._wish(cluster.hostname(rank), Wish("resume-hold", jobid=jobid))
+                            self._wish(cluster.hostname(rank), Wish("resume-hold"))
                 case _:
                     pass
 
@@ -280,8 +280,9 @@ class SlurmBridge:
         if wish.kind == "resume-hold":
             if node.completing:
                 return "wait"  # its Epilog may be about to hold it
-            hold = node.hold
-            if hold is not None and hold[0] == wish.jobid:
+            # The hold of any job: on a node shared by jobs that ended together, the
+            # first Epilog's hold stands for all of them, and none holds it now.
+            if node.hold is not None:
                 return "resume"
             if node.drained:
                 if not owned(node.reason):
@@ -336,7 +337,7 @@ class SlurmBridge:
                     # Its failure (or an operator's drain) did not reach Slurm yet.
                     self._wish(name, Wish("drain", slurm_reason(hk.drains[rank][0])))
                 elif unit is not None and rank in unit.records and unit.records[rank].released:
-                    self._wish(name, Wish("resume-hold", jobid=jobid))
+                    self._wish(name, Wish("resume-hold"))
                 elif unit is None:
                     seen.add(name)
                     first = self._orphans_seen.setdefault(name, now)
@@ -351,8 +352,9 @@ class SlurmBridge:
                 self._report(
                     name,
                     "undrained",
-                    "slurm: %s is drained in hk (%s) but not in Slurm: someone resumed it "
-                    "there; hkconsole undrain %s makes hk agree",
+                    "slurm: %s is drained in hk (%s) but not in Slurm (resumed there, or "
+                    "hk stopped before draining it there): hkconsole undrain %s if it is "
+                    "fine, else drain it in Slurm",
                     name,
                     hk.drains[rank][0],
                     name,
