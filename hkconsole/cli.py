@@ -14,8 +14,17 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from hkconsole.client import Client, ServiceError, check_endpoint, resolve_endpoint, tcp_address
-from hkconsole.formatter import FormatError, FormatRegistry, OutputFormat, merge_rows
+from hkconsole.formatter import FormatError, FormatRegistry, OutputFormat, Row, merge_rows
 from hkconsole.serve import run_serve, under_web_driver
+from hkconsole.stats import (
+    STATS_NODE_HEADINGS,
+    STATS_USER_HEADINGS,
+    NodeStatsRow,
+    UserStatsRow,
+    node_stats_json,
+    stats_formats,
+    user_stats_json,
+)
 from hkconsole.tables import (
     DRAIN_HEADINGS,
     GROUP_NODE_FIELDS,
@@ -42,6 +51,7 @@ from hkconsole.tables import (
 )
 from hkconsole.terminal import NO_TERMINAL, on_a_terminal
 from hkservice.cluster import Cluster, TargetError
+from hkservice.fsd import parse_duration
 from hkservice.idset import format_idset, parse_idset
 from hkservice.jobid import JobidError, parse_jobid
 from hkservice.text import plural, quoted, visible
@@ -155,6 +165,16 @@ def limit_arg(text: str) -> int:
     return limit
 
 
+def since_arg(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{quoted(text)}: give a duration above 0, e.g. 7d")
+    return seconds
+
+
 def jobid_arg(text: str) -> int:
     if text.strip().lower() == "all":
         raise argparse.ArgumentTypeError("'all' is not a jobid: use --all to target every job")
@@ -218,6 +238,29 @@ def build_parser() -> Parser:
         help=f"how many, 1 to {HISTORY_MAX:,} (default 20)",
     )
     _table_options(p)
+
+    p = sub.add_parser("stats", help="node and user statistics over time", allow_abbrev=False)
+    stats = p.add_subparsers(dest="what", metavar="nodes|users", parser_class=Parser)
+    stats.required = True
+    for what, text in (
+        ("nodes", "per node: runs, failures, durations, last failure, flapping"),
+        ("users", "per user: units, failed ranks, time in cleanup caused"),
+    ):
+        q = stats.add_parser(what, help=text, description=text, allow_abbrev=False)
+        q.add_argument(
+            "--since",
+            type=since_arg,
+            metavar="DURATION",
+            help="only runs that ended in the last DURATION, e.g. 7d (default: all kept)",
+        )
+        q.add_argument(
+            "--stuck", action="store_true", help="only those with a rank running past warn-after"
+        )
+        if what == "nodes":
+            q.add_argument(
+                "--flapping", action="store_true", help="only nodes failing run after run"
+            )
+        _table_options(q)
 
     def bounded_int(low: int, high: int) -> Any:
         def parse(text: str) -> int:
@@ -484,6 +527,35 @@ def cmd_history(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace, client: Client) -> int:
+    headings = STATS_NODE_HEADINGS if args.what == "nodes" else STATS_USER_HEADINGS
+    fmt = None  # json
+    if args.format != "json":
+        fmt_text = _resolve_format(stats_formats(args.what), args.format)
+        if fmt_text is None:
+            return 0
+        fmt = OutputFormat(fmt_text, headings)
+    params: dict[str, Any] = {"stuck": args.stuck}
+    if args.since is not None:
+        params["window"] = args.since
+    if args.what == "users":
+        users = client.call("stats.users", params)["users"]
+        if fmt is None:
+            _json({"users": [user_stats_json(u) for u in users]})
+            return 0
+        rows: list[Row] = [UserStatsRow(u) for u in users]
+    else:
+        params["flapping"] = args.flapping
+        cluster = _cluster(client)
+        nodes = client.call("stats.nodes", params)["nodes"]
+        if fmt is None:
+            _json({"nodes": [node_stats_json(n, cluster) for n in nodes]})
+            return 0
+        rows = [NodeStatsRow(n, cluster) for n in nodes]
+    _write(fmt.render(rows, header=not args.no_header))
+    return 0
+
+
 COMMANDS = {
     "list": cmd_list,
     "kill": cmd_kill,
@@ -492,6 +564,7 @@ COMMANDS = {
     "undrain": cmd_undrain,
     "start": cmd_start,
     "history": cmd_history,
+    "stats": cmd_stats,
 }
 
 

@@ -36,10 +36,13 @@ UNIT_HEADINGS: dict[str, str] = {
     "failed.nnodes": "#FAILED",
     "failed.ranks": "FAILED_RANKS",
     "failed.nodelist": "FAILED_NODES",
+    "stuck.nnodes": "#STUCK",
+    "stuck.ranks": "STUCK_RANKS",
+    "stuck.nodelist": "STUCK_NODES",
 }
 UNIT_NODE_FIELDS = frozenset(
     f"{prefix}{name}"
-    for prefix in ("", "allocated.", "pending.", "failed.")
+    for prefix in ("", "allocated.", "pending.", "failed.", "stuck.")
     for name in ("nnodes", "ranks", "nodelist")
 )
 UNIT_FORMATS = (
@@ -57,6 +60,11 @@ UNIT_FORMATS = (
         "failed",
         "hkconsole list format string showing failed nodes",
         "{id.f58:>12} {nnodes:>6} {failed.nnodes:>7} {runtime!F:>8} {failed.nodelist}",
+    ),
+    NamedFormat(
+        "stuck",
+        "hkconsole list format string showing nodes running past warn-after",
+        "{id.f58:>12} {nnodes:>6} {stuck.nnodes:>6} {runtime!F:>8} {stuck.nodelist}",
     ),
 )
 
@@ -121,6 +129,8 @@ class Unit(NamedTuple):
     allocated: set[int]
     pending: set[int]
     failed: set[int]
+    # Running past warn-after (as of the snapshot: a rank that ends is no longer stuck).
+    stuck: frozenset[int] = frozenset()
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> Unit:
@@ -131,6 +141,7 @@ class Unit(NamedTuple):
             allocated=parse_idset(wire["allocated"]),
             pending=parse_idset(wire["pending"]),
             failed=parse_idset(wire.get("failed", "")),
+            stuck=frozenset(parse_idset(wire.get("stuck", ""))),
         )
 
     def restricted(self, include: set[int]) -> Unit:
@@ -141,6 +152,7 @@ class Unit(NamedTuple):
             self.allocated & include,
             self.pending & include,
             self.failed & include,
+            self.stuck & include,
         )
 
     def to_json(self, cluster: Cluster, now: float) -> dict[str, Any]:
@@ -152,6 +164,7 @@ class Unit(NamedTuple):
             "allocated": node_fields(self.allocated, cluster),
             "pending": node_fields(self.pending, cluster),
             "failed": node_fields(self.failed, cluster),
+            "stuck": node_fields(set(self.stuck), cluster),
         }
 
 
@@ -160,11 +173,15 @@ def merge_units(units: list[Unit]) -> Unit:
     allocated: set[int] = set()
     pending: set[int] = set()
     failed: set[int] = set()
+    stuck: set[int] = set()
     for unit in units:
         allocated |= unit.allocated
         pending |= unit.pending
         failed |= unit.failed
-    return Unit(first.jobid, first.userid, first.t_start, allocated, pending, failed)
+        stuck |= unit.stuck
+    return Unit(
+        first.jobid, first.userid, first.t_start, allocated, pending, failed, frozenset(stuck)
+    )
 
 
 class JobRow(Row):
@@ -221,6 +238,8 @@ class UnitRow(JobRow):
             return self.unit.pending
         if prefix == "failed":
             return self.unit.failed
+        if prefix == "stuck":
+            return set(self.unit.stuck)
         return self.unit.allocated  # "" and "allocated"
 
     def job_field(self, name: str) -> Any:

@@ -19,6 +19,9 @@ from hkservice.protocol import (
 )
 
 DEFAULT_KILL_GRACE = 90.0
+DEFAULT_WARN_AFTER = 600.0
+DEFAULT_HISTORY_KEEP = 90 * 86400.0
+DEFAULT_FLAPPING_AFTER = 3
 
 # table -> key -> (type name shown in errors, required)
 SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
@@ -29,7 +32,13 @@ SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
         "release-after": ("duration", False),
         "timeout": ("duration", False),
         "kill-grace": ("duration", False),
+        "warn-after": ("duration", False),
     },
+    "history": {
+        "keep": ("duration", False),
+        "flapping-after": ("integer", False),
+    },
+    "metrics": {"endpoint": ("string", False)},
     "service": {
         "endpoint": ("string", False),
         "events-endpoint": ("string", False),
@@ -91,6 +100,12 @@ class Config:
     def key_dir(self) -> Path:
         return self.keys_dir if self.keys_dir is not None else self.state_dir / "keys"
 
+    # None: never stuck / kept forever / no metrics endpoint.
+    warn_after: float | None = DEFAULT_WARN_AFTER
+    history_keep: float | None = DEFAULT_HISTORY_KEEP
+    flapping_after: int = DEFAULT_FLAPPING_AFTER
+    metrics_endpoint: tuple[str, int] | None = None
+
 
 def _default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
@@ -114,6 +129,29 @@ def _check_endpoint(endpoint: str, key: str) -> None:
     problem = endpoint_problem(endpoint, bind=True)
     if problem is not None:
         raise ConfigError(f"{key}: {problem}")
+
+
+def _positive_duration(table: dict[str, Any], key: str, where: str, default: float) -> float | None:
+    """A duration that must be above 0; "inf" (returned as None) turns the feature off."""
+    value = _duration(table, key, where)
+    if value is None:
+        return default
+    if value <= 0:
+        raise ConfigError(f'{where}.{key}: must be above 0 (or "inf" for never)')
+    return None if math.isinf(value) else value
+
+
+def parse_metrics_endpoint(text: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPV6]:PORT` -> (host, port)."""
+    host, colon, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or any(c.isspace() for c in host):
+        raise ValueError(f"'{text}' is not HOST:PORT (e.g. \"127.0.0.1:9810\")")
+    digits = port_text.isascii() and port_text.isdigit() and len(port_text) <= 5
+    if not digits or not 0 < int(port_text) < 65536:
+        raise ValueError(f"'{text}': the port must be a number from 1 to 65535")
+    return host, int(port_text)
 
 
 def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
@@ -170,6 +208,25 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
     if timeout is not None and math.isinf(timeout):
         timeout = None
     kill_grace = _duration(hk, "kill-grace", "housekeeping")
+    warn_after = _positive_duration(hk, "warn-after", "housekeeping", DEFAULT_WARN_AFTER)
+
+    history = data.get("history", {})
+    history_keep = _positive_duration(history, "keep", "history", DEFAULT_HISTORY_KEEP)
+    flapping_after = history.get("flapping-after", DEFAULT_FLAPPING_AFTER)
+    if isinstance(flapping_after, bool) or not isinstance(flapping_after, int):
+        raise ConfigError("history.flapping-after: expected a whole number such as 3")
+    if not 1 <= flapping_after <= 1000:
+        raise ConfigError("history.flapping-after: must be from 1 to 1000")
+
+    metrics_text = data.get("metrics", {}).get("endpoint")
+    metrics_endpoint = None
+    if metrics_text is not None:
+        if not isinstance(metrics_text, str):
+            raise ConfigError('metrics.endpoint: expected a string such as "127.0.0.1:9810"')
+        try:
+            metrics_endpoint = parse_metrics_endpoint(metrics_text)
+        except ValueError as exc:
+            raise ConfigError(f"metrics.endpoint: {exc}") from None
 
     service = data.get("service", {})
     for key in (
@@ -221,6 +278,10 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         read_events_endpoint=read_events_endpoint,
         keys_dir=Path(service["keys-dir"]) if "keys-dir" in service else None,
         insecure=service.get("insecure", False),
+        warn_after=warn_after,
+        history_keep=history_keep,
+        flapping_after=flapping_after,
+        metrics_endpoint=metrics_endpoint,
     )
 
 

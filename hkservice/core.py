@@ -126,6 +126,10 @@ class RankFinished:
     rank: int
     outcome: Outcome
     t_end: float
+    # The unit may be gone by the time adapters see this (its last rank ended): history
+    # and metrics need when the rank started and whose job it cleaned up after.
+    t_start: float = field(default=0.0, compare=False)
+    userid: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,18 @@ class Drained:
     ranks: tuple[int, ...]
     reason: str
     t: float
+    # What drained them: an outcome kind ("exit", "signal", ...) or "operator". Metrics
+    # count drains by it; a reason is free text anyone can write.
+    cause: str = field(default="operator", compare=False)
+
+
+@dataclass(frozen=True)
+class Stuck:
+    """These ranks have run past warn-after: said once per unit (all its ranks started
+    together, so they cross the line together)."""
+
+    jobid: int
+    ranks: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -171,6 +187,7 @@ Action = (
     | Released
     | UnitEnded
     | TimerArmed
+    | Stuck
 )
 
 
@@ -214,6 +231,8 @@ class Unit:
     timer_expired: bool = False
     timeout_at: float | None = None
     releases: int = 0
+    # Its pending ranks have run past warn-after (and that was said).
+    stuck: bool = False
     _wire: dict[str, object] | None = None
 
     def touch(self) -> None:
@@ -230,17 +249,19 @@ class Unit:
                 "allocated": format_idset(self.allocated),
                 "pending": format_idset(self.pending),
                 "failed": format_idset(self.failed),
+                "stuck": format_idset(self.pending) if self.stuck else "",
             }
         return self._wire
 
 
 @dataclass(frozen=True)
 class Policy:
-    """Release, timeout and kill settings; seconds, None meaning unset."""
+    """Release, timeout, kill and stuck settings; seconds, None meaning unset."""
 
     release_after: float | None = None
     timeout: float | None = None
     kill_grace: float = 90.0
+    warn_after: float | None = None
 
     @property
     def partial(self) -> bool:
@@ -287,9 +308,19 @@ class Housekeeping:
                 deadlines.append(unit.timer_deadline)
             if unit.timeout_at is not None:
                 deadlines.append(unit.timeout_at)
+            stuck_at = self._stuck_at(unit)
+            if stuck_at is not None:
+                deadlines.append(stuck_at)
         if self._escalations:
             deadlines.append(min(self._escalations.values()))
         return min(deadlines, default=None)
+
+    def _stuck_at(self, unit: Unit) -> float | None:
+        """When the unit's running ranks become stuck, if that is still to come."""
+        warn_after = self.policy.warn_after
+        if warn_after is None or math.isinf(warn_after) or unit.stuck or not unit.pending:
+            return None
+        return unit.t_start + warn_after
 
     # -- start --------------------------------------------------------------
 
@@ -345,7 +376,7 @@ class Housekeeping:
         if unit is None:
             return []
         actions: list[Action] = []
-        failed_now: dict[str, list[int]] = {}
+        failed_now: dict[tuple[str, str], list[int]] = {}
         for rank, raw in results:
             if rank not in unit.pending:
                 continue
@@ -356,15 +387,16 @@ class Housekeeping:
             record.t_end = now
             record.escalate_at = None
             self._escalations.pop((jobid, rank), None)
-            actions.append(RankFinished(jobid, rank, outcome, now))
+            actions.append(RankFinished(jobid, rank, outcome, now, record.t_start, unit.userid))
             if not outcome.ok:
                 unit.failed.add(rank)
                 if rank not in self.drains:
-                    failed_now.setdefault(outcome.drain_reason(jobid), []).append(rank)
-        for reason, ranks in failed_now.items():
+                    key = (outcome.drain_reason(jobid), outcome.kind)
+                    failed_now.setdefault(key, []).append(rank)
+        for (reason, kind), ranks in failed_now.items():
             for r in ranks:
                 self.drains[r] = (reason, now)
-            actions.append(Drained(tuple(ranks), reason, now))
+            actions.append(Drained(tuple(ranks), reason, now, kind))
         unit.touch()
         actions.extend(self._after_completion(unit, now))
         return actions
@@ -437,6 +469,11 @@ class Housekeeping:
                     for r in running:
                         self._mark_signalled(unit, r, SIGTERM, "timeout", now)
                     actions.append(Signal(unit.jobid, tuple(running), SIGTERM))
+            stuck_at = self._stuck_at(unit)
+            if stuck_at is not None and now >= stuck_at:
+                unit.stuck = True
+                unit.touch()
+                actions.append(Stuck(unit.jobid, tuple(sorted(unit.pending))))
         due: dict[int, list[int]] = {}
         for (jobid, rank), at in list(self._escalations.items()):
             if now >= at:

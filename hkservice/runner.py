@@ -70,6 +70,9 @@ class Runner(Protocol):
         """When the runner lost its agent (wall clock), None while it is connected."""
         ...
 
+    # When the agent last said anything (wall clock); None: never.
+    last_seen: float | None
+
     def launch(self, spec: LaunchSpec) -> None: ...
 
     def signal(self, jobid: int, ranks: Iterable[int], signum: int) -> None: ...
@@ -137,6 +140,8 @@ class LocalRunner:
         self._relaunch: RelaunchCallback = lambda keys: None
         self._keepalive: asyncio.Task[None] | None = None
         self._last_heard = 0.0
+        # When the agent last said anything (wall clock), for metrics; None: never.
+        self.last_seen: float | None = None
         self._bye: asyncio.Future[None] | None = None
         self._session = 0
         self._agent_pid: int | None = None
@@ -317,6 +322,7 @@ class LocalRunner:
         while True:
             message = unpack(await sock.recv())
             self._last_heard = asyncio.get_running_loop().time()
+            self.last_seen = time.time()
             if not isinstance(message, dict):
                 continue
             op = message.get("op")

@@ -27,6 +27,7 @@ from hkservice.cluster import Cluster, TargetError
 from hkservice.config import Config
 from hkservice.errors import HkError
 from hkservice.idset import IdsetError, format_idset
+from hkservice.metrics import hooks_for
 from hkservice.protocol import (
     EVENT_DRAINED,
     EVENT_ENDED,
@@ -34,6 +35,7 @@ from hkservice.protocol import (
     EVENT_HEARTBEAT,
     EVENT_RELEASED,
     EVENT_STARTED,
+    EVENT_STUCK,
     EVENT_UNDRAINED,
     HEARTBEAT_SECONDS,
     MAX_MESSAGE_BYTES,
@@ -46,6 +48,7 @@ from hkservice.protocol import (
 )
 from hkservice.runner import LaunchSpec, LocalRunner, Runner
 from hkservice.scheduler import make_bridge
+from hkservice.stats import History
 from hkservice.store import Store
 from hkservice.text import plural, quoted, visible
 
@@ -133,7 +136,7 @@ class Service:
         self.stop_commands_on_exit = stop_commands_on_exit
         self.hk = core.Housekeeping(
             self.cluster.size,
-            core.Policy(config.release_after, config.timeout, config.kill_grace),
+            core.Policy(config.release_after, config.timeout, config.kill_grace, config.warn_after),
         )
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self._lock = _lock_state_dir(config.state_dir)
@@ -142,6 +145,14 @@ class Service:
             config.command, config.state_dir / "run", self.cluster.hostname
         )
         self.runner.set_exit_callback(self._on_exit)
+        self.history = History(
+            self.store,
+            self.hk,
+            clock,
+            keep=config.history_keep,
+            flapping_after=config.flapping_after,
+        )
+        self.metrics = hooks_for(config.metrics_endpoint, self.hk, self.runner, self._offline_set)
         self._ctx = zmq.asyncio.Context()
         self._bound: list[endpoints.Bound] = []
         self._zap: auth.ZapHandler | None = None
@@ -170,7 +181,10 @@ class Service:
             "resource.status": self._status,
             "resource.drain": self._drain,
             "resource.undrain": self._undrain,
+            "stats.nodes": self.history.node_stats,
+            "stats.users": self.history.user_stats,
         }
+        self.handlers = self.metrics.instrument(self.handlers)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -194,6 +208,8 @@ class Service:
         tasks = [asyncio.create_task(self._serve()), asyncio.create_task(self._heartbeat())]
         if self._zap is not None:
             tasks.append(asyncio.create_task(self._zap.run()))
+        tasks.append(asyncio.create_task(self.history.keep_pruned()))
+        tasks.append(asyncio.create_task(self.metrics.serve()))
         await self._stopping.wait()
         for task in tasks:
             task.cancel()
@@ -246,6 +262,7 @@ class Service:
             self.hk.restore_drain(rank, reason, t)
         for unit in units:
             self.hk.restore(unit)
+        self.history.load()
         await self.runner.start(self._running_ranks, self._relaunch)
         try:
             self._reserve_events()
@@ -298,6 +315,8 @@ class Service:
                     f"could not save the state in {self.store.path} ({exc}): "
                     "the service is stopping"
                 ) from exc
+        self.history.observe(actions)
+        self.metrics.observe(actions)
         for action in actions:
             self._effect(action)
         if self.bridge is not None and actions:
@@ -388,6 +407,14 @@ class Service:
                     EVENT_RELEASED,
                     {"jobid": jobid, "ranks": format_idset(ranks), "final": final},
                 )
+            case core.Stuck(jobid, ranks):
+                log.warning(
+                    "housekeeping: %s on %s: still running after warn-after (%s)",
+                    core.job_label(jobid),
+                    self.cluster.nodelist(ranks),
+                    plural(len(ranks), "rank"),
+                )
+                self._publish(EVENT_STUCK, {"jobid": jobid, "ranks": format_idset(ranks)})
             case core.UnitEnded(jobid, _):
                 log.info("housekeeping: %s complete", core.job_label(jobid))
                 self.runner.forget(jobid)
@@ -654,14 +681,18 @@ class Service:
                 for (reason, t), ranks in sorted(groups.items(), key=lambda g: min(g[1]))
             ],
             "offline": self._offline(),
+            "flapping": format_idset(self.history.flapping()),
         }
 
     def _offline(self) -> str:
+        return format_idset(self._offline_set())
+
+    def _offline_set(self) -> set[int]:
         """Nodes with commands running while the agent cannot be reached (spec §7):
         nothing can be known or done about them until it answers."""
         if self.runner.down_since is None:
-            return ""
-        return format_idset({r for u in self.hk.units.values() for r in u.pending})
+            return set()
+        return {r for u in self.hk.units.values() for r in u.pending}
 
     def _drain(self, params: dict[str, Any]) -> dict[str, Any]:
         ranks = self._ranks(params)

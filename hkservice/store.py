@@ -1,15 +1,18 @@
 """What the service must not forget, in SQLite (WAL) under state-dir.
 
 Units in progress with every rank's outcome and release, the drains, and the history of
-finished units. The service writes each batch of core actions in one transaction before it
-publishes them, so after a crash the state on disk is never behind what clients were told.
+finished units and of every rank's run (`runs`, read by hkservice/stats.py; both kept for
+[history] keep, pruned by `prune`). The service writes each batch of core actions in one
+transaction before it publishes them, so after a crash the state on disk is never behind
+what clients were told.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from hkservice import core
@@ -26,7 +29,8 @@ CREATE TABLE IF NOT EXISTS units (
     timer_deadline REAL,
     timer_expired INTEGER NOT NULL DEFAULT 0,
     timeout_at REAL,
-    releases INTEGER NOT NULL DEFAULT 0
+    releases INTEGER NOT NULL DEFAULT 0,
+    stuck INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS ranks (
     jobid INTEGER NOT NULL,
@@ -57,6 +61,16 @@ CREATE TABLE IF NOT EXISTS history (
     failed TEXT NOT NULL,
     releases INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS runs (
+    t_end REAL NOT NULL,
+    rank INTEGER NOT NULL,
+    duration REAL NOT NULL,
+    userid INTEGER NOT NULL,
+    jobid INTEGER NOT NULL,
+    result TEXT NOT NULL,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_t_end ON runs (t_end);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -69,11 +83,19 @@ MIGRATIONS = [
     ("ranks", "kill_cause", "TEXT"),
     ("ranks", "kill_signal", "INTEGER"),
     ("ranks", "escalate_at", "REAL"),
+    ("units", "stuck", "INTEGER NOT NULL DEFAULT 0"),
 ]
 
-HISTORY_KEEP = 10_000
 # Uint64 jobids do not fit SQLite's signed 64-bit integers: store them shifted.
 _OFFSET = 1 << 63
+
+
+def run_result(outcome: Outcome) -> str:
+    """A run's result as history and metrics name it: ok, or how it failed (a core dump is
+    a signal: one label per way of failing an operator tells apart)."""
+    if outcome.ok:
+        return "ok"
+    return "signal" if outcome.kind == "core" else outcome.kind
 
 
 def _db(jobid: int) -> int:
@@ -140,7 +162,20 @@ class Store:
                     "INSERT INTO ranks (jobid, rank) VALUES (?, ?)",
                     ((_db(jobid), r) for r in unit.ranks),
                 )
-            case core.RankFinished(jobid, rank, outcome, t_end):
+            case core.RankFinished(jobid, rank, outcome, t_end, t_start, userid):
+                db.execute(
+                    "INSERT INTO runs (t_end, rank, duration, userid, jobid, result, reason)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        t_end,
+                        rank,
+                        max(0.0, t_end - t_start),
+                        userid,
+                        _db(jobid),
+                        run_result(outcome),
+                        None if outcome.ok else outcome.describe(),
+                    ),
+                )
                 db.execute(
                     "UPDATE ranks SET t_end=?, kind=?, code=?, signal=?, text=?"
                     " WHERE jobid=? AND rank=?",
@@ -190,6 +225,8 @@ class Store:
                     "UPDATE units SET releases=releases+1, timer_expired=? WHERE jobid=?",
                     (expired, _db(jobid)),
                 )
+            case core.Stuck(jobid, _):
+                db.execute("UPDATE units SET stuck=1 WHERE jobid=?", (_db(jobid),))
             case core.UnitEnded(jobid, t_end):
                 self._end_unit(jobid, t_end)
             case core.Drained(ranks, reason, t):
@@ -223,10 +260,29 @@ class Store:
         )
         db.execute("DELETE FROM ranks WHERE jobid=?", (_db(jobid),))
         db.execute("DELETE FROM units WHERE jobid=?", (_db(jobid),))
-        db.execute(
-            "DELETE FROM history WHERE seq <= (SELECT MAX(seq) FROM history) - ?",
-            (HISTORY_KEEP,),
-        )
+
+    def prune(self, before: float, batch: int) -> int:
+        """Forget at most `batch` runs and finished units that ended before `before`;
+        returns how many rows went. Small batches: each is one short write transaction."""
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            gone = db.execute(
+                "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs WHERE t_end < ? LIMIT ?)",
+                (before, batch),
+            ).rowcount
+            gone += db.execute(
+                "DELETE FROM history WHERE seq IN"
+                " (SELECT seq FROM history WHERE t_end < ? ORDER BY seq LIMIT ?)",
+                (before, batch),
+            ).rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise
+        return gone
 
     # -- reading ------------------------------------------------------------
 
@@ -234,9 +290,19 @@ class Store:
         units: list[Unit] = []
         rows = self.db.execute(
             "SELECT jobid, userid, t_start, ranks, timer_deadline, timer_expired,"
-            " timeout_at, releases FROM units ORDER BY seq"
+            " timeout_at, releases, stuck FROM units ORDER BY seq"
         ).fetchall()
-        for jobid_db, userid, t_start, ranks_text, deadline, expired, timeout_at, rel in rows:
+        for (
+            jobid_db,
+            userid,
+            t_start,
+            ranks_text,
+            deadline,
+            expired,
+            timeout_at,
+            rel,
+            stuck,
+        ) in rows:
             ranks = tuple(sorted(parse_idset(ranks_text)))
             records: dict[int, RankRecord] = {}
             for (
@@ -282,6 +348,7 @@ class Store:
                     timer_expired=bool(expired),
                     timeout_at=timeout_at,
                     releases=rel,
+                    stuck=bool(stuck),
                 )
             )
         return units
@@ -322,3 +389,20 @@ class Store:
             }
             for jobid, userid, t_start, t_end, ranks, failed, releases in rows
         ]
+
+    def runs(self) -> Iterator[tuple[float, int, float, int, int, str, str | None]]:
+        """Every run kept, oldest first: (t_end, rank, duration, userid, jobid, result,
+        reason)."""
+        for t_end, rank, duration, userid, jobid, result, reason in self.db.execute(
+            "SELECT t_end, rank, duration, userid, jobid, result, reason FROM runs ORDER BY rowid"
+        ):
+            yield t_end, rank, duration, userid, _job(jobid), result, reason
+
+    def units_by_user(self, since: float | None) -> dict[int, int]:
+        """How many finished units each user's jobs made, since `since` (or ever)."""
+        return dict(
+            self.db.execute(
+                "SELECT userid, COUNT(*) FROM history WHERE t_end >= ? GROUP BY userid",
+                (-math.inf if since is None else since,),
+            )
+        )

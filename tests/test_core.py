@@ -230,6 +230,7 @@ def test_units_listed_in_start_order_with_cached_wire_form() -> None:
         "allocated": "3",
         "pending": "3",
         "failed": "",
+        "stuck": "",
     }
     hk.start(40, 0, [4, 5], 100)
     hk.finished(40, [(4, Outcome("exit", code=3))], 101)

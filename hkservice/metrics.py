@@ -1,0 +1,307 @@
+"""Prometheus metrics at `[metrics] endpoint`, /metrics (docs/hkservice.md, Metrics).
+
+The service calls three hooks: `observe(actions)` after each saved change, `instrument`
+once over its request handlers, and `serve()` as a task. `Hooks` does nothing, for a
+service without an endpoint: then no metric is kept and prometheus_client is not even
+imported.
+
+The scrape is answered on the service's own event loop (a small asyncio HTTP handler
+around `generate_latest`), not in prometheus_client's thread: the gauges are read from
+the core's state at scrape time, and the core is not made for two threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from hkservice import __version__, core
+from hkservice.errors import HkError
+from hkservice.store import run_result
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
+    from hkservice.runner import Runner
+
+log = logging.getLogger("hkservice")
+
+Handler = Callable[[dict[str, Any]], Any]
+
+RESULTS = ("ok", "exit", "signal", "timeout", "launch", "lost")
+NODE_STATES = ("idle", "housekeeping", "draining", "drained", "offline")
+# Cleanups take seconds to hours: buckets up to a day.
+DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
+REQUEST_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.5, 2.5)
+# A scrape request is one line and a few headers; anything longer is not Prometheus.
+MAX_REQUEST_LINE = 8192
+MAX_HEADERS = 100
+READ_TIMEOUT = 5.0
+
+
+class Hooks:
+    """No metrics: every hook costs nothing."""
+
+    def observe(self, actions: Iterable[core.Action]) -> None:
+        pass
+
+    def instrument(self, handlers: dict[str, Handler]) -> dict[str, Handler]:
+        return handlers
+
+    async def serve(self) -> None:
+        pass
+
+
+def hooks_for(
+    endpoint: tuple[str, int] | None,
+    hk: core.Housekeeping,
+    runner: Runner,
+    offline: Callable[[], set[int]],
+) -> Hooks:
+    if endpoint is None:
+        return Hooks()
+    return Prometheus(endpoint, hk, runner, socket.gethostname(), offline)
+
+
+def node_state_counts(
+    size: int, housekeeping: set[int], drained: set[int], offline: set[int]
+) -> dict[str, int]:
+    """How many nodes are in each state, by the rules of `hkconsole nodes` (each node in
+    one state: a drain first, then offline, then housekeeping)."""
+    draining = len(drained & housekeeping)
+    offline_only = offline - drained
+    busy = housekeeping - drained - offline_only
+    return {
+        "idle": size - len(housekeeping | drained | offline_only),
+        "housekeeping": len(busy),
+        "draining": draining,
+        "drained": len(drained) - draining,
+        "offline": len(offline_only),
+    }
+
+
+class Prometheus(Hooks):
+    def __init__(
+        self,
+        endpoint: tuple[str, int],
+        hk: core.Housekeeping,
+        runner: Runner,
+        hostname: str,
+        offline: Callable[[], set[int]],
+    ) -> None:
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Histogram,
+            Info,
+            disable_created_metrics,
+        )
+
+        # `_created` series double every counter and histogram for nothing a dashboard uses.
+        disable_created_metrics()
+        self.endpoint = endpoint
+        self.hk = hk
+        self.runner = runner
+        self.hostname = hostname
+        self.offline = offline
+        self.registry: CollectorRegistry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.runs = Counter(
+            "hk_rank_runs", "Housekeeping commands ended, by result", ["result"], registry=registry
+        )
+        for result in RESULTS:
+            self.runs.labels(result)
+        self.duration = Histogram(
+            "hk_rank_duration_seconds",
+            "How long each rank's housekeeping command ran",
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.releases = Counter(
+            "hk_releases", "Releases of nodes back to the scheduler", registry=registry
+        )
+        self.drains = Counter(
+            "hk_drains",
+            "Nodes drained, by cause: how their command failed, or operator",
+            ["cause"],
+            registry=registry,
+        )
+        self.kills = Counter(
+            "hk_kills", "Running commands signalled by an operator's kill", registry=registry
+        )
+        self.requests = Counter(
+            "hk_requests",
+            "Requests answered, by method and result code",
+            ["method", "code"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "hk_request_duration_seconds",
+            "Time to answer a request",
+            ["method"],
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+        Info("hk_build", "The running hkservice", registry=registry).info({"version": __version__})
+        registry.register(_StateCollector(self))
+
+    # -- hooks --------------------------------------------------------------
+
+    def observe(self, actions: Iterable[core.Action]) -> None:
+        for action in actions:
+            match action:
+                case core.RankFinished(_, _, outcome, t_end, t_start):
+                    self.runs.labels(run_result(outcome)).inc()
+                    self.duration.observe(max(0.0, t_end - t_start))
+                case core.Released():
+                    self.releases.inc()
+                case core.Drained(ranks, _, _, cause):
+                    self.drains.labels(cause).inc(len(ranks))
+                case core.Signal(jobid, ranks, signum):
+                    self.kills.inc(self._operator_kills(jobid, ranks, signum))
+                case _:
+                    pass
+
+    def _operator_kills(self, jobid: int, ranks: Iterable[int], signum: int) -> int:
+        # Timeouts and SIGKILL escalations also signal: only the operator's own count.
+        unit = self.hk.units.get(jobid)
+        if unit is None:
+            return 0
+        records = (unit.records[r] for r in ranks)
+        return sum(1 for r in records if r.kill_cause == "operator" and r.kill_signal == signum)
+
+    def instrument(self, handlers: dict[str, Handler]) -> dict[str, Handler]:
+        # Wrapping the handlers, not the dispatch: only known methods become label values
+        # (a client sending random method names must not grow the metric set).
+        return {method: self._timed(method, handler) for method, handler in handlers.items()}
+
+    def _timed(self, method: str, handler: Handler) -> Handler:
+        requests = self.requests
+        duration = self.request_duration.labels(method)
+
+        def timed(params: dict[str, Any]) -> Any:
+            start = time.perf_counter()
+            code = "EINTERNAL"
+            try:
+                result = handler(params)
+                code = "ok"
+                return result
+            except HkError as exc:
+                code = exc.code
+                raise
+            finally:
+                duration.observe(time.perf_counter() - start)
+                requests.labels(method, code).inc()
+
+        return timed
+
+    async def serve(self) -> None:
+        host, port = self.endpoint
+        try:
+            server = await asyncio.start_server(
+                self._answer, host, port, limit=MAX_REQUEST_LINE, reuse_address=True
+            )
+        except OSError as exc:
+            log.error("metrics: cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
+            return
+        log.info("metrics: serving http://%s/metrics", _host_port(host, port))
+        async with server:
+            await server.serve_forever()
+
+    # -- the scrape ---------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            status, body = await asyncio.wait_for(self._read_request(reader), READ_TIMEOUT)
+            if status == "200 OK":
+                from prometheus_client import CONTENT_TYPE_LATEST
+
+                content_type = CONTENT_TYPE_LATEST
+            else:
+                content_type = "text/plain; charset=utf-8"
+            head = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + (b"" if body is None else body))
+            await writer.drain()
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass  # a client that went away or talked nonsense: nothing to answer
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[str, bytes]:
+        line = await reader.readline()
+        for _ in range(MAX_HEADERS):
+            header = await reader.readline()
+            if header in (b"\r\n", b"\n", b""):
+                break
+        else:
+            return "431 Request Header Fields Too Large", b"too many headers\n"
+        parts = line.split()
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+            return "400 Bad Request", b"not an HTTP request\n"
+        method, target = parts[0], parts[1].split(b"?", 1)[0]
+        if target != b"/metrics":
+            return "404 Not Found", b"hkservice serves /metrics only\n"
+        if method not in (b"GET", b"HEAD"):
+            return "405 Method Not Allowed", b"GET /metrics\n"
+        body = self.exposition()
+        return "200 OK", b"" if method == b"HEAD" else body
+
+
+class _StateCollector:
+    """The gauges: read from the core's state when scraped."""
+
+    def __init__(self, metrics: Prometheus) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        m = self.metrics
+        hk = m.hk
+        nodes = GaugeMetricFamily("hk_nodes", "Nodes in each housekeeping state", labels=["state"])
+        counts = node_state_counts(hk.size, hk.housekeeping_ranks(), set(hk.drains), m.offline())
+        for state in NODE_STATES:
+            nodes.add_metric([state], counts[state])
+        yield nodes
+        running = stuck = 0
+        for unit in hk.units.values():
+            running += len(unit.pending)
+            if unit.stuck:
+                stuck += len(unit.pending)
+        yield GaugeMetricFamily("hk_units", "Housekeeping units in progress", len(hk.units))
+        yield GaugeMetricFamily("hk_ranks_running", "Housekeeping commands running", running)
+        yield GaugeMetricFamily(
+            "hk_ranks_stuck", "Housekeeping commands running past warn-after", stuck
+        )
+        connected = m.runner.down_since is None
+        yield GaugeMetricFamily(
+            "hk_agents_connected", "Agents the service is connected to", int(connected)
+        )
+        seen = GaugeMetricFamily(
+            "hk_agent_last_seen_timestamp_seconds",
+            "When each agent last answered (Unix time)",
+            labels=["node"],
+        )
+        last_seen = getattr(m.runner, "last_seen", None)
+        if last_seen is not None:
+            seen.add_metric([m.hostname], last_seen)
+        yield seen
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,288 @@
+"""Housekeeping over time: per-node and per-user statistics, flapping nodes, retention.
+
+Every rank's run is saved by the store (`runs`); this module keeps an index of them in
+memory, per node and per user, in time order, so that `stats.nodes` over a million runs
+is a bisect and a small sort per node instead of a scan of the database (SQLite needs
+seconds for percentiles over a million rows). It is loaded once at start, follows the
+core's actions, and forgets what [history] keep prunes from the database, in small
+batches between requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+from hkservice import core
+from hkservice.errors import HkError
+from hkservice.store import Store, run_result
+
+log = logging.getLogger("hkservice")
+
+# Rows deleted per prune transaction: a few milliseconds of writing, so a request waits
+# at most that long behind one.
+PRUNE_BATCH = 2000
+PRUNE_EVERY_SECONDS = 60.0
+
+
+class Series:
+    """Runs in time order: when each ended, how long it took, whether it failed."""
+
+    __slots__ = ("duration", "failed", "t_end")
+
+    def __init__(self) -> None:
+        self.t_end = array("d")
+        self.duration = array("d")
+        self.failed = array("b")
+
+    def add(self, t_end: float, duration: float, failed: bool) -> None:
+        if not self.t_end or t_end >= self.t_end[-1]:
+            self.t_end.append(t_end)
+            self.duration.append(duration)
+            self.failed.append(failed)
+            return
+        # The clock stepped back: keep the order bisect relies on.
+        at = bisect_left(self.t_end, t_end)
+        self.t_end.insert(at, t_end)
+        self.duration.insert(at, duration)
+        self.failed.insert(at, failed)
+
+    def drop_before(self, t: float) -> None:
+        cut = bisect_left(self.t_end, t)
+        if cut:
+            del self.t_end[:cut], self.duration[:cut], self.failed[:cut]
+
+    def window(self, since: float | None) -> tuple[int, int, list[float]]:
+        """(runs, failures, sorted durations) of the runs that ended at or after `since`."""
+        start = 0 if since is None else bisect_left(self.t_end, since)
+        return (
+            len(self.t_end) - start,
+            self.failed[start:].count(1),
+            sorted(self.duration[start:]),
+        )
+
+    def __len__(self) -> int:
+        return len(self.t_end)
+
+
+def quantile(ordered: list[float], q: float) -> float | None:
+    """The nearest-rank quantile of sorted values: an actual duration, never a blend."""
+    if not ordered:
+        return None
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+class Failure(NamedTuple):
+    t: float
+    jobid: int
+    reason: str
+
+
+class History:
+    """The runs index, flapping streaks and retention; answers `stats.nodes|users`."""
+
+    def __init__(
+        self,
+        store: Store,
+        hk: core.Housekeeping,
+        clock: Callable[[], float],
+        *,
+        keep: float | None,
+        flapping_after: int,
+    ) -> None:
+        self.store = store
+        self.hk = hk
+        self.clock = clock
+        self.keep = keep
+        self.flapping_after = flapping_after
+        self.nodes: dict[int, Series] = {}
+        self.users: dict[int, Series] = {}
+        self.last_failure: dict[int, Failure] = {}
+        # Failures in a row, per node, up to its latest run.
+        self.streaks: dict[int, int] = {}
+
+    # -- following the service ----------------------------------------------
+
+    def load(self) -> None:
+        for t_end, rank, duration, userid, jobid, result, reason in self.store.runs():
+            self._add(t_end, rank, duration, userid, jobid, result != "ok", reason or "")
+
+    def _add(
+        self,
+        t_end: float,
+        rank: int,
+        duration: float,
+        userid: int,
+        jobid: int,
+        failed: bool,
+        reason: str,
+    ) -> None:
+        node = self.nodes.get(rank)
+        if node is None:
+            node = self.nodes[rank] = Series()
+        node.add(t_end, duration, failed)
+        user = self.users.get(userid)
+        if user is None:
+            user = self.users[userid] = Series()
+        user.add(t_end, duration, failed)
+        if failed:
+            self.streaks[rank] = self.streaks.get(rank, 0) + 1
+            last = self.last_failure.get(rank)
+            if last is None or t_end >= last.t:
+                self.last_failure[rank] = Failure(t_end, jobid, reason)
+        else:
+            self.streaks.pop(rank, None)
+
+    def observe(self, actions: Iterable[core.Action]) -> None:
+        for action in actions:
+            if isinstance(action, core.RankFinished):
+                outcome = action.outcome
+                self._add(
+                    action.t_end,
+                    action.rank,
+                    max(0.0, action.t_end - action.t_start),
+                    action.userid,
+                    action.jobid,
+                    run_result(outcome) != "ok",
+                    "" if outcome.ok else outcome.describe(),
+                )
+
+    def flapping(self) -> set[int]:
+        """Nodes whose last `flapping-after` runs all failed."""
+        return {r for r, n in self.streaks.items() if n >= self.flapping_after}
+
+    def stuck_ranks(self) -> dict[int, int]:
+        """Rank -> userid of each rank running past warn-after now."""
+        return {
+            r: unit.userid for unit in self.hk.units.values() if unit.stuck for r in unit.pending
+        }
+
+    # -- retention ----------------------------------------------------------
+
+    def forget_before(self, cutoff: float) -> None:
+        for table in (self.nodes, self.users):
+            for key in [k for k, series in table.items() if not _drop(series, cutoff)]:
+                del table[key]
+        for rank in [r for r, f in self.last_failure.items() if f.t < cutoff]:
+            del self.last_failure[rank]
+        # A streak outlives its runs: a node that failed its last three runs is still
+        # flapping, however long ago they were, until it succeeds once.
+
+    async def keep_pruned(self) -> None:
+        """Prune what is older than [history] keep, a batch at a time, for ever."""
+        if self.keep is None:
+            return
+        every = max(0.1, min(PRUNE_EVERY_SECONDS, self.keep / 4))
+        while True:
+            cutoff = self.clock() - self.keep
+            self.forget_before(cutoff)
+            try:
+                while self.store.prune(cutoff, PRUNE_BATCH):
+                    await asyncio.sleep(0)  # requests waiting go first
+            except Exception as exc:  # sqlite3.Error: a full disk, say; try again later
+                log.error("could not prune the history in %s: %s", self.store.path, exc)
+            await asyncio.sleep(every)
+
+    # -- requests -----------------------------------------------------------
+
+    def _since(self, params: dict[str, Any]) -> float | None:
+        window = params.get("window")
+        if window is None:
+            return None
+        if isinstance(window, bool) or not isinstance(window, int | float):
+            raise HkError("EPROTO", "parameter 'window' has the wrong type")
+        if not 0 < window < math.inf:
+            raise HkError("EINVAL", f"window {window!r} must be a number of seconds above 0")
+        return self.clock() - window
+
+    def node_stats(self, params: dict[str, Any]) -> dict[str, Any]:
+        since = self._since(params)
+        only_stuck = _flag(params, "stuck")
+        only_flapping = _flag(params, "flapping")
+        stuck = self.stuck_ranks()
+        flapping = self.flapping()
+        ranks = set(self.nodes) | set(stuck) | flapping
+        if only_stuck:
+            ranks &= set(stuck)
+        if only_flapping:
+            ranks &= flapping
+        empty = Series()
+        rows: list[dict[str, Any]] = []
+        for rank in sorted(ranks):
+            runs, failures, durations = self.nodes.get(rank, empty).window(since)
+            if not runs and rank not in stuck and rank not in flapping:
+                continue
+            last = self.last_failure.get(rank)
+            if last is not None and since is not None and last.t < since:
+                last = None
+            rows.append(
+                {
+                    "rank": rank,
+                    "runs": runs,
+                    "failures": failures,
+                    "p50": quantile(durations, 0.5),
+                    "p95": quantile(durations, 0.95),
+                    "max": durations[-1] if durations else None,
+                    "last_failure": last.t if last else None,
+                    "last_jobid": last.jobid if last else None,
+                    "last_reason": last.reason if last else "",
+                    "streak": self.streaks.get(rank, 0),
+                    "flapping": rank in flapping,
+                    "stuck": rank in stuck,
+                }
+            )
+        return {
+            "t_now": self.clock(),
+            "since": since,
+            "flapping_after": self.flapping_after,
+            "nodes": rows,
+        }
+
+    def user_stats(self, params: dict[str, Any]) -> dict[str, Any]:
+        since = self._since(params)
+        only_stuck = _flag(params, "stuck")
+        stuck_by_user: dict[int, int] = {}
+        for userid in self.stuck_ranks().values():
+            stuck_by_user[userid] = stuck_by_user.get(userid, 0) + 1
+        units = self.store.units_by_user(since)
+        users = set(self.users) | set(stuck_by_user)
+        if only_stuck:
+            users &= set(stuck_by_user)
+        empty = Series()
+        rows: list[dict[str, Any]] = []
+        for userid in sorted(users):
+            runs, failures, durations = self.users.get(userid, empty).window(since)
+            if not runs and userid not in stuck_by_user:
+                continue
+            rows.append(
+                {
+                    "userid": userid,
+                    "units": units.get(userid, 0),
+                    "ranks": runs,
+                    "failures": failures,
+                    "total": math.fsum(durations),
+                    "p95": quantile(durations, 0.95),
+                    "stuck": stuck_by_user.get(userid, 0),
+                }
+            )
+        return {"t_now": self.clock(), "since": since, "users": rows}
+
+
+def _drop(series: Series, cutoff: float) -> bool:
+    """Drop a series' runs before the cutoff; False when none is left."""
+    series.drop_before(cutoff)
+    return bool(series)
+
+
+def _flag(params: dict[str, Any], key: str) -> bool:
+    value = params.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise HkError("EPROTO", f"parameter '{key}' has the wrong type")
+    return value
