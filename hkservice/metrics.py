@@ -1,9 +1,9 @@
 """Prometheus metrics at `[metrics] endpoint`, /metrics (docs/hkservice.md, Metrics).
 
-The service calls three hooks: `observe(actions)` after each saved change, `instrument`
-once over its request handlers, and `serve()` as a task. `Hooks` does nothing, for a
-service without an endpoint: then no metric is kept and prometheus_client is not even
-imported.
+The service calls a few hooks: `observe(actions)` after each saved change, `instrument`
+once over its request handlers, `listen()` as it starts and `serve()` as a task. `Hooks`
+does nothing, for a service without an endpoint: then no metric is kept and
+prometheus_client is not even imported.
 
 The scrape is answered on the service's own event loop (a small asyncio HTTP handler
 around `generate_latest`), not in prometheus_client's thread: the gauges are read from
@@ -53,8 +53,11 @@ class Hooks:
     def instrument(self, handlers: dict[str, Handler]) -> dict[str, Handler]:
         return handlers
 
+    async def listen(self) -> None:
+        """Bind the endpoint: before the service answers its first request."""
+
     async def serve(self) -> None:
-        pass
+        """Answer scrapes until cancelled."""
 
 
 def hooks_for(
@@ -105,6 +108,7 @@ class Prometheus(Hooks):
         # `_created` series double every counter and histogram for nothing a dashboard uses.
         disable_created_metrics()
         self.endpoint = endpoint
+        self._server: asyncio.Server | None = None
         self.hk = hk
         self.runner = runner
         self.hostname = hostname
@@ -200,18 +204,21 @@ class Prometheus(Hooks):
 
         return timed
 
-    async def serve(self) -> None:
+    async def listen(self) -> None:
         host, port = self.endpoint
         try:
-            server = await asyncio.start_server(
+            self._server = await asyncio.start_server(
                 self._answer, host, port, limit=MAX_REQUEST_LINE, reuse_address=True
             )
         except OSError as exc:
             log.error("metrics: cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
             return
         log.info("metrics: serving http://%s/metrics", _host_port(host, port))
-        async with server:
-            await server.serve_forever()
+
+    async def serve(self) -> None:
+        if self._server is not None:
+            async with self._server:
+                await self._server.serve_forever()
 
     # -- the scrape ---------------------------------------------------------
 

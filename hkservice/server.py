@@ -194,6 +194,7 @@ class Service:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, self.stop)
         self._bind()
+        await self.metrics.listen()
         await self._recover()
         if self.bridge is not None:
             await self.bridge.start()

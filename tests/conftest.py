@@ -52,6 +52,8 @@ class RunningService:
     command: list[str]
     options: dict[str, str] = field(default_factory=dict)
     stop_commands_on_exit: bool = True
+    # Other tables of the config file: {"history": {"keep": "1s"}}.
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     # [service] keys beyond endpoint and state-dir ("endpoint" replaces the ipc one), and
     # the CURVE keys the test's own clients use.
@@ -91,6 +93,9 @@ class RunningService:
             f"state-dir = {toml_value(str(self.state_dir))}",
             *(f"{k} = {toml_value(v)}" for k, v in self.service_options.items() if k != "endpoint"),
         ]
+        for name, table in self.tables.items():
+            lines.append(f"[{name}]")
+            lines.extend(f"{k} = {toml_value(v)}" for k, v in table.items())
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def start(self) -> RunningService:
@@ -220,6 +225,8 @@ def hk_service() -> Iterator[ServiceFactory]:
         kill_grace: str | None = None,
         stop_commands_on_exit: bool = True,
         start: bool = True,
+        warn_after: str | None = None,
+        tables: dict[str, dict[str, Any]] | None = None,
     ) -> RunningService:
         # ipc paths must stay under the ~107-byte socket path limit: pytest's tmp_path
         # can be longer than that.
@@ -231,6 +238,7 @@ def hk_service() -> Iterator[ServiceFactory]:
                 ("release-after", release_after),
                 ("timeout", timeout),
                 ("kill-grace", kill_grace),
+                ("warn-after", warn_after),
             )
             if value is not None
         }
@@ -240,6 +248,7 @@ def hk_service() -> Iterator[ServiceFactory]:
             command or ["true"],
             options,
             stop_commands_on_exit=stop_commands_on_exit,
+            tables=tables or {},
         )
         services.append(svc)
         return svc.start() if start else svc

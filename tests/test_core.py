@@ -272,3 +272,36 @@ def test_stop_all_kills_every_running_rank_and_says_so() -> None:
     # A command that ended on its own before the SIGKILL keeps its real status.
     assert 3 not in hk.drains
     assert hk.units == {} and releases(actions) == [((0, 1, 2, 3), True)]
+
+
+def test_ranks_past_warn_after_are_stuck_once_and_only_while_running() -> None:
+    hk = started(Policy(warn_after=10))
+    assert hk.next_deadline() == 110
+    hk.finished(JOB, [(0, OK)], 105)
+    assert hk.tick(109.9) == []
+    assert hk.tick(110) == [core.Stuck(JOB, (1, 2, 3))]
+    assert hk.units[JOB].to_wire()["stuck"] == "1-3"
+    # Said once: no deadline left for it, and a later tick says nothing.
+    assert hk.next_deadline() is None
+    assert hk.tick(500) == []
+    hk.finished(JOB, [(2, OK)], 501)
+    assert hk.units[JOB].to_wire()["stuck"] == "1,3"
+
+
+def test_a_unit_done_in_time_is_never_stuck_and_no_warn_after_means_never() -> None:
+    hk = started(Policy(warn_after=10))
+    hk.finished(JOB, [(r, OK) for r in range(4)], 109)
+    assert hk.tick(1000) == [] and hk.next_deadline() is None
+    hk = started(Policy(warn_after=None))
+    assert hk.next_deadline() is None and hk.tick(10**9) == []
+
+
+def test_finished_ranks_carry_their_start_and_user_and_drains_their_cause() -> None:
+    hk = started(Policy())
+    actions = hk.finished(JOB, [(1, Outcome("exit", code=3)), (2, Outcome("core", signal=11))], 130)
+    finished = [a for a in actions if isinstance(a, core.RankFinished)]
+    assert [(a.rank, a.t_start, a.userid) for a in finished] == [(1, 100, 1000), (2, 100, 1000)]
+    causes = {a.ranks: a.cause for a in actions if isinstance(a, core.Drained)}
+    assert causes == {(1,): "exit", (2,): "core"}
+    operator, _ = hk.drain({5}, "maintenance", 131)
+    assert [a.cause for a in operator if isinstance(a, core.Drained)] == ["operator"]

@@ -1,0 +1,316 @@
+"""Insight over time, on a real service: stuck ranks, node and user statistics, flapping
+nodes, retention, and `hkconsole stats` and `list -o stuck` on top of them."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hkconsole.cli import main
+from hkservice.config import ConfigError, parse_config
+from tests.conftest import RunningService, ServiceFactory
+from tests.test_service import Events
+
+Script = Callable[[str], str]
+
+
+@pytest.fixture(autouse=True)
+def plain_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HK_F58_FORCE_ASCII", "1")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CONFIG_DIRS", str(tmp_path / "etc"))
+    for name in ("HK_ENDPOINT", "HK_LIST_FORMAT_DEFAULT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def subscribe() -> Iterator[Callable[[RunningService], Events]]:
+    opened: list[Events] = []
+
+    def make(svc: RunningService) -> Events:
+        ev = Events(svc.events_endpoint)
+        opened.append(ev)
+        time.sleep(0.2)  # a SUB socket misses what is published before it has joined
+        return ev
+
+    yield make
+    for ev in opened:
+        ev.close()
+
+
+def hkconsole(
+    capsys: pytest.CaptureFixture[str], svc: RunningService, *args: str
+) -> tuple[int, str, str]:
+    code = main(["--endpoint", svc.endpoint, *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def stuck_events(ev: Events, wait: float) -> list[dict[str, Any]]:
+    """Every housekeeping.stuck event seen within `wait` seconds from now."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if ev.sock.poll(50):
+            topic, body = ev.sock.recv_multipart()
+            from hkservice.protocol import unpack
+
+            ev.seen.append((topic.decode(), unpack(body)))
+    return [body for topic, body in ev.seen if topic == "housekeeping.stuck"]
+
+
+def by_rank(svc: RunningService, **params: Any) -> dict[int, dict[str, Any]]:
+    return {n["rank"]: n for n in svc.call("stats.nodes", params)["nodes"]}
+
+
+def test_a_rank_past_warn_after_is_stuck_said_once_listed_and_filtered(
+    hk_service: ServiceFactory,
+    script: Script,
+    subscribe: Callable[[RunningService], Events],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    command = script('[ "$HK_RANK" = 1 ] && exec sleep 600\nexit 0')
+    svc = hk_service(
+        hostlist="node[0-3]", command=[command], warn_after="0.5s", stop_commands_on_exit=False
+    )
+    ev = subscribe(svc)
+    svc.call("housekeeping.start", {"jobid": 7, "ranks": "0-2", "userid": 42})
+    svc.wait_for(lambda r: r["units"] and r["units"][0]["pending"] == "1")
+    assert svc.call("housekeeping.list")["units"][0]["stuck"] == ""
+    events = stuck_events(ev, 1.5)
+    assert [(e["jobid"], e["ranks"]) for e in events] == [(7, "1")]
+    assert svc.call("housekeeping.list")["units"][0]["stuck"] == "1"
+    assert "f8 on node1: still running after warn-after" in svc.log()
+
+    code, out, _ = hkconsole(capsys, svc, "list", "-o", "stuck")
+    header, row = out.splitlines()
+    assert code == 0 and header.split() == ["JOBID", "NNODES", "#STUCK", "RUNTIME", "STUCK_NODES"]
+    assert row.split()[:3] == ["f8", "3", "1"] and row.split()[-1] == "node1"
+    code, out, _ = hkconsole(capsys, svc, "list", "-o", "{id.dec} {stuck.ranks} {pending.ranks}")
+    assert out.splitlines()[1:] == ["7 1 1"]
+    assert [n["rank"] for n in svc.call("stats.nodes", {"stuck": True})["nodes"]] == [1]
+    code, out, _ = hkconsole(capsys, svc, "stats", "nodes", "--stuck", "-o", "{hostname} {stuck}")
+    assert (code, out.splitlines()) == (0, ["HOST STUCK", "node1 stuck"])
+    code, out, _ = hkconsole(capsys, svc, "stats", "users", "--stuck", "-o", "{userid} {stuck}")
+    assert (code, out.splitlines()) == (0, ["USERID STUCK", "42 1"])
+
+    # A restart keeps the mark and does not say it again.
+    svc.stop()
+    svc.start()
+    ev = subscribe(svc)
+    assert svc.call("housekeeping.list")["units"][0]["stuck"] == "1"
+    assert stuck_events(ev, 1.0) == []
+    assert svc.log().count("still running after warn-after") == 1
+    svc.call("housekeeping.kill", {"jobid": 7, "signum": 9})
+    svc.wait_idle()
+    assert svc.call("stats.nodes", {"stuck": True})["nodes"] == []
+
+
+def run_units(svc: RunningService, jobids: range, ranks: str, userid: int = 42) -> None:
+    for jobid in jobids:
+        svc.call("housekeeping.start", {"jobid": jobid, "ranks": ranks, "userid": userid})
+        svc.wait_idle()
+
+
+def test_node_and_user_stats_failures_durations_and_flapping(
+    hk_service: ServiceFactory, script: Script, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    healed = tmp_path / "healed"
+    command = script(
+        f'[ "$HK_RANK" = 0 ] && sleep 0.3\n'
+        f'[ "$HK_RANK" = 1 ] && [ ! -e {healed} ] && exit 3\nexit 0'
+    )
+    svc = hk_service(
+        hostlist="node[0-3]",
+        command=[command],
+        tables={"history": {"flapping-after": 2}},
+        stop_commands_on_exit=False,
+    )
+    run_units(svc, range(1, 2), "0-1")
+    nodes = by_rank(svc)
+    assert set(nodes) == {0, 1}
+    assert nodes[1]["failures"] == 1 and not nodes[1]["flapping"]
+    assert svc.call("resource.status")["flapping"] == ""
+    run_units(svc, range(2, 4), "0-1")
+    run_units(svc, range(4, 5), "0", userid=43)
+    nodes = by_rank(svc)
+    assert {
+        r: (n["runs"], n["failures"], n["streak"], n["flapping"]) for r, n in nodes.items()
+    } == {
+        0: (4, 0, 0, False),
+        1: (3, 3, 3, True),
+    }
+    assert 0.3 <= nodes[0]["p50"] <= nodes[0]["p95"] <= nodes[0]["max"] < 5
+    assert nodes[1]["last_jobid"] == 3 and nodes[1]["last_reason"] == "exited 3"
+    assert svc.call("resource.status")["flapping"] == "1"
+    users = {u["userid"]: u for u in svc.call("stats.users")["users"]}
+    assert {k: (u["units"], u["ranks"], u["failures"]) for k, u in users.items()} == {
+        42: (3, 6, 3),
+        43: (1, 1, 0),
+    }
+    assert 0.3 <= users[43]["total"] <= nodes[0]["max"]
+
+    # The command line: the same numbers through the format engine.
+    code, out, _ = hkconsole(capsys, svc, "stats", "nodes")
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert header.split() == [
+        "HOST", "RUNS", "FAILS", "FAILRATE", "P50", "P95", "MAX", "FLAPPING", "LAST_FAILURE",
+        "LAST_REASON",
+    ]  # fmt: skip
+    assert rows[0].split()[:4] == ["node0", "4", "0", "0%"] and rows[0].rstrip().endswith("-")
+    assert rows[1].split()[:4] == ["node1", "3", "3", "100%"] and "flapping" in rows[1]
+    assert rows[1].endswith("exited 3")
+    code, out, _ = hkconsole(capsys, svc, "stats", "nodes", "--flapping", "-no", "{rank} {streak}")
+    assert (code, out) == (0, "1 3\n")
+    code, out, _ = hkconsole(capsys, svc, "stats", "nodes", "-o", "json")
+    document = json.loads(out)
+    assert [(n["hostname"], n["failrate"]) for n in document["nodes"]] == [
+        ("node0", 0.0),
+        ("node1", 1.0),
+    ]
+    code, out, _ = hkconsole(capsys, svc, "stats", "users", "-o", "{userid} {units} {failrate!P}")
+    assert out.splitlines() == ["USERID UNITS FAILRATE", "42 3 50.00%", "43 1 0%"]
+
+    # A success ends the streak; a restart rebuilds it all from the database.
+    healed.touch()
+    run_units(svc, range(5, 6), "1")
+    assert by_rank(svc)[1]["streak"] == 0 and svc.call("resource.status")["flapping"] == ""
+    before = svc.call("stats.nodes")["nodes"]
+    svc.stop()
+    svc.start()
+    assert svc.call("stats.nodes")["nodes"] == before
+    # A window shorter than the time since the last run sees nothing.
+    time.sleep(0.2)
+    assert svc.call("stats.nodes", {"window": 0.1})["nodes"] == []
+    assert len(svc.call("stats.nodes", {"window": 3600})["nodes"]) == 2
+
+
+def test_formats_help_and_configured_formats_of_stats(
+    hk_service: ServiceFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    svc = hk_service(hostlist="node[0-3]")
+    run_units(svc, range(1, 2), "2-3", userid=os.getuid())
+    code, out, _ = hkconsole(capsys, svc, "stats", "nodes", "-o", "help")
+    assert code == 0 and "failing" in out and "long" in out
+    config = tmp_path / "home" / "hk" / "hkconsole.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('[stats.users.formats.mine]\nformat = "{username}:{ranks}"\n')
+    code, out, _ = hkconsole(capsys, svc, "stats", "users", "-n", "-o", "mine")
+    assert (code, out.splitlines()) == (0, [f"{_me()}:2"])
+    code, out, _ = hkconsole(capsys, svc, "stats", "nodes", "-o", "sort:-rank {hostname}")
+    assert out.splitlines() == ["HOST", "node3", "node2"]
+    code, _, err = hkconsole(capsys, svc, "stats", "nodes", "-o", "{nodelist}")
+    assert code == 1 and "Unknown format field: nodelist" in err
+
+
+def _me() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("stats", "nodes", "--since", "yesterday"), "invalid duration 'yesterday'"),
+        (("stats", "nodes", "--since", "0"), "give a duration above 0"),
+        (("stats", "users", "--flapping"), "unrecognized arguments: --flapping"),
+        (("stats",), "the following arguments are required: nodes|users"),
+    ],
+)
+def test_stats_usage_errors(
+    hk_service: ServiceFactory,
+    capsys: pytest.CaptureFixture[str],
+    args: tuple[str, ...],
+    message: str,
+) -> None:
+    svc = hk_service(start=False)
+    code, _, err = hkconsole(capsys, svc, *args)
+    assert code == 2 and message in err
+
+
+def test_bad_stats_requests_are_refused(hk_service: ServiceFactory) -> None:
+    svc = hk_service()
+    from hkconsole.client import ServiceError
+
+    for params, code in (
+        ({"window": -1}, "EINVAL"),
+        ({"window": float("inf")}, "EINVAL"),
+        ({"window": "7d"}, "EPROTO"),
+        ({"stuck": 1}, "EPROTO"),
+        ({"flapping": "yes"}, "EPROTO"),
+    ):
+        with pytest.raises(ServiceError) as info:
+            svc.call("stats.nodes", params)
+        assert info.value.code == code, params
+    assert svc.call("stats.users", {"window": 60})["users"] == []
+
+
+def test_history_keep_prunes_runs_and_finished_units(hk_service: ServiceFactory) -> None:
+    svc = hk_service(hostlist="node[0-3]", tables={"history": {"keep": "1s"}})
+    run_units(svc, range(1, 3), "0-3")
+    assert len(svc.call("housekeeping.history")["units"]) == 2
+    assert sum(n["runs"] for n in svc.call("stats.nodes")["nodes"]) == 8
+    deadline = time.monotonic() + 10
+    while svc.call("stats.nodes")["nodes"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert svc.call("stats.nodes")["nodes"] == []
+    while svc.call("housekeeping.history")["units"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert svc.call("housekeeping.history")["units"] == []
+    db = sqlite3.connect(svc.state_dir / "hk.db")
+    try:
+        assert db.execute("SELECT COUNT(*) FROM runs").fetchone() == (0,)
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize(
+    ("tables", "message"),
+    [
+        (
+            {"housekeeping": {"warn-after": "0"}},
+            'housekeeping.warn-after: must be above 0 (or "inf"',
+        ),
+        ({"history": {"keep": "soon"}}, "history.keep: invalid duration 'soon'"),
+        ({"history": {"flapping-after": 0}}, "history.flapping-after: must be from 1 to 1000"),
+        ({"history": {"flapping-after": "3"}}, "history.flapping-after: expected a whole number"),
+        ({"history": {"depth": 3}}, "history.depth: unknown key"),
+        ({"metrics": {"endpoint": "9810"}}, "metrics.endpoint: '9810' is not HOST:PORT"),
+        ({"metrics": {"endpoint": "localhost:0"}}, "the port must be a number from 1 to 65535"),
+        ({"metrics": {"endpoint": "h:" + "9" * 5000}}, "the port must be a number from 1"),
+    ],
+)
+def test_bad_history_and_metrics_config_is_named(
+    tables: dict[str, dict[str, Any]], message: str
+) -> None:
+    data: dict[str, Any] = {"cluster": {"hostlist": "n[0-3]"}, "housekeeping": {"command": ["x"]}}
+    for name, table in tables.items():
+        data[name] = {**data.get(name, {}), **table}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert message in str(info.value)
+
+
+def test_history_and_metrics_defaults_and_inf() -> None:
+    base: dict[str, Any] = {"cluster": {"hostlist": "n[0-3]"}, "housekeeping": {"command": ["x"]}}
+    config = parse_config(base)
+    assert (config.warn_after, config.history_keep, config.flapping_after) == (600, 90 * 86400, 3)
+    assert config.metrics_endpoint is None
+    config = parse_config(
+        {
+            **base,
+            "housekeeping": {"command": ["x"], "warn-after": "inf"},
+            "history": {"keep": "inf"},
+            "metrics": {"endpoint": "[::1]:9810"},
+        }
+    )
+    assert (config.warn_after, config.history_keep) == (None, None)
+    assert config.metrics_endpoint == ("::1", 9810)
