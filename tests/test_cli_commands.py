@@ -355,6 +355,7 @@ def test_help_and_get_config_like_flux(run: Run) -> None:
         "  default      Default hkconsole list format string\n"
         "  pending      hkconsole list format string including active nodes only\n"
         "  failed       hkconsole list format string showing failed nodes\n"
+        "  stuck        hkconsole list format string showing nodes running past warn-after\n"
     )
     assert lines(run("list", "-o", "get-config=default")[1]) == [
         "[formats.default]",

@@ -416,7 +416,7 @@ def test_every_command_reads_its_formats_from_config(
     with pytest.raises(FormatError, match="override of builtin format 'default' not permitted"):
         command_formats("drain")
     # list's own [formats] table is untouched by the other commands' tables.
-    assert set(unit_formats().all()) == {"default", "pending", "failed"}
+    assert set(unit_formats().all()) == {"default", "pending", "failed", "stuck"}
 
 
 def test_node_rows_and_history_rows() -> None:
