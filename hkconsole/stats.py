@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hkconsole.formatter import FormatRegistry, NamedFormat, Row
-from hkconsole.tables import JOBID_KINDS, _registry
+from hkconsole.tables import JOBID_KINDS, _add_formats, load_config
 from hkservice.cluster import Cluster
 from hkservice.jobid import encode_jobid
 
@@ -85,7 +85,10 @@ STATS_USER_FORMATS = (
 def stats_formats(what: str, config: Mapping[str, Any] | None = None) -> FormatRegistry:
     """`stats nodes|users` formats: built-in, then `[stats.WHAT.formats.NAME]`."""
     builtins = {"nodes": STATS_NODE_FORMATS, "users": STATS_USER_FORMATS}
-    return _registry(f"hkconsole stats {what}", builtins[what], ("stats", what, "formats"), config)
+    path = ("stats", what, "formats")
+    registry = FormatRegistry(f"hkconsole stats {what}", builtins[what], None, ".".join(path))
+    _add_formats(registry, path, load_config() if config is None else config)
+    return registry
 
 
 def _blank(value: Any) -> Any:

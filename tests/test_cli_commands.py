@@ -475,6 +475,7 @@ def test_flux_housekeeping_formats_work_unchanged(
         "  default      Default hkconsole list format string",
         "  pending      hkconsole list format string including active nodes only",
         "  failed       hkconsole list format string showing failed nodes",
+        "  stuck        hkconsole list format string showing nodes running past warn-after",
     ]
     assert lines(run("list", "-o", "help")[1]) == [
         *builtin_help,
