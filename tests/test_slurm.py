@@ -480,6 +480,22 @@ def test_epilog_slurmctld_hands_the_job_to_hk(hk_service: ServiceFactory) -> Non
     assert proc.returncode == 0 and proc.stderr == ""
 
 
+def test_epilog_slurmctld_reaches_a_remote_hk_with_a_scheduler_key(
+    hk_service: ServiceFactory,
+) -> None:
+    from tests.test_trust import make_keys, tcp_service
+
+    svc = tcp_service(hk_service)
+    made = make_keys(svc)
+    svc.keys = made["olivia"]
+    svc.start()
+    sam = ["--key", str(svc.base / "clients" / "sam.key_secret")]
+    server = ["--server-key", str(svc.base / "keys" / "server.key")]
+    proc, _ = hook("hk-slurm-epilog-slurmctld", JOB_ENV, "--endpoint", svc.endpoint, *sam, *server)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert [u["jobid"] for u in svc.call("housekeeping.list")["units"]] == [12]
+
+
 def test_node_epilog_that_cannot_hold_its_node_fails_so_slurm_drains_it() -> None:
     env = {"SLURMD_NODENAME": "node1", "SLURM_JOB_ID": "12", "SLURM_JOB_UID": "0"}
     proc, took = hook("hk-slurm-epilog", env, "--sinfo", "/nonexistent/sinfo")

@@ -104,6 +104,8 @@ def epilog_slurmctld(argv: Sequence[str] | None = None) -> int:
         "--config", type=Path, help=f"hk's service config (default {DEFAULT_CONFIG})"
     )
     parser.add_argument("--endpoint", help="hk's endpoint (default: $HK_ENDPOINT, or the config's)")
+    parser.add_argument("--key", help="CURVE secret key file, for a tcp endpoint ($HK_KEY)")
+    parser.add_argument("--server-key", help="the service's public key file ($HK_SERVER_KEY)")
     parser.add_argument("--timeout", type=float, default=REQUEST_TIMEOUT)
     args = parser.parse_args(argv)
     jobid = _env_int("SLURM_JOB_ID")
@@ -113,7 +115,7 @@ def epilog_slurmctld(argv: Sequence[str] | None = None) -> int:
         _say(prog, "SLURM_JOB_ID, SLURM_JOB_UID or SLURM_JOB_NODELIST unset: not run by slurmctld?")
         return 0
     try:
-        handed = _hand_over(_endpoint(args), args.timeout, jobid, uid, nodelist)
+        handed = _hand_over(args, jobid, uid, nodelist)
     except Exception as exc:  # never fail Slurm's job completion: the nodes stay held
         _say(
             prog,
@@ -126,12 +128,13 @@ def epilog_slurmctld(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _hand_over(endpoint: str | None, timeout: float, jobid: int, uid: int, nodelist: str) -> str:
-    from hkconsole.client import Client, ServiceError
+def _hand_over(args: argparse.Namespace, jobid: int, uid: int, nodelist: str) -> str:
+    from hkconsole.client import Client, ServiceError, curve_keys
     from hkservice.cluster import Cluster, TargetError
     from hkservice.idset import format_idset
 
-    with Client(endpoint, timeout=timeout) as client:
+    keys = curve_keys(args.key, args.server_key)
+    with Client(_endpoint(args), timeout=args.timeout, keys=keys) as client:
         cluster = Cluster(client.call("service.config")["hostlist"])
         try:
             ranks = cluster.parse_targets(nodelist, strict=True)
