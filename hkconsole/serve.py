@@ -33,11 +33,29 @@ def under_web_driver() -> bool:
     return os.environ.get("TEXTUAL_DRIVER") == WEB_DRIVER
 
 
+def page_origins(port: int) -> frozenset[str]:
+    """The origins of the served page: the only ones whose scripts may open a console."""
+    return frozenset(f"http://{host}:{port}" for host in (HOST, "127.0.0.1", "[::1]"))
+
+
 def run_serve(endpoint: str, port: int, operator: bool) -> int:
+    from aiohttp import web
     from textual_serve.server import Server
 
+    origins = page_origins(port)
+
+    class ConsoleServer(Server):
+        async def handle_websocket(self, request: web.Request) -> web.WebSocketResponse:
+            # Browsers let any web page open a websocket to localhost: without this check,
+            # a page the operator visits elsewhere could type into a console (and, with
+            # --operator, kill). Browsers always send Origin; a local program need not.
+            origin = request.headers.get("Origin")
+            if origin is not None and origin not in origins:
+                raise web.HTTPForbidden(text=f"hkconsole serve: origin {origin} refused\n")
+            return await super().handle_websocket(request)
+
     mode = "operator: kill and drain enabled" if operator else "read-only"
-    server = Server(
+    server = ConsoleServer(
         console_command(endpoint, operator),
         host=HOST,
         port=port,

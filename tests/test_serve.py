@@ -254,3 +254,20 @@ def test_a_port_in_use_is_said(tmp_path: Path) -> None:
     assert (
         proc.stderr == f"hkconsole: ERROR: cannot serve on localhost:{port}: the port is in use\n"
     )
+
+
+def test_other_sites_cannot_open_a_console(served: tuple[RunningService, str, str]) -> None:
+    """A page elsewhere could open a websocket to localhost; the server refuses its origin."""
+    _, url, _ = served
+
+    async def handshake(origin: str) -> int:
+        async with aiohttp.ClientSession() as http:
+            try:
+                async with http.ws_connect(url + "ws", headers={"Origin": origin}):
+                    return 101
+            except aiohttp.WSServerHandshakeError as exc:
+                return exc.status
+
+    assert asyncio.run(handshake("http://evil.example")) == 403
+    assert asyncio.run(handshake(url.rstrip("/") + ".evil.example")) == 403
+    assert asyncio.run(handshake(url.rstrip("/"))) == 101
