@@ -48,12 +48,17 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import errno
 import fcntl
 import logging
 import os
+import re
 import resource
 import signal
+import stat
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +66,14 @@ import zmq
 import zmq.asyncio
 
 from hkservice.protocol import pack, unpack
+from hkservice.statedir import (
+    DIR_MODE,
+    FILE_MODE,
+    StateError,
+    create_private,
+    ownership_problem,
+    private_dir,
+)
 
 log = logging.getLogger("hkservice.agent")
 
@@ -75,6 +88,7 @@ NOT_STARTED = "launch not started as the service stopped"
 DIED = "lost the local agent died"
 DIED_STARTING = "lost the local agent died as it started the command"
 REBOOTED = "lost the machine restarted"
+_IDSET = re.compile(r"[0-9][0-9,-]*")
 
 
 def status_text(wait_status: int) -> str:
@@ -110,12 +124,42 @@ def install_signal_wakeup() -> None:
     signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
 
 
+class UntrustedJournal(StateError):
+    """The journal could have been written by someone else: it is not acted on."""
+
+
+@dataclass(frozen=True)
+class UnitLine:
+    """What the journal keeps of a unit for `hkservice --recover`: who and which ranks."""
+
+    userid: int
+    t_start: float
+    ranks: str
+
+    def line(self, jobid: int) -> str:
+        return f"J {jobid} {self.userid} {self.t_start:.6f} {self.ranks}"
+
+
+@dataclass
+class JournalState:
+    """What a journal says: the boot it was written in, the commands that may still be
+    running ((jobid, rank) -> (pid, start time), None if its agent died spawning them),
+    the exits not acknowledged and the units launched."""
+
+    boot: str | None = None
+    running: dict[tuple[int, int], tuple[int, int] | None] = field(default_factory=dict)
+    exits: list[tuple[int, int, str]] = field(default_factory=list)
+    units: dict[int, UnitLine] = field(default_factory=dict)
+
+
 class Journal:
     """Append-only record of launches, exits and acks, written before they matter.
 
-    Lines: `B boot-id`, `S jobid rank...` (about to spawn), `L jobid rank pid start`,
-    `E seq jobid rank status`, `A seq...`. Only a write reaching the kernel is needed
-    (a crash of the agent, not of the machine, is what it covers): no fsync.
+    Lines: `B boot-id`, `J jobid userid t_start all-ranks` (a unit's first launch),
+    `S jobid rank...` (about to spawn), `L jobid rank pid start`, `E seq jobid rank
+    status`, `A seq...`. Only a write reaching the kernel is needed (a crash of the
+    agent, not of the machine, is what it covers): no fsync. It decides which process
+    groups a new agent kills: one that someone else owns or may write is not trusted.
     """
 
     def __init__(self, path: Path) -> None:
@@ -124,50 +168,71 @@ class Journal:
         self._fd: int | None = None
         self._failed = False
 
-    def replay(
-        self,
-    ) -> tuple[
-        str | None, dict[tuple[int, int], tuple[int, int] | None], list[tuple[int, int, str]]
-    ]:
-        """What a dead predecessor left: its boot id, the commands it may have left
-        running ((jobid, rank) -> (pid, start time), None if it died spawning them)
-        and its unacknowledged exits."""
-        boot: str | None = None
-        running: dict[tuple[int, int], tuple[int, int] | None] = {}
-        exits: dict[int, tuple[int, int, str]] = {}
+    def _read(self) -> str | None:
         try:
-            text = self.path.read_text(errors="replace")
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
-            return None, {}, []
-        for line in text.splitlines():
+            return None
+        except OSError as exc:
+            raise UntrustedJournal(f"the journal {self.path}: {exc.strerror}") from None
+        try:
+            problem = ownership_problem(os.fstat(fd), "file")
+            if problem is not None:
+                raise UntrustedJournal(
+                    f"the journal {self.path} {problem}: a forged line in it could make the "
+                    "agent kill any process group; not trusted (check it, then move it away)"
+                )
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                return fh.read().decode(errors="replace")
+        finally:
+            os.close(fd)
+
+    def replay(self) -> JournalState:
+        """What a dead predecessor left (or a live agent has written so far)."""
+        state = JournalState()
+        text = self._read()
+        if text is None:
+            return state
+        exits: dict[int, tuple[int, int, str]] = {}
+        # The last line counts only once its newline is written: a line cut short by a
+        # crash could otherwise still parse, as other numbers.
+        for line in text.split("\n")[:-1]:
             parts = line.split(" ")
             try:
                 match parts[0]:
                     case "B":
-                        boot = parts[1]
+                        state.boot = parts[1]
+                    case "J":
+                        state.units[int(parts[1])] = UnitLine(
+                            int(parts[2]), float(parts[3]), parts[4]
+                        )
                     case "S":
                         jobid = int(parts[1])
                         for rank in parts[2:]:
-                            running.setdefault((jobid, int(rank)), None)
+                            state.running.setdefault((jobid, int(rank)), None)
                     case "L":
-                        running[(int(parts[1]), int(parts[2]))] = (int(parts[3]), int(parts[4]))
+                        state.running[(int(parts[1]), int(parts[2]))] = (
+                            int(parts[3]),
+                            int(parts[4]),
+                        )
                     case "E":
                         key = (int(parts[2]), int(parts[3]))
-                        running.pop(key, None)
+                        state.running.pop(key, None)
                         exits[int(parts[1])] = (*key, " ".join(parts[4:]))
                     case "A":
                         for seq in parts[1:]:
                             exits.pop(int(seq), None)
             except (ValueError, IndexError):
-                continue  # a line cut short by the crash
-        return boot, running, list(exits.values())
+                continue
+        state.exits = list(exits.values())
+        return state
 
     def write(self, lines: list[str]) -> None:
         if not lines:
             return
         try:
             if self._fd is None:
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                self._fd = create_private(self.path, os.O_WRONLY | os.O_APPEND)
             os.write(self._fd, ("\n".join(lines) + "\n").encode())
             self.lines += len(lines)
             self._failed = False
@@ -180,7 +245,9 @@ class Journal:
         """Replace the journal with what is still true (it only grows otherwise)."""
         tmp = self.path.with_suffix(".tmp")
         try:
-            tmp.write_text("".join(f"{line}\n" for line in lines))
+            fd = create_private(tmp, os.O_WRONLY | os.O_TRUNC)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write("".join(f"{line}\n" for line in lines).encode())
             os.replace(tmp, self.path)
         except OSError as exc:
             log.error("cannot rewrite the journal %s: %s", self.path, exc)
@@ -207,6 +274,8 @@ class Agent:
         self.by_rank: dict[tuple[int, int], int] = {}
         self.start_times: dict[int, int] = {}
         self.unacked: dict[int, tuple[int, int, str]] = {}
+        # The `J` line of each unit with commands running or exits unacknowledged.
+        self.units: dict[int, UnitLine] = {}
         self.seq = 0
         self.peer: bytes | None = None
         self.session: int | None = None
@@ -244,6 +313,10 @@ class Agent:
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.bind(self.endpoint)
+        if self.endpoint.startswith("ipc://"):
+            # Whoever can connect can run commands as this user: the run directory is
+            # 0700 already, and the socket is made private too, whatever the umask.
+            os.chmod(self.endpoint[len("ipc://") :], FILE_MODE)
         self._sock = sock
         self._last_activity = loop.time()
         tasks = [
@@ -261,7 +334,9 @@ class Agent:
 
     def _take_over(self) -> None:
         """Kill what a predecessor that died left running, and keep its exits."""
-        boot, running, exits = self.journal.replay()
+        state = self.journal.replay()
+        boot, running, exits = state.boot, state.running, state.exits
+        self.units = state.units
         if boot is None and not running and not exits:
             self.journal.rewrite([f"B {self.boot}"])
             return
@@ -299,6 +374,9 @@ class Agent:
 
     def _journal_state(self) -> list[str]:
         lines = [f"B {self.boot}"]
+        live = {jobid for jobid, _ in self.by_rank} | {j for j, _, _ in self.unacked.values()}
+        self.units = {jobid: u for jobid, u in self.units.items() if jobid in live}
+        lines.extend(u.line(jobid) for jobid, u in self.units.items())
         for pid, (jobid, rank) in self.by_pid.items():
             lines.append(f"L {jobid} {rank} {pid} {self.start_times.get(pid, 0)}")
         for seq, (jobid, rank, status) in self.unacked.items():
@@ -346,6 +424,12 @@ class Agent:
             self._stopping_session = message.get("session")
         session = message.get("session")
         if message.get("op") == "hello" and isinstance(session, int):
+            if session > time.monotonic_ns():
+                # Sessions are this machine's monotonic clock at the time of the hello:
+                # one from the future was made up, and taking it would shut the real
+                # service out (every hello of its own would then look older).
+                log.warning("ignored a hello whose session is ahead of the monotonic clock")
+                return
             # Launches queued ahead of a new connection's hello are from a connection
             # that is gone: not started (the new service learns so from its hello and
             # relaunches them), rather than started for nobody.
@@ -477,11 +561,39 @@ class Agent:
     ) -> None:
         """Spawn each rank's command, counting in _dealt_with the ranks spawned or
         recorded as failed (the rest, after an exception, fail with its reason)."""
+        unit: UnitLine | None = None
+        if jobid not in self.units and _IDSET.fullmatch(message["all_ranks"]):
+            # What `hkservice --recover` needs of the unit, should the database be lost.
+            unit = UnitLine(int(message["userid"]), time.time(), message["all_ranks"])
+        unit_dir = self.run_dir / str(jobid)
+        unit_dir.mkdir(mode=DIR_MODE, exist_ok=True)
+        # Opened without following a symlink and checked: output must never be written
+        # through something planted in the output tree.
+        dir_fd = os.open(unit_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(dir_fd)
+            problem = ownership_problem(st, "directory")
+            if problem is not None:
+                raise OSError(errno.EPERM, f"the output directory {problem}", str(unit_dir))
+            if stat.S_IMODE(st.st_mode) != DIR_MODE:
+                os.fchmod(dir_fd, DIR_MODE)
+            await self._spawn_chunks(jobid, ranks, message, session, dir_fd, unit)
+        finally:
+            os.close(dir_fd)
+
+    async def _spawn_chunks(
+        self,
+        jobid: int,
+        ranks: list[int],
+        message: dict[str, Any],
+        session: object,
+        dir_fd: int,
+        unit: UnitLine | None,
+    ) -> None:
         argv: list[str] = message["argv"]
         base_env: dict[str, str] = message["env"]
         hostnames: list[str] = message["hostnames"]
         unit_dir = self.run_dir / str(jobid)
-        unit_dir.mkdir(parents=True, exist_ok=True)
         shared = {
             "HK_JOB_ID": str(jobid),
             "HK_JOB_USERID": str(message["userid"]),
@@ -490,7 +602,6 @@ class Agent:
             "FLUX_JOB_USERID": str(message["userid"]),
             "FLUX_JOB_RANKS": message["all_ranks"],
         }
-        out_flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         for first in range(0, len(ranks), LAUNCH_CHUNK):
             if first:
                 await asyncio.sleep(0)  # let exits be reaped while a large unit starts
@@ -507,13 +618,29 @@ class Agent:
                 return
             chunk = ranks[first : first + LAUNCH_CHUNK]
             # Journaled before the spawn: an agent dying in between leaves a trace.
-            self.journal.write([f"S {jobid} {' '.join(map(str, chunk))}"])
+            spawning = f"S {jobid} {' '.join(map(str, chunk))}"
+            if unit is not None:
+                self.journal.write([unit.line(jobid), spawning])
+                self.units[jobid] = unit
+                unit = None
+            else:
+                self.journal.write([spawning])
             spawned: list[str] = []
             for i, rank in enumerate(chunk, first):
                 if (jobid, rank) in self.by_rank:
                     self._dealt_with = i + 1
                     continue  # already running: never twice at once
                 env = {**base_env, **shared, "HK_RANK": str(rank), "HK_HOSTNAME": hostnames[i]}
+                outputs: list[int] = []
+                try:
+                    for stream in ("out", "err"):
+                        outputs.append(_open_output(dir_fd, f"{rank}.{stream}", unit_dir))
+                except OSError as exc:
+                    for fd in outputs:
+                        os.close(fd)
+                    self._record(jobid, rank, f"launch {exc.strerror}: {exc.filename}")
+                    self._dealt_with = i + 1
+                    continue
                 try:
                     pid = os.posix_spawnp(
                         argv[0],
@@ -526,26 +653,17 @@ class Agent:
                         setsigmask=(),
                         file_actions=[
                             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                            (
-                                os.POSIX_SPAWN_OPEN,
-                                1,
-                                str(unit_dir / f"{rank}.out"),
-                                out_flags,
-                                0o644,
-                            ),
-                            (
-                                os.POSIX_SPAWN_OPEN,
-                                2,
-                                str(unit_dir / f"{rank}.err"),
-                                out_flags,
-                                0o644,
-                            ),
+                            (os.POSIX_SPAWN_DUP2, outputs[0], 1),
+                            (os.POSIX_SPAWN_DUP2, outputs[1], 2),
                         ],
                     )
                 except OSError as exc:
                     self._record(jobid, rank, f"launch {exc.strerror}")
                     self._dealt_with = i + 1
                     continue
+                finally:
+                    for fd in outputs:
+                        os.close(fd)
                 started_at = _start_time(pid) or 0
                 self.by_pid[pid] = (jobid, rank)
                 self.by_rank[(jobid, rank)] = pid
@@ -601,6 +719,23 @@ class Agent:
             self._record(*key, status_text(wait_status))
 
 
+def _open_output(dir_fd: int, name: str, unit_dir: Path) -> int:
+    """A rank's output file, 0600, appended to; never a symlink, FIFO or device."""
+    fd = os.open(
+        name,
+        os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+        FILE_MODE,
+        dir_fd=dir_fd,
+    )
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(unit_dir / name))
+    # Not left non-blocking for the command (it changes nothing for a regular file, but
+    # the command inherits the flag).
+    os.set_blocking(fd, True)
+    return fd
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hkservice-agent")
     parser.add_argument("--run-dir", type=Path, required=True)
@@ -612,16 +747,25 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s hkservice-agent %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
-    args.run_dir.mkdir(parents=True, exist_ok=True)
+    args.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        private_dir(args.run_dir, "the run directory")
+    except StateError as exc:
+        log.error("%s", exc)
+        return 1
     # One agent per run directory: a second one would steal the socket from the first.
-    lock = open(args.run_dir / "agent.lock", "w")  # noqa: SIM115 - held for the lifetime
+    lock = os.fdopen(create_private(args.run_dir / "agent.lock"), "wb")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return 0
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    asyncio.run(Agent(args.run_dir, args.endpoint, args.idle_exit).run())
+    try:
+        asyncio.run(Agent(args.run_dir, args.endpoint, args.idle_exit).run())
+    except UntrustedJournal as exc:
+        log.error("%s", exc)
+        return 1
     return 0
 
 

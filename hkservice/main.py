@@ -28,6 +28,13 @@ def main(argv: list[str] | None = None) -> int:
         help="SIGKILL every running housekeeping command when the service stops "
         "(by default they keep running and a restarted service adopts them)",
     )
+    parser.add_argument(
+        "--recover",
+        action="store_true",
+        help="the database is missing, empty or corrupt: set it aside and rebuild the "
+        "units in progress from the local agent's journal and the output directories "
+        "(drains and history cannot be rebuilt)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("--version", action="version", version=f"hkservice {__version__}")
     args = parser.parse_args(args_list)
@@ -45,15 +52,19 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"hkservice: ERROR: {exc}", file=sys.stderr)
         return 1
+    import sqlite3
+
     import zmq
 
     from hkservice.server import run_service
 
     try:
-        return run_service(config, stop_commands_on_exit=args.stop_commands_on_exit)
+        return run_service(
+            config, stop_commands_on_exit=args.stop_commands_on_exit, recover=args.recover
+        )
     except KeyboardInterrupt:
         return 0
-    except (OSError, RuntimeError, zmq.ZMQError) as exc:
+    except (OSError, RuntimeError, zmq.ZMQError, sqlite3.Error) as exc:
         print(f"hkservice: ERROR: {exc}", file=sys.stderr)
         return 1
 

@@ -26,6 +26,7 @@ import zmq.asyncio
 
 from hkservice.core import Outcome
 from hkservice.protocol import pack, unpack
+from hkservice.statedir import DIR_MODE, create_private
 from hkservice.tail import open_output, tail_lines
 
 log = logging.getLogger("hkservice.runner")
@@ -150,7 +151,7 @@ class LocalRunner:
         # Signals decided while the agent was unreachable (timeouts, SIGKILL escalations):
         # sent once a new connection has said hello.
         self._held_signals: list[dict[str, Any]] = []
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
 
     def set_exit_callback(self, callback: ExitCallback) -> None:
         self._callback = callback
@@ -297,7 +298,7 @@ class LocalRunner:
     def _spawn_agent(self) -> None:
         log_path = self.run_dir / "agent.log"
         self._spawned = [proc for proc in self._spawned if proc.poll() is None]
-        with open(log_path, "ab") as log_file:
+        with os.fdopen(create_private(log_path, os.O_WRONLY | os.O_APPEND), "ab") as log_file:
             proc = subprocess.Popen(
                 [
                     sys.executable,

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import signal as signal_module
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import zmq
@@ -46,10 +45,11 @@ from hkservice.protocol import (
     reply_ok,
     unpack,
 )
+from hkservice.recovery import open_state
 from hkservice.runner import LaunchSpec, LocalRunner, Runner
 from hkservice.scheduler import make_bridge
+from hkservice.statedir import StateError
 from hkservice.stats import History
-from hkservice.store import Store
 from hkservice.text import plural, quoted, visible
 
 log = logging.getLogger("hkservice")
@@ -67,20 +67,6 @@ class StoreFailed(HkError):
 
     def __init__(self, message: str) -> None:
         super().__init__("EINTERNAL", message)
-
-
-def _lock_state_dir(state_dir: Path) -> Any:
-    """One service per state directory: a second one would steal the first's socket
-    and write over its state."""
-    lock = open(state_dir / "hkservice.lock", "a")  # noqa: SIM115 - held while running
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise RuntimeError(
-            f"another hkservice is already running with state-dir {state_dir}"
-        ) from None
-    return lock
 
 
 # -- parameter checking ------------------------------------------------------
@@ -129,6 +115,7 @@ class Service:
         runner: Runner | None = None,
         clock: Callable[[], float] = time.time,
         stop_commands_on_exit: bool = False,
+        recover: bool = False,
     ) -> None:
         self.config = config
         self.cluster: Cluster = config.cluster
@@ -138,9 +125,18 @@ class Service:
             self.cluster.size,
             core.Policy(config.release_after, config.timeout, config.kill_grace, config.warn_after),
         )
-        config.state_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock_state_dir(config.state_dir)
-        self.store = Store(config.state_dir)
+        self._lock, self.store = open_state(
+            config.state_dir,
+            recover=recover,
+            size=self.cluster.size,
+            policy=self.hk.policy,
+            now=clock(),
+        )
+        try:
+            first_seq = self.store.reserve_events(EVENT_SEQ_BLOCK)
+        except (OSError, sqlite3.Error) as exc:
+            self.store.close()
+            raise StateError(f"cannot write the state database {self.store.path}: {exc}") from None
         self.runner: Runner = runner or LocalRunner(
             config.command, config.state_dir / "run", self.cluster.hostname
         )
@@ -160,8 +156,8 @@ class Service:
         # each handler call).
         self._caller: auth.Caller | None = None
         self._via: endpoints.Bound | None = None
-        self._seq = 0
-        self._seq_limit = 0
+        self._seq = first_seq - 1
+        self._seq_limit = first_seq + EVENT_SEQ_BLOCK - 1
         self._batch: dict[int, list[tuple[int, core.Outcome]]] = {}
         self._receipts: list[int] = []
         self._failed: BaseException | None = None
@@ -266,7 +262,6 @@ class Service:
         self.history.load()
         await self.runner.start(self._running_ranks, self._relaunch)
         try:
-            self._reserve_events()
             if units:
                 log.info("recovered %d units in progress", len(units))
                 self._apply(self.hk.recover(self.clock()))
@@ -726,7 +721,9 @@ class Service:
         return {"undrained": format_idset(ranks)}
 
 
-def run_service(config: Config, *, stop_commands_on_exit: bool = False) -> int:
-    service = Service(config, stop_commands_on_exit=stop_commands_on_exit)
+def run_service(
+    config: Config, *, stop_commands_on_exit: bool = False, recover: bool = False
+) -> int:
+    service = Service(config, stop_commands_on_exit=stop_commands_on_exit, recover=recover)
     asyncio.run(service.run())
     return service.exit_code

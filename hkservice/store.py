@@ -10,7 +10,9 @@ what clients were told.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,6 +20,9 @@ from pathlib import Path
 from hkservice import core
 from hkservice.core import Outcome, RankRecord, Unit
 from hkservice.idset import format_idset, parse_idset
+from hkservice.statedir import DB_NAME, EVENT_SEQ_NAME, StateError, create_private
+
+log = logging.getLogger("hkservice.store")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS units (
@@ -107,19 +112,31 @@ def _job(value: int) -> int:
 
 
 class Store:
+    """The database of a state directory already checked (hkservice.statedir)."""
+
     def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self.path = state_dir / "hk.db"
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a process crash (our case); only a power cut could
-        # lose the last transactions, and the wrappers' status files cover those ranks.
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
-        for table, column, declaration in MIGRATIONS:
-            columns = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
-            if column not in columns:
-                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        self.path = state_dir / DB_NAME
+        self.seq_path = state_dir / EVENT_SEQ_NAME
+        try:
+            # Made 0600 before SQLite opens it, whatever the umask: SQLite gives its
+            # -wal and -shm files the database's mode.
+            os.close(create_private(self.path))
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"cannot open the state database {self.path}: {_why(exc)}") from None
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a process crash (our case); only a power cut
+            # could lose the last transactions, and the agent's journal covers those ranks.
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+            for table, column, declaration in MIGRATIONS:
+                columns = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+                if column not in columns:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        except sqlite3.Error as exc:
+            self.db.close()
+            raise StateError(f"cannot set up the state database {self.path}: {exc}") from None
 
     def close(self) -> None:
         self.db.close()
@@ -358,15 +375,85 @@ class Store:
 
         Only the ceiling of each block is written, so an event costs no write, and a
         restarted service starts above every number its predecessor could have used.
+        The ceiling also goes to the event sequence file, first: a database rebuilt by
+        --recover carries on from there, so clients never see the numbers go back.
         """
         row = self.db.execute("SELECT value FROM meta WHERE key='event_seq'").fetchone()
-        first = (row[0] if row else 0) + 1
+        first = max(row[0] if row else 0, self._seq_file()) + 1
+        self._write_seq_file(first + block - 1)
         self.db.execute(
             "INSERT INTO meta (key, value) VALUES ('event_seq', ?)"
             " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
             (first + block - 1,),
         )
         return first
+
+    def _seq_file(self) -> int:
+        try:
+            text = self.seq_path.read_text()
+        except FileNotFoundError:
+            return 0
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning("ignored the event sequence file %s: %s", self.seq_path, exc)
+            return 0
+        if not (text.strip().isascii() and text.strip().isdigit()):
+            log.warning("ignored the event sequence file %s: not a number", self.seq_path)
+            return 0
+        return int(text)
+
+    def _write_seq_file(self, ceiling: int) -> None:
+        tmp = self.seq_path.with_name(self.seq_path.name + ".tmp")
+        with os.fdopen(create_private(tmp, os.O_WRONLY | os.O_TRUNC), "w") as fh:
+            fh.write(f"{ceiling}\n")
+        os.replace(tmp, self.seq_path)
+
+    def restore(self, units: Iterable[Unit], drains: dict[int, tuple[str, float]]) -> None:
+        """Write units and drains rebuilt by --recover into this (new) database."""
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            for unit in units:
+                db.execute(
+                    "INSERT INTO units (jobid, userid, t_start, ranks, timer_deadline,"
+                    " timer_expired, timeout_at, releases) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        _db(unit.jobid),
+                        unit.userid,
+                        unit.t_start,
+                        format_idset(unit.ranks),
+                        unit.timer_deadline,
+                        int(unit.timer_expired),
+                        unit.timeout_at,
+                        unit.releases,
+                    ),
+                )
+                db.executemany(
+                    "INSERT INTO ranks (jobid, rank, t_end, kind, code, signal, text, released)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        (
+                            _db(unit.jobid),
+                            rec.rank,
+                            rec.t_end,
+                            rec.outcome.kind if rec.outcome else None,
+                            rec.outcome.code if rec.outcome else None,
+                            rec.outcome.signal if rec.outcome else None,
+                            rec.outcome.text if rec.outcome else None,
+                            int(rec.released),
+                        )
+                        for rec in unit.records.values()
+                    ),
+                )
+            db.executemany(
+                "INSERT OR IGNORE INTO drains (rank, reason, t) VALUES (?, ?, ?)",
+                ((rank, reason, t) for rank, (reason, t) in drains.items()),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise
 
     def load_drains(self) -> list[tuple[int, str, float]]:
         return list(self.db.execute("SELECT rank, reason, t FROM drains ORDER BY rank"))
@@ -406,3 +493,9 @@ class Store:
                 (-math.inf if since is None else since,),
             )
         )
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)

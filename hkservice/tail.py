@@ -18,15 +18,15 @@ _BLOCK = 1 << 16
 
 def open_output(name: str, dir_fd: int) -> int | None:
     """Open an output file for reading, never through a symlink and never blocking on a
-    FIFO someone put there; None if it is not there (or not a regular file)."""
+    FIFO someone put there; None if there is no regular file to read."""
     try:
         fd = os.open(
             name,
             os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
             dir_fd=dir_fd,
         )
-    except (FileNotFoundError, NotADirectoryError):
-        return None
+    except OSError:
+        return None  # not there, or a symlink (ELOOP): nothing to show
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         return None

@@ -60,6 +60,9 @@ class RunningService:
     service_options: dict[str, Any] = field(default_factory=dict)
     keys: CurveKeys | None = None
     preexec_fn: Callable[[], None] | None = None
+    # More hkservice options for the next start (e.g. --recover), and its umask.
+    args: list[str] = field(default_factory=list)
+    umask: int = -1
 
     @property
     def endpoint(self) -> str:
@@ -103,6 +106,7 @@ class RunningService:
         argv = [sys.executable, "-m", "hkservice", "--config", str(self.config_path)]
         if self.stop_commands_on_exit:
             argv.append("--stop-commands-on-exit")
+        argv.extend(self.args)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it from here
         env = {**os.environ, "HK_STATE_MARK": str(self.state_dir)}
         self.proc = subprocess.Popen(
@@ -112,6 +116,7 @@ class RunningService:
             stdin=subprocess.DEVNULL,
             env=env,
             preexec_fn=self.preexec_fn,
+            umask=self.umask,
         )
         log.close()
         proc = self.proc
