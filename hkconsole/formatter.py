@@ -530,7 +530,7 @@ class FormatRegistry:
         builtin = by_source.pop("", [])
         parts = [f"\nConfigured {self.command} output formats:\n", *map(_help_row, builtin)]
         for source, entries in by_source.items():
-            parts += ["", f"From {source}:", "", *map(_help_row, entries)]
+            parts += ["", f"From {visible(source)}:", "", *map(_help_row, entries)]
         if self.unread:
             parts += ["", *(f"Not read: {path} ({_UNREAD_WHY})" for path in self.unread)]
         return "\n".join(parts)
@@ -567,5 +567,7 @@ _UNREAD_WHY = "hk reads TOML and JSON, not YAML"
 
 
 def _help_row(entry: NamedFormat) -> str:
-    # As Flux: a format with no description is its padded name alone.
-    return f"  {entry.name:<12}" + (f" {entry.description}" if entry.description else "")
+    # As Flux: a format with no description is its padded name alone. Names and
+    # descriptions come from config files: shown, like table text, with controls escaped.
+    name, description = visible(entry.name), visible(entry.description)
+    return f"  {name:<12}" + (f" {description}" if description else "")

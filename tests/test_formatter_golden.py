@@ -473,3 +473,14 @@ def test_outside_text_shows_its_controls_as_escapes() -> None:
         "7 evil\\x1bc\\x07,forged\\x0arow forged\\+|",
     ]
     assert render("{s!r} {s}", rows({"s": "\x1b[2J"})) == ["STRING STRING", "'\\x1b[2J' \\x1b[2J"]
+
+
+def test_help_shows_config_text_with_controls_escaped() -> None:
+    registry = FormatRegistry("hkconsole list", UNIT_FORMATS)
+    registry.add_configured(
+        {"x\x1b[2J": {"description": "title\x1b]0;pwned\x07\nforged", "format": "{id}"}},
+        "/etc/xdg/hk/hkconsole.toml",
+    )
+    assert registry.help_text().splitlines()[-1] == (
+        "  x\\x1b[2J     title\\x1b]0;pwned\\x07\\x0aforged"
+    )
