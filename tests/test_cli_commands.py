@@ -369,18 +369,18 @@ def test_help_and_get_config_like_flux(run: Run) -> None:
     ]
 
 
-def test_configured_formats(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "home" / "hk").mkdir(parents=True)
-    (tmp_path / "home" / "hk" / "hkconsole.toml").write_text(
-        '[formats.mine]\ndescription = "my custom format"\n'
-        'format = "{id.f58plain:<12} {nnodes:>3} {pending.nnodes:>3} {nodelist}"\n'
-        '[formats.nodesonly]\nformat = "{nodelist}"\n'
-        '[nodes.formats.states]\nformat = "{state}"\n'
-    )
-    assert lines(run("list", "-o", "help")[1])[-2:] == [
-        "  mine         my custom format",
-        "  nodesonly   ",  # as Flux: the padded name, no separator for no description
-    ]
+# flux-transcript.md section 3b: a Flux user's formats (its $XDG_CONFIG_HOME/flux file).
+TRANSCRIPT_USER_FORMATS = """[formats.mine]
+description = "my custom format"
+format = "{id.f58plain:<12} {nnodes:>3} {pending.nnodes:>3} {nodelist}"
+
+[formats.nodesonly]
+format = "{nodelist}"
+"""
+
+
+def assert_the_transcript_s_user_formats(run: Run) -> None:
+    """flux-transcript.md section 3b's outputs for its user formats `mine` and `nodesonly`."""
     assert lines(run("list", "-o", "mine")[1]) == [
         "JOBID        NNODES #ACTIVE NODELIST",
         "fEL6aVGK       2   1 node[0-1]",
@@ -393,6 +393,18 @@ def test_configured_formats(run: Run, tmp_path: Path, monkeypatch: pytest.Monkey
         'description = "my custom format"',
         'format = "{id.f58plain:<12} {nnodes:>3} {pending.nnodes:>3} {nodelist}"',
     ]
+
+
+def test_configured_formats(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "home" / "hk").mkdir(parents=True)
+    (tmp_path / "home" / "hk" / "hkconsole.toml").write_text(
+        TRANSCRIPT_USER_FORMATS + '[nodes.formats.states]\nformat = "{state}"\n'
+    )
+    assert lines(run("list", "-o", "help")[1])[-2:] == [
+        "  mine         my custom format",
+        "  nodesonly   ",  # as Flux: the padded name, no separator for no description
+    ]
+    assert_the_transcript_s_user_formats(run)
     # A format with no description gets none, rather than `description = ""`.
     assert lines(run("list", "-o", "get-config=nodesonly")[1]) == [
         "[formats.nodesonly]",
@@ -439,35 +451,13 @@ def test_get_config_round_trips_and_config_errors_name_the_file(run: Run, tmp_pa
     assert run("list")[2] == f"hkconsole: ERROR: {config}: formats must be a table of formats\n"
 
 
-# flux-transcript.md section 3b: a Flux user's formats, in $XDG_CONFIG_HOME/flux.
-FLUX_USER_FORMATS = """[formats.mine]
-description = "my custom format"
-format = "{id.f58plain:<12} {nnodes:>3} {pending.nnodes:>3} {nodelist}"
-
-[formats.nodesonly]
-format = "{nodelist}"
-"""
-
-
 def test_flux_housekeeping_formats_work_unchanged(
     run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     user_flux = tmp_path / "home" / "flux" / "flux-housekeeping.toml"
     user_flux.parent.mkdir(parents=True)
-    user_flux.write_text(FLUX_USER_FORMATS)
-    # The transcript's outputs for the same file.
-    assert lines(run("list", "-o", "mine")[1]) == [
-        "JOBID        NNODES #ACTIVE NODELIST",
-        "fEL6aVGK       2   1 node[0-1]",
-        "fESBRYLP       1   1 node2",
-        "fEWuhFUB       1   1 node3",
-    ]
-    assert lines(run("list", "-o", "nodesonly")[1]) == ["NODELIST", "node[0-3]"]
-    assert lines(run("list", "-o", "get-config=mine")[1]) == [
-        "[formats.mine]",
-        'description = "my custom format"',
-        'format = "{id.f58plain:<12} {nnodes:>3} {pending.nnodes:>3} {nodelist}"',
-    ]
+    user_flux.write_text(TRANSCRIPT_USER_FORMATS)
+    assert_the_transcript_s_user_formats(run)
     builtin_help = [
         "",
         "Configured hkconsole list output formats:",

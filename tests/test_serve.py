@@ -111,7 +111,7 @@ def served(hk_service: ServiceFactory, tmp_path: Path) -> Iterator[tuple[Running
         stdout=log,
         stderr=log,
         start_new_session=True,
-        env={**os.environ, "HK_F58_FORCE_ASCII": "1", "COLUMNS": "200"},
+        env={**os.environ, "HK_F58_FORCE_ASCII": "1"},
     )
     log.close()
     try:
