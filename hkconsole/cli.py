@@ -704,6 +704,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run_for=args.run_for,
             )
         if args.command == "serve":
+            if args.operator and args.read_only:
+                return _usage_error("serve: --read-only and --operator contradict each other")
             endpoint = resolve_endpoint(args.endpoint)
             check_endpoint(endpoint)
             return run_serve(endpoint, args.port, args.operator)

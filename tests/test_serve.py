@@ -271,3 +271,13 @@ def test_other_sites_cannot_open_a_console(served: tuple[RunningService, str, st
     assert asyncio.run(handshake("http://evil.example")) == 403
     assert asyncio.run(handshake(url.rstrip("/") + ".evil.example")) == 403
     assert asyncio.run(handshake(url.rstrip("/"))) == 101
+
+
+def test_read_only_and_operator_together_are_a_usage_error() -> None:
+    proc = subprocess.run(
+        [*HKCONSOLE, "--read-only", "serve", "--operator"], capture_output=True, text=True
+    )
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == (
+        "hkconsole: error: serve: --read-only and --operator contradict each other\n"
+    )
