@@ -66,8 +66,8 @@ class Wish:
 
     kind: "resume-hold" (lift hk's hold once the node's Epilog has finished; only
     wished when no unit holds the node any more), "drain" (drained with `reason`, unless
-    drained by someone else), "hold" (drained with `reason` if not drained at all),
-    "resume" (resume if drained by hk).
+    drained by someone else), "hold" (drained with `reason` if not drained at all once
+    its Epilog has ended), "resume" (resume if drained by hk).
     """
 
     kind: str
@@ -300,6 +300,10 @@ class SlurmBridge:
             return "done"
         if wish.kind == "resume":
             return "resume" if node.hk_owned else "done"
+        if wish.kind == "hold" and node.completing and not node.drained:
+            # Its Epilog is running and holds it itself: a drain here could overwrite
+            # an admin's drain made between this read and that write.
+            return "wait"
         # "drain" and "hold"
         if node.drained and (wish.kind == "hold" or not owned(node.reason)):
             if not owned(node.reason):
