@@ -111,7 +111,7 @@ def hk(slurm: SlurmCluster) -> Iterator[ServiceMaker]:
         )
         script.chmod(0o755)
         svc = SlurmService(base, "", [str(script)], {"release-after": "0s"})
-        svc.scheduler = {"reconcile-every": "1s", "orphan-grace": "1s", **scheduler}
+        svc.scheduler = {"reconcile-every": "0.5s", "orphan-grace": "1s", **scheduler}
         made.append(svc)
         return svc.start() if start else svc
 
@@ -274,7 +274,7 @@ def test_admin_drain_during_cleanup_survives(slurm: SlurmCluster, hk: ServiceMak
     svc.wait_idle(10)
     want = {"node0": "", "node1": "admin: dimm", "node2": "admin: dimm", "node3": ""}
     wait_until(settled(slurm, want), 10)
-    time.sleep(1.5)  # a reconcile passes: still the admin's
+    time.sleep(0.8)  # a reconcile passes: still the admin's
     assert settled(slurm, want)()
     states = node_states(slurm)
     assert states["node1"][1] == states["node2"][1] == "admin: dimm"
@@ -313,7 +313,7 @@ def test_hk_down_when_job_ends_then_reconciled(slurm: SlurmCluster, hk: ServiceM
     wait_until(lambda: job_state(slurm, job) == "COMPLETED", 10, "job completed without hk")
     held = f"hk: held for cleanup of job {job} (uid 0)"
     wait_until(settled(slurm, dict.fromkeys(("node0", "node1", "node2", "node3"), held)), 10)
-    time.sleep(1)
+    time.sleep(0.5)
     assert settled(slurm, dict.fromkeys(("node0", "node1", "node2", "node3"), held))()
     svc.start()
     wait_until(settled(slurm, dict.fromkeys(("node0", "node1", "node2", "node3"), "")), 15)
@@ -354,7 +354,7 @@ def test_hk_drain_and_undrain_act_in_slurm_and_unknown_hk_drains_are_adopted(
     wait_until(lambda: "no record in hk" in svc.log(), 10, "the reconcile's report")
     nodes = hkconsole(svc, "nodes", "-o", "long")
     assert "node2" in nodes.stdout and "exit-code: exited 1 (job 99)" in nodes.stdout, nodes
-    time.sleep(1.2)
+    time.sleep(0.8)  # a reconcile passes
     assert node_states(slurm)["node2"] == ("drained", lost)
     assert hkconsole(svc, "undrain", "node2").returncode == 0
     wait_until(settled(slurm, {"node2": ""}), 10, "resumed by hk's undrain only")
@@ -554,7 +554,7 @@ def test_cleanup_done_before_the_node_epilog_held_the_node(
         slow.unlink()
     wait_until(lambda: job_state(slurm, job) == "COMPLETED", 10)
     wait_until(settled(slurm, dict.fromkeys(("node0", "node1", "node2", "node3"), "")), 10)
-    time.sleep(2.5)  # orphan-grace and two reconciles: nothing is run again
+    time.sleep(2)  # orphan-grace and two reconciles: nothing is run again
     assert settled(slurm, dict.fromkeys(("node0", "node1", "node2", "node3"), ""))()
     for node in ("node0", "node1", "node2", "node3"):
         assert (svc.base / "marks" / f"{node}.count").read_text() == "ran\n", node
