@@ -479,8 +479,9 @@ def test_epilog_slurmctld_hands_the_job_to_hk(hk_service: ServiceFactory) -> Non
     assert proc.returncode == 0, proc.stderr
     unit = svc.call("housekeeping.list")["units"][0]
     assert (unit["jobid"], unit["userid"], unit["ranks"]) == (12, 1000, "0-3")
-    # A second hand-over (hk's reconcile was first) is no error.
-    proc, _ = hook("hk-slurm-epilog-slurmctld", {**JOB_ENV, "HK_ENDPOINT": svc.endpoint})
+    # A second hand-over (hk's reconcile was first) is no error; the endpoint is read
+    # from hk's own config this time.
+    proc, _ = hook("hk-slurm-epilog-slurmctld", JOB_ENV, "--config", str(svc.config_path))
     assert proc.returncode == 0 and proc.stderr == ""
 
 

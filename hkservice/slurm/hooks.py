@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -90,6 +89,8 @@ def _endpoint(args: argparse.Namespace) -> str | None:
         return None
     # Only the endpoint is needed: no validation of the rest, and no sinfo call for a
     # hostlist taken from Slurm.
+    import tomllib
+
     with open(path, "rb") as fh:
         endpoint = tomllib.load(fh).get("service", {}).get("endpoint")
     return endpoint if isinstance(endpoint, str) else None
