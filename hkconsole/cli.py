@@ -13,7 +13,14 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from hkconsole.client import Client, ServiceError, check_endpoint, resolve_endpoint, tcp_address
+from hkconsole.client import (
+    Client,
+    ServiceError,
+    check_endpoint,
+    curve_keys,
+    resolve_endpoint,
+    tcp_address,
+)
 from hkconsole.formatter import FormatError, FormatRegistry, OutputFormat, Row, merge_rows
 from hkconsole.serve import run_serve, under_web_driver
 from hkconsole.stats import (
@@ -26,6 +33,7 @@ from hkconsole.stats import (
     user_stats_json,
 )
 from hkconsole.tables import (
+    AUDIT_HEADINGS,
     DRAIN_HEADINGS,
     GROUP_NODE_FIELDS,
     HISTORY_HEADINGS,
@@ -38,6 +46,7 @@ from hkconsole.tables import (
     FinishedRow,
     NodeGroup,
     Unit,
+    audit_row,
     command_formats,
     merge_finished,
     merge_groups,
@@ -192,6 +201,16 @@ def build_parser() -> Parser:
     )
     parser.add_argument("--endpoint", help="service endpoint (default: $HK_ENDPOINT or local)")
     parser.add_argument(
+        "--key",
+        metavar="FILE",
+        help="tcp with CURVE: your secret key file, NAME.key_secret (default: $HK_KEY)",
+    )
+    parser.add_argument(
+        "--server-key",
+        metavar="FILE",
+        help="tcp with CURVE: the service's public key file (default: $HK_SERVER_KEY)",
+    )
+    parser.add_argument(
         "--read-only", action="store_true", help="console: hide kill and drain actions"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
@@ -228,6 +247,23 @@ def build_parser() -> Parser:
     p.add_argument("-j", "--jobid", type=jobid_arg, required=True)
     p.add_argument("-t", "--targets", required=True, metavar="TARGETS")
     p.add_argument("--userid", type=userid_arg, help="the job's user id (default: yours)")
+
+    p = sub.add_parser(
+        "audit",
+        help="who started, killed, drained and undrained what",
+        description="The service's audit log, newest first: every start, kill, drain and "
+        "undrain, refused ones too, with who asked (the uid on ipc, the key's name on tcp) "
+        "and the user the client reported (REPORTED: not verified).",
+        allow_abbrev=False,
+    )
+    p.add_argument(
+        "-l",
+        "--limit",
+        type=limit_arg,
+        default=20,
+        help=f"how many, 1 to {HISTORY_MAX:,} (default 20)",
+    )
+    _table_options(p)
 
     p = sub.add_parser("history", help="recently finished units", allow_abbrev=False)
     p.add_argument(
@@ -419,7 +455,10 @@ def _table_format(command: str, arg: str, headings: dict[str, str]) -> OutputFor
     fmt_text = _resolve_format(command_formats(command), arg)
     if fmt_text is None:
         raise _Done
-    node_fields = HISTORY_NODE_FIELDS if command == "history" else GROUP_NODE_FIELDS
+    node_fields = {
+        "history": HISTORY_NODE_FIELDS,
+        "audit": frozenset[str](),
+    }.get(command, GROUP_NODE_FIELDS)
     return OutputFormat(fmt_text, headings, node_fields)
 
 
@@ -447,6 +486,7 @@ def _group_json(group: NodeGroup, cluster: Cluster) -> dict[str, Any]:
         **node_fields(group.ranks, cluster),
         "reason": group.reason,
         "timestamp": group.t or None,
+        "by": group.by or None,
     }
 
 
@@ -556,6 +596,16 @@ def cmd_stats(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace, client: Client) -> int:
+    fmt = _table_format("audit", args.format, AUDIT_HEADINGS)
+    entries = client.call("housekeeping.audit", {"limit": args.limit})["entries"]
+    if fmt is None:
+        _json({"entries": entries})
+        return 0
+    _write(fmt.render([audit_row(e) for e in entries], header=not args.no_header))
+    return 0
+
+
 COMMANDS = {
     "list": cmd_list,
     "kill": cmd_kill,
@@ -565,6 +615,7 @@ COMMANDS = {
     "start": cmd_start,
     "history": cmd_history,
     "stats": cmd_stats,
+    "audit": cmd_audit,
 }
 
 
@@ -709,7 +760,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             endpoint = resolve_endpoint(args.endpoint)
             check_endpoint(endpoint)
             return run_serve(endpoint, args.port, args.operator)
-        with CliClient(args.endpoint, timeout=TIMEOUT) as client:
+        keys = curve_keys(args.key, args.server_key)
+        with CliClient(args.endpoint, timeout=TIMEOUT, keys=keys) as client:
             try:
                 code = COMMANDS[args.command](args, client)
             except _Done:

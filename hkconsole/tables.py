@@ -17,6 +17,7 @@ from hkservice.cluster import Cluster
 from hkservice.idset import format_idset, parse_idset
 from hkservice.jobid import KINDS as JOBID_KINDS
 from hkservice.jobid import encode_jobid
+from hkservice.text import acting
 
 UNIT_HEADINGS: dict[str, str] = {
     "id": "JOBID",
@@ -74,6 +75,7 @@ NODE_HEADINGS = {
     "ranks": "RANKS",
     "nodelist": "NODELIST",
     "reason": "REASON",
+    "by": "BY",
 }
 NODE_FORMATS = (
     NamedFormat(
@@ -95,6 +97,7 @@ DRAIN_HEADINGS = {
     "ranks": "RANK",
     "nnodes": "NNODES",
     "reason": "REASON",
+    "by": "BY",
     "nodelist": "NODELIST",
 }
 DRAIN_FORMATS = (
@@ -102,6 +105,11 @@ DRAIN_FORMATS = (
         "default",
         "Default hkconsole drain format string",
         "{timestamp!d:%b%d %R::<12} {state:<8.8} +:{ranks:<5} +:{reason:<6} {nodelist}",
+    ),
+    NamedFormat(
+        "long",
+        "hkconsole drain format string with who drained",
+        "{timestamp!d:%b%d %R::<12} {state:<8.8} +:{ranks:<5} +:{reason:<6} +:{by:<2} {nodelist}",
     ),
 )
 
@@ -257,6 +265,7 @@ class NodeGroup(NamedTuple):
     ranks: set[int]
     reason: str = ""
     t: float = 0.0
+    by: str = ""  # who drained (an operator), "" for the service's own drains
 
 
 def node_groups(status: Mapping[str, Any]) -> list[NodeGroup]:
@@ -272,10 +281,11 @@ def node_groups(status: Mapping[str, Any]) -> list[NodeGroup]:
         ranks = parse_idset(entry["ranks"])
         drained_all |= ranks
         busy = ranks & housekeeping
+        reason, t, by = entry["reason"], entry["t"], entry.get("by") or ""
         if busy:
-            draining.append(NodeGroup("draining", busy, entry["reason"], entry["t"]))
+            draining.append(NodeGroup("draining", busy, reason, t, by))
         if ranks - busy:
-            drained.append(NodeGroup("drained", ranks - busy, entry["reason"], entry["t"]))
+            drained.append(NodeGroup("drained", ranks - busy, reason, t, by))
     idle = set(range(size)) - housekeeping - drained_all - offline
     if idle:
         groups.append(NodeGroup("idle", idle))
@@ -424,6 +434,57 @@ class FinishedRow(JobRow):
         return getattr(self.entry, name)  # userid, t_start, t_end, releases
 
 
+AUDIT_HEADINGS = {
+    "time": "TIME",
+    "who": "WHO",
+    "how": "HOW",
+    "role": "ROLE",
+    "reported": "REPORTED",
+    "by": "BY",
+    "method": "METHOD",
+    "params": "PARAMS",
+    "result": "RESULT",
+    "effect": "EFFECT",
+}
+AUDIT_FORMATS = (
+    NamedFormat(
+        "default",
+        "Default hkconsole audit format string",
+        "{time!d:%b%d %T::<15} {by:<16} {method:<18} {effect}",
+    ),
+    NamedFormat(
+        "long",
+        "hkconsole audit format string with the role, how the caller was known, and the parameters",
+        "{time!d:%FT%T::<19} {who:<10} {reported:<10} {role:<9} {how:<10} {result:<7} "
+        "{method:<18} {params} {effect}",
+    ),
+)
+
+
+def audit_row(entry: Mapping[str, Any]) -> Row:
+    """One audit record, as `housekeeping.audit` returns it."""
+    import json  # only for this table
+
+    who = str(entry["who"])
+    reported = str(entry.get("reported") or "")
+    by = acting(who, reported or None)
+    params = entry.get("params")
+    return Row(
+        {
+            "time": lambda: float(entry["t"]),
+            "who": lambda: who,
+            "how": lambda: str(entry["how"]),
+            "role": lambda: str(entry["role"]),
+            "reported": lambda: reported,
+            "by": lambda: by,
+            "method": lambda: str(entry["method"]),
+            "params": lambda: json.dumps(params, ensure_ascii=False, sort_keys=True),
+            "result": lambda: "ok" if entry["ok"] else "refused",
+            "effect": lambda: str(entry["effect"]),
+        }
+    )
+
+
 def config_dirs() -> list[str]:
     """XDG config directories, lowest precedence first (as Flux's UtilConfig)."""
     system = (os.environ.get("XDG_CONFIG_DIRS") or "/etc/xdg").split(":")
@@ -548,7 +609,12 @@ def unit_formats(
 
 def command_formats(command: str, config: Mapping[str, Any] | None = None) -> FormatRegistry:
     """`nodes`, `drain` and `history` formats: built-in, then `[COMMAND.formats.NAME]`."""
-    builtins = {"nodes": NODE_FORMATS, "drain": DRAIN_FORMATS, "history": HISTORY_FORMATS}
+    builtins = {
+        "nodes": NODE_FORMATS,
+        "drain": DRAIN_FORMATS,
+        "history": HISTORY_FORMATS,
+        "audit": AUDIT_FORMATS,
+    }
     path = (command, "formats")
     registry = FormatRegistry(f"hkconsole {command}", builtins[command], None, ".".join(path))
     _add_formats(registry, path, load_config() if config is None else config)

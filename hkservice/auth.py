@@ -27,7 +27,7 @@ from zmq.utils import z85
 
 from hkservice import keys
 from hkservice.errors import HkError
-from hkservice.text import quoted, visible
+from hkservice.text import acting, quoted, visible
 
 log = logging.getLogger("hkservice")
 
@@ -115,10 +115,7 @@ class Caller:
 
     @property
     def by(self) -> str:
-        """`alice (as root)` when sudo said who, else `root`: for drain reasons and logs."""
-        if self.reported and self.reported != self.name:
-            return f"{self.reported} (as {self.name})"
-        return self.name
+        return acting(self.name, self.reported)
 
 
 def _user_name(uid: int) -> str:

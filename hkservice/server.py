@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from hkservice import PROTOCOL_VERSION, __version__, auth, core, endpoints, limits
+from hkservice import PROTOCOL_VERSION, __version__, audit, auth, core, endpoints, limits
 from hkservice.cluster import Cluster, TargetError
 from hkservice.config import Config
 from hkservice.errors import HkError
@@ -92,6 +92,11 @@ def _jobid(params: dict[str, Any], required: bool = True) -> int | None:
     return value
 
 
+def audited_method(method: str, handlers: dict[str, Any]) -> bool:
+    """Known methods that act (unknown ones changed nothing: ENOSYS)."""
+    return method in handlers and audit.audited(method)
+
+
 def decode(body: memoryview | bytes) -> dict[str, Any] | tuple[str, str]:
     """A request map, or (code, message) saying why it is not one."""
     if len(body) > MAX_MESSAGE_BYTES:  # libzmq drops these first; kept for other callers
@@ -137,6 +142,7 @@ class Service:
         except (OSError, sqlite3.Error) as exc:
             self.store.close()
             raise StateError(f"cannot write the state database {self.store.path}: {exc}") from None
+        self.audit = audit.AuditLog(self.store)
         self.runner: Runner = runner or LocalRunner(
             config.command, config.state_dir / "run", self.cluster.hostname
         )
@@ -156,6 +162,7 @@ class Service:
         # each handler call).
         self._caller: auth.Caller | None = None
         self._via: endpoints.Bound | None = None
+        self._now = 0.0  # the time of the request being handled
         self._seq = first_seq - 1
         self._seq_limit = first_seq + EVENT_SEQ_BLOCK - 1
         self._batch: dict[int, list[tuple[int, core.Outcome]]] = {}
@@ -179,6 +186,7 @@ class Service:
             "resource.undrain": self._undrain,
             "stats.nodes": self.history.node_stats,
             "stats.users": self.history.user_stats,
+            "housekeeping.audit": self._audit_list,
         }
         self.handlers = self.metrics.instrument(self.handlers)
 
@@ -319,6 +327,10 @@ class Service:
             self.bridge.on_actions(actions)
         self._schedule_deadline()
 
+    def _by(self) -> str:
+        """Who asked for the change being made: the service itself outside requests."""
+        return self._caller.by if self._caller is not None else "the service"
+
     def _fail(self, exc: BaseException) -> None:
         if self._failed is None:
             log.critical(
@@ -391,12 +403,18 @@ class Service:
             case core.Drained(ranks, reason, t):
                 # A warning: the failure itself was logged as an error when it happened,
                 # and an operator's drain is no error at all.
-                log.warning("drained %s: %s", self.cluster.nodelist(ranks), visible(reason))
-                self._publish(
-                    EVENT_DRAINED, {"ranks": format_idset(ranks), "reason": reason, "t": t}
+                body: dict[str, Any] = {"ranks": format_idset(ranks), "reason": reason, "t": t}
+                if self._caller is not None:
+                    body["by"] = self._caller.by
+                log.warning(
+                    "drained %s%s: %s",
+                    self.cluster.nodelist(ranks),
+                    f" by {self._caller.by}" if self._caller else "",
+                    visible(reason),
                 )
+                self._publish(EVENT_DRAINED, body)
             case core.Undrained(ranks):
-                log.info("undrained %s", self.cluster.nodelist(ranks))
+                log.info("undrained %s by %s", self.cluster.nodelist(ranks), self._by())
                 self._publish(EVENT_UNDRAINED, {"ranks": format_idset(ranks)})
             case core.Released(jobid, ranks, final):
                 self._publish(
@@ -509,18 +527,39 @@ class Service:
             caller = auth.caller_of(
                 request.frame, request.bound.listener, auth.reported_user(message)
             )
-            self._caller, self._via = caller, request.bound
-            return reply_ok(req_id, self.handle(message, request.bound))
         except HkError as exc:
             return reply_error(req_id, exc.code, exc.message)
+        self._caller, self._via = caller, request.bound
+        self._now = self.clock()
+        try:
+            reply = reply_ok(req_id, self.handle(message, request.bound))
+        except HkError as exc:
+            reply = reply_error(req_id, exc.code, exc.message)
         except Exception as exc:  # a bug must cost one request, never the service
             method = message.get("method")
             log.exception(
                 "internal error handling %s", visible(method) if isinstance(method, str) else "?"
             )
-            return reply_error(req_id, "EINTERNAL", f"internal error: {type(exc).__name__}")
+            reply = reply_error(req_id, "EINTERNAL", f"internal error: {type(exc).__name__}")
         finally:
             self._caller = self._via = None
+        self._audit(message, caller, reply)
+        return reply
+
+    def _audit(self, message: dict[str, Any], caller: auth.Caller, reply: dict[str, Any]) -> None:
+        method = message.get("method")
+        if not isinstance(method, str) or not audited_method(method, self.handlers):
+            return
+        params = message.get("params")
+        if "error" in reply:
+            error = reply["error"]
+            ok, text = False, f"refused: {error['code']}: {error['message']}"
+        else:
+            ok, text = True, audit.effect(method, params, reply["result"], self.cluster)
+        try:
+            self.audit.record(self._now, caller, method, params, ok, text)
+        except Exception as exc:  # sqlite3.Error: as for any change that cannot be saved
+            self._fail(exc)
 
     def handle(self, message: dict[str, Any], bound: endpoints.Bound) -> dict[str, Any]:
         if self._failed is not None:
@@ -632,7 +671,8 @@ class Service:
             )
         result = self.hk.kill(signum, self.clock(), jobid=jobid, ranks=ranks, all_units=all_units)
         log.info(
-            "kill request: %s of %s, SIG%s",
+            "kill request by %s: %s of %s, SIG%s",
+            self._by(),
             plural(result.ranks, "rank"),
             plural(result.units, "unit"),
             core.signal_name(signum),
@@ -660,6 +700,10 @@ class Service:
             ranks = [rank]
         return {"lines": self.runner.output(jobid, ranks, tail)}
 
+    def _audit_list(self, params: dict[str, Any]) -> dict[str, Any]:
+        limit = _param(params, "limit", int, False) or 100
+        return {"entries": self.audit.entries(max(1, min(limit, 10_000)))}
+
     def _history(self, params: dict[str, Any]) -> dict[str, Any]:
         limit = _param(params, "limit", int, False) or 100
         return {"units": self.store.history(max(1, min(limit, 10_000)))}
@@ -673,12 +717,19 @@ class Service:
             "size": self.cluster.size,
             "housekeeping": format_idset(self.hk.housekeeping_ranks()),
             "drained": [
-                {"ranks": format_idset(ranks), "reason": reason, "t": t}
+                self._drain_entry(ranks, reason, t)
                 for (reason, t), ranks in sorted(groups.items(), key=lambda g: min(g[1]))
             ],
             "offline": self._offline(),
             "flapping": format_idset(self.history.flapping()),
         }
+
+    def _drain_entry(self, ranks: list[int], reason: str, t: float) -> dict[str, Any]:
+        entry: dict[str, Any] = {"ranks": format_idset(ranks), "reason": reason, "t": t}
+        by = self.audit.drained_by(t)
+        if by is not None:
+            entry["by"] = by
+        return entry
 
     def _offline(self) -> str:
         return format_idset(self._offline_set())
@@ -702,15 +753,16 @@ class Service:
                 + ("" if reason.isprintable() else ", with control characters or line breaks")
                 + ")",
             )
-        already = self.drain_ranks(ranks, reason)
+        already = self.drain_ranks(ranks, reason, self._now)
         return {
             "drained": format_idset(ranks - already),
             "already": format_idset(already),
         }
 
-    def drain_ranks(self, ranks: set[int], reason: str) -> set[int]:
+    def drain_ranks(self, ranks: set[int], reason: str, now: float | None = None) -> set[int]:
         """Drain ranks; returns those already drained (they keep their first reason)."""
-        actions, already = self.hk.drain(ranks, reason, self.clock())
+        now = self.clock() if now is None else now
+        actions, already = self.hk.drain(ranks, reason, now)
         self._apply(actions)
         return already
 

@@ -91,6 +91,26 @@ MIGRATIONS = [
     ("units", "stuck", "INTEGER NOT NULL DEFAULT 0"),
 ]
 
+HISTORY_KEEP = 10_000
+
+# Who asked for each start, kill, drain and undrain (hkservice/audit.py says what goes in).
+AUDIT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    t REAL NOT NULL,
+    method TEXT NOT NULL,
+    params TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    effect TEXT NOT NULL,
+    role TEXT NOT NULL,
+    who TEXT NOT NULL,
+    how TEXT NOT NULL,
+    reported TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_t ON audit (t);
+"""
+AUDIT_KEEP = 100_000
+AUDIT_COLUMNS = ("t", "method", "params", "ok", "effect", "role", "who", "how", "reported")
 # Uint64 jobids do not fit SQLite's signed 64-bit integers: store them shifted.
 _OFFSET = 1 << 63
 
@@ -130,6 +150,7 @@ class Store:
             # could lose the last transactions, and the agent's journal covers those ranks.
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
+            self.db.executescript(AUDIT_SCHEMA)
             for table, column, declaration in MIGRATIONS:
                 columns = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
                 if column not in columns:
@@ -493,6 +514,35 @@ class Store:
                 (-math.inf if since is None else since,),
             )
         )
+
+    # -- audit ----------------------------------------------------------------
+
+    def add_audit(self, entry: dict[str, object]) -> None:
+        """One audit record (AUDIT_COLUMNS); the oldest beyond AUDIT_KEEP go."""
+        cursor = self.db.execute(
+            f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS)})"
+            f" VALUES ({', '.join('?' * len(AUDIT_COLUMNS))})",
+            tuple(entry[c] for c in AUDIT_COLUMNS),
+        )
+        if cursor.lastrowid is not None and cursor.lastrowid % 1000 == 0:
+            self.db.execute("DELETE FROM audit WHERE seq <= ?", (cursor.lastrowid - AUDIT_KEEP,))
+
+    def audit(self, limit: int) -> list[dict[str, object]]:
+        """The newest `limit` audit records, newest first."""
+        rows = self.db.execute(
+            f"SELECT seq, {', '.join(AUDIT_COLUMNS)} FROM audit ORDER BY seq DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [dict(zip(("seq", *AUDIT_COLUMNS), row, strict=True)) for row in rows]
+
+    def audit_at(self, method: str, t: float) -> dict[str, object] | None:
+        """The successful `method` recorded at time `t` (a drain's own time), if any."""
+        row = self.db.execute(
+            f"SELECT seq, {', '.join(AUDIT_COLUMNS)} FROM audit"
+            " WHERE t = ? AND method = ? AND ok = 1 ORDER BY seq DESC LIMIT 1",
+            (t, method),
+        ).fetchone()
+        return dict(zip(("seq", *AUDIT_COLUMNS), row, strict=True)) if row else None
 
 
 def _why(exc: BaseException) -> str:

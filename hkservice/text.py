@@ -10,6 +10,12 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
+def acting(name: str, reported: str | None) -> str:
+    """Who did something: `alice (as root)` when a client that is root reported alice
+    (sudo), else `root`. The reported name is the client's word, never checked."""
+    return f"{reported} (as {name})" if reported and reported != name else name
+
+
 def quoted(text: str) -> str:
     """'text' in a message; escaped, as repr does, if it holds a newline or other control."""
     return f"'{text}'" if text.isprintable() else repr(text)

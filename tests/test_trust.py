@@ -6,6 +6,7 @@ own are real users (nobody), keys are made by `hkservice keygen`.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import socket
@@ -477,3 +478,125 @@ def test_a_key_copied_into_viewers_works_at_the_next_connection(
     (svc.base / "clients" / "mallory.key").rename(svc.base / "keys" / "viewers" / "mallory.key")
     with Client(svc.endpoint, timeout=3, keys=made["mallory"]) as client:
         assert client.call("housekeeping.list")["units"] == []
+
+
+# -- audit -----------------------------------------------------------------------
+
+
+def cli(
+    capsys: pytest.CaptureFixture[str], endpoint: str, *args: str, keys_args: tuple[str, ...] = ()
+) -> tuple[int, str, str]:
+    from hkconsole.cli import main
+
+    code = main(["--endpoint", endpoint, *keys_args, *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_every_act_is_audited_with_who_asked_over_ipc(
+    hk_service: ServiceFactory,
+    shared_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    svc = with_read_endpoint(hk_service, shared_dir, command=["sleep", "600"])
+    monkeypatch.setenv("SUDO_USER", "alice")
+    run = lambda *a: cli(capsys, svc.endpoint, *a)  # noqa: E731
+    assert run("start", "-j", "42", "-t", "node[0-1]")[0] == 0
+    assert run("drain", "node3", "bad", "fan")[0] == 0
+    assert run("kill", "-q", "-j", "42", "-s", "KILL")[0] == 0
+    svc.wait_idle()
+    assert run("undrain", "node0")[0] == 0
+    monkeypatch.setenv("SUDO_USER", "mallory")
+    read = f"ipc://{shared_dir}/read.sock"
+    assert cli(capsys, read, "undrain", "node3")[0] == 1
+    assert run("list")[0] == 0  # reads are not audited
+    code, out, _ = run("audit", "-o", "json")
+    assert code == 0
+    entries = json.loads(out)["entries"]
+    assert [(e["method"], e["ok"], e["reported"]) for e in entries] == [
+        ("resource.undrain", False, "mallory"),
+        ("resource.undrain", True, "alice"),
+        ("housekeeping.kill", True, "alice"),
+        ("resource.drain", True, "alice"),
+        ("housekeeping.start", True, "alice"),
+    ]
+    assert all(e["who"] == "root" and e["how"] == "uid 0" for e in entries)
+    assert [e["role"] for e in entries] == ["viewer"] + ["operator"] * 4
+    assert entries[0]["effect"].startswith("refused: EPERM: resource.undrain is an operator")
+    assert entries[2]["effect"] == "sent SIGKILL to 2 ranks of 1 units"
+    assert entries[3]["params"] == {"ranks": "3", "reason": "bad fan"}
+    assert entries[3]["effect"] == "drained node3"
+    assert entries[1]["effect"] == "undrained node0"
+    assert entries[4]["effect"].startswith("started ") and entries[4]["effect"].endswith(
+        "on node[0-1]"
+    )
+    assert entries[4]["t"] <= entries[0]["t"]
+    table = run("audit", "-n")[1].splitlines()
+    assert len(table) == 5
+    assert "alice (as root)" in table[3] and "resource.drain" in table[3]
+    assert "drained node3" in table[3]
+    assert "refused" in run("audit", "-n", "-o", "long", "-l", "1")[1]
+    # The drain says who made it, over a restart too; the service's own drains do not.
+    svc.stop()
+    svc.start()
+    drained = {e["ranks"]: e for e in svc.call("resource.status")["drained"]}
+    assert drained["3"]["by"] == "alice (as root)"
+    assert "by" not in drained["1"]  # the kill's failure drain is the service's
+    out = run("drain", "-n", "-o", "long")[1]
+    assert [line.split()[-2:] for line in out.splitlines() if "bad fan" in line] == [
+        ["root)", "node3"]
+    ]
+    assert "alice (as root)" in out
+    assert "drained node3 by alice (as root): bad fan" in svc.log()
+    assert "kill request by alice (as root)" in svc.log()
+
+
+def test_audit_over_tcp_names_the_key(
+    hk_service: ServiceFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = tcp_service(hk_service)
+    made = make_keys(svc)
+    svc.keys = made["olivia"]
+    svc.start()
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    monkeypatch.setenv("USER", "ops")
+    server = str(svc.base / "keys" / "server.key")
+
+    def run(name: str, *args: str) -> tuple[int, str, str]:
+        secret = str(svc.base / "clients" / f"{name}.key_secret")
+        return cli(capsys, svc.endpoint, *args, keys_args=("--key", secret, "--server-key", server))
+
+    assert run("vera", "drain", "node2", "fan")[0] == 1
+    assert run("olivia", "drain", "node2", "fan")[0] == 0
+    code, out, err = run("vera", "audit", "-o", "json")
+    assert code == 0, err
+    entries = json.loads(out)["entries"]
+    assert [(e["who"], e["how"], e["role"], e["ok"]) for e in entries] == [
+        ("olivia", "key olivia", "operator", True),
+        ("vera", "key vera", "viewer", False),
+    ]
+    assert entries[0]["reported"] == "ops"
+    assert svc.call("resource.status")["drained"][0]["by"] == "ops (as olivia)"
+
+
+def test_every_method_is_in_the_one_table_of_reads_and_acts(tmp_path: Path) -> None:
+    """A method left out of auth.METHOD_ACCESS would be an act: refused to viewers."""
+    from hkservice.auth import METHOD_ACCESS, Access
+    from hkservice.config import parse_config
+    from hkservice.server import Service
+
+    config = parse_config(
+        {
+            "cluster": {"hostlist": "n[0-1]"},
+            "housekeeping": {"command": ["true"]},
+            "service": {"state-dir": str(tmp_path / "state")},
+        }
+    )
+    service = Service(config)
+    try:
+        assert set(service.handlers) <= set(METHOD_ACCESS)
+    finally:
+        service.store.close()
+    acts = {m for m, a in METHOD_ACCESS.items() if a is not Access.READ}
+    assert acts == {"housekeeping.start", "housekeeping.kill", "resource.drain", "resource.undrain"}
