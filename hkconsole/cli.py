@@ -22,7 +22,7 @@ from hkconsole.client import (
     tcp_address,
 )
 from hkconsole.formatter import FormatError, FormatRegistry, OutputFormat, Row, merge_rows
-from hkconsole.serve import run_serve, under_web_driver
+from hkconsole.serve import DEFAULT_PORT, run_serve, under_web_driver
 from hkconsole.stats import (
     STATS_NODE_HEADINGS,
     STATS_USER_HEADINGS,
@@ -359,9 +359,9 @@ def build_parser() -> Parser:
     p.add_argument(
         "--port",
         type=bounded_int(1, 65535),
-        default=8000,
+        default=DEFAULT_PORT,
         metavar="P",
-        help="the port on localhost (default: 8000)",
+        help=f"the port on localhost (default: {DEFAULT_PORT})",
     )
     p.add_argument("--operator", action="store_true", help="allow kill and drain from the browser")
     return parser
