@@ -27,7 +27,7 @@ import zmq.asyncio
 from hkservice.core import Outcome
 from hkservice.protocol import pack, unpack
 from hkservice.statedir import DIR_MODE, create_private
-from hkservice.tail import open_output, tail_lines
+from hkservice.tail import REPLY_BYTES, open_output, tail_lines
 
 log = logging.getLogger("hkservice.runner")
 
@@ -82,7 +82,11 @@ class Runner(Protocol):
         """The outcomes with these receipts are saved: the runner may forget them."""
         ...
 
-    def output(self, jobid: int, ranks: Iterable[int], tail: int) -> list[list[object]]: ...
+    def output(self, jobid: int, ranks: Iterable[int], tail: int) -> dict[str, object]:
+        """`{"lines": [[rank, stream, text], ...], "truncated": bool}`: the last `tail`
+        lines of each rank's stdout and stderr; truncated if the reply's size limit left
+        ranks out."""
+        ...
 
     def has_output(self, jobid: int) -> list[int] | None: ...
 
@@ -419,25 +423,31 @@ class LocalRunner:
 
     # -- output -------------------------------------------------------------
 
-    def output(self, jobid: int, ranks: Iterable[int], tail: int) -> list[list[object]]:
+    def output(self, jobid: int, ranks: Iterable[int], tail: int) -> dict[str, object]:
         lines: list[list[object]] = []
+        left = REPLY_BYTES
         try:
             unit_fd = os.open(self.unit_dir(jobid), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except OSError:
-            return lines  # no output yet, or not a directory of ours to read
+            # No output yet, or not a directory of ours to read.
+            return {"lines": lines, "truncated": False}
         try:
             for rank in ranks:
                 for stream in ("out", "err"):
+                    if left <= 0:
+                        return {"lines": lines, "truncated": True}
                     fd = open_output(f"{rank}.{stream}", unit_fd)
                     if fd is None:
                         continue
                     try:
-                        lines.extend([rank, stream, line] for line in tail_lines(fd, tail))
+                        for line in tail_lines(fd, tail, budget=left):
+                            lines.append([rank, stream, line])
+                            left -= len(line) + 1
                     finally:
                         os.close(fd)
         finally:
             os.close(unit_fd)
-        return lines
+        return {"lines": lines, "truncated": False}
 
     def has_output(self, jobid: int) -> list[int] | None:
         """Ranks with kept output of a unit that has ended, or None if nothing is kept."""

@@ -698,7 +698,7 @@ class Service:
             if rank not in ranks:
                 raise HkError("ENOENT", f"job {core.job_label(jobid)} has no rank {rank}")
             ranks = [rank]
-        return {"lines": self.runner.output(jobid, ranks, tail)}
+        return self.runner.output(jobid, ranks, tail)
 
     def _audit_list(self, params: dict[str, Any]) -> dict[str, Any]:
         limit = _param(params, "limit", int, False) or 100

@@ -13,6 +13,9 @@ import stat
 
 LINE_BYTES = 4096
 TRUNCATED = "…"
+# What one reply may read in all (a whole unit's ranks, both streams): past it, the
+# ranks after are left out and the reply says so.
+REPLY_BYTES = 8 << 20
 _BLOCK = 1 << 16
 
 
@@ -33,12 +36,16 @@ def open_output(name: str, dir_fd: int) -> int | None:
     return fd
 
 
-def tail_lines(fd: int, count: int, line_bytes: int = LINE_BYTES) -> list[str]:
-    """The last `count` lines of the open regular file `fd`."""
+def tail_lines(
+    fd: int, count: int, line_bytes: int = LINE_BYTES, budget: int | None = None
+) -> list[str]:
+    """The last `count` lines of the open regular file `fd`, reading at most `budget`
+    bytes (count * (line_bytes + 1) at most in any case)."""
     if count <= 0:
         return []
     end = os.fstat(fd).st_size
-    budget = count * (line_bytes + 1)
+    most = count * (line_bytes + 1)
+    budget = most if budget is None else max(0, min(budget, most))
     pos = end
     chunks: list[bytes] = []
     newlines = 0

@@ -24,7 +24,7 @@ import zmq
 from hkservice.idset import parse_idset
 from hkservice.jobid import encode_jobid
 from hkservice.protocol import pack
-from hkservice.tail import LINE_BYTES, TRUNCATED, tail_lines
+from hkservice.tail import LINE_BYTES, REPLY_BYTES, TRUNCATED, tail_lines
 from tests.conftest import RunningService, ServiceFactory
 
 Script = Callable[[str], str]
@@ -93,6 +93,29 @@ def test_a_64_mb_line_without_newline_gets_a_quick_truncated_tail(
     assert svc.call("housekeeping.list")["units"][0]["jobid"] == 64
     svc.call("housekeeping.kill", {"jobid": 64, "signum": 9})
     svc.wait_idle()
+
+
+def test_a_reply_reads_at_most_its_limit_over_all_ranks(
+    hk_service: ServiceFactory, script: Script
+) -> None:
+    # 4 ranks x 1,000 lines of 4 KiB: 16 MiB of tails, twice what one reply may read.
+    cmd = script(
+        'python3 -c \'import sys\nfor _ in range(1000): sys.stdout.write("y" * 4095 + "\\n")\''
+    )
+    svc = hk_service(hostlist="node[0-3]", command=[cmd])
+    svc.call("housekeeping.start", {"jobid": 8, "ranks": "0-3"})
+    svc.wait_idle()
+    assert svc.proc is not None
+    before = read_bytes_of(svc.proc.pid)
+    with svc.client(timeout=20) as client:
+        reply = client.call("housekeeping.output", {"jobid": 8, "tail": 1000})
+    read = read_bytes_of(svc.proc.pid) - before
+    assert reply["truncated"] is True
+    ranks = [rank for rank, _, _ in reply["lines"]]
+    assert ranks[0] == 0 and 0 < len(ranks) < 4000 and ranks == sorted(ranks)
+    assert read < REPLY_BYTES + (1 << 20)
+    whole = svc.call("housekeeping.output", {"jobid": 8, "rank": 3, "tail": 5})
+    assert whole == {"lines": [[3, "out", "y" * 4095]] * 5, "truncated": False}
 
 
 # -- helpers -------------------------------------------------------------------
