@@ -531,3 +531,35 @@ def test_a_full_disk_at_start_is_one_line(hk_service: ServiceFactory) -> None:
     svc.start()
     svc.call("housekeeping.start", {"jobid": 1, "ranks": "0"})
     svc.wait_idle()
+
+
+def test_recover_after_the_agent_died_too_reports_its_commands_lost(
+    hk_service: ServiceFactory,
+) -> None:
+    svc = hk_service(hostlist="node[0-3]", command=["sleep", "600"], stop_commands_on_exit=False)
+    svc.call("housekeeping.start", {"jobid": 12, "ranks": "1-3", "userid": 77})
+    wait_until(lambda: len(svc.command_pids()) == 3)
+    groups = set(svc.command_pids().values())
+    svc.kill9()
+    agent = svc.agent_pid()
+    assert agent is not None
+    os.kill(agent, 9)
+    break_database(svc.state_dir, "deleted")
+    svc.args = ["--recover"]
+    svc.start()
+    svc.args = []
+    svc.wait_idle()
+    history = svc.call("housekeeping.history")["units"]
+    assert [(u["jobid"], u["userid"], u["ranks"], u["failed"]) for u in history] == [
+        (12, 77, "1-3", "1-3")
+    ]
+    lost = f"housekeeping@{encode_jobid(12, 'f58plain')} lost: the local agent died"
+    assert drains(svc) == dict.fromkeys(range(1, 4), lost)
+    wait_until(lambda: not any(alive(pid) for pid in groups))
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
