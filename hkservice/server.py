@@ -213,7 +213,7 @@ class Service:
         tasks = [asyncio.create_task(self._serve()), asyncio.create_task(self._heartbeat())]
         if self._zap is not None:
             tasks.append(asyncio.create_task(self._zap.run()))
-        tasks.append(asyncio.create_task(self.history.keep_pruned()))
+        tasks.append(asyncio.create_task(self.history.run()))
         tasks.append(asyncio.create_task(self.metrics.serve()))
         await self._stopping.wait()
         for task in tasks:
@@ -267,7 +267,6 @@ class Service:
             self.hk.restore_drain(rank, reason, t)
         for unit in units:
             self.hk.restore(unit)
-        self.history.load()
         await self.runner.start(self._running_ranks, self._relaunch)
         try:
             if units:

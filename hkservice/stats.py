@@ -20,51 +20,76 @@ from typing import Any, NamedTuple
 
 from hkservice import core
 from hkservice.errors import HkError
-from hkservice.store import Store, run_result
+from hkservice.store import Store
 
 log = logging.getLogger("hkservice")
 
-# Rows deleted per prune transaction: a few milliseconds of writing, so a request waits
-# at most that long behind one.
-PRUNE_BATCH = 2000
+# Rows deleted per prune transaction, and runs read per chunk at start: a few
+# milliseconds each, so a request waits at most that long behind one (bench/stats.py).
+PRUNE_BATCH = 500
+LOAD_CHUNK = 2000
 PRUNE_EVERY_SECONDS = 60.0
 
 
 class Series:
     """Runs in time order: when each ended, how long it took, whether it failed."""
 
-    __slots__ = ("duration", "failed", "t_end")
+    __slots__ = ("duration", "failed", "failures", "ordered", "t_end")
 
     def __init__(self) -> None:
         self.t_end = array("d")
         self.duration = array("d")
         self.failed = array("b")
+        self.failures = 0
+        # False after a run came in older than the last one (loaded from the database
+        # while new ones arrive, or the clock stepped back): sorted before the next read.
+        self.ordered = True
 
     def add(self, t_end: float, duration: float, failed: bool) -> None:
-        if not self.t_end or t_end >= self.t_end[-1]:
-            self.t_end.append(t_end)
-            self.duration.append(duration)
-            self.failed.append(failed)
+        if self.t_end and t_end < self.t_end[-1]:
+            self.ordered = False
+        self.t_end.append(t_end)
+        self.duration.append(duration)
+        self.failed.append(failed)
+        self.failures += failed
+
+    def _settle(self) -> None:
+        if self.ordered:
             return
-        # The clock stepped back: keep the order bisect relies on.
-        at = bisect_left(self.t_end, t_end)
-        self.t_end.insert(at, t_end)
-        self.duration.insert(at, duration)
-        self.failed.insert(at, failed)
+        order = sorted(range(len(self.t_end)), key=self.t_end.__getitem__)
+        for name in ("t_end", "duration", "failed"):
+            column = getattr(self, name)
+            setattr(self, name, array(column.typecode, (column[i] for i in order)))
+        self.ordered = True
 
     def drop_before(self, t: float) -> None:
+        self._settle()
         cut = bisect_left(self.t_end, t)
         if cut:
+            self.failures -= self.failed[:cut].count(1)
             del self.t_end[:cut], self.duration[:cut], self.failed[:cut]
 
     def window(self, since: float | None) -> tuple[int, int, list[float]]:
         """(runs, failures, sorted durations) of the runs that ended at or after `since`."""
-        start = 0 if since is None else bisect_left(self.t_end, since)
+        if since is None:
+            return len(self.t_end), self.failures, sorted(self.duration)
+        self._settle()
+        start = bisect_left(self.t_end, since)
         return (
             len(self.t_end) - start,
             self.failed[start:].count(1),
             sorted(self.duration[start:]),
         )
+
+    def streak(self) -> int:
+        """Failures in a row up to the latest run."""
+        self._settle()
+        count = 0
+        for failed in reversed(self.failed):
+            if not failed:
+                break
+            count += 1
+        return count
 
     def __len__(self) -> int:
         return len(self.t_end)
@@ -105,12 +130,29 @@ class History:
         self.last_failure: dict[int, Failure] = {}
         # Failures in a row, per node, up to its latest run.
         self.streaks: dict[int, int] = {}
+        # How much of the saved history is loaded (0 to 1), None once it all is.
+        self._loaded: float | None = 0.0
 
     # -- following the service ----------------------------------------------
 
-    def load(self) -> None:
-        for t_end, rank, duration, userid, jobid, result, reason in self.store.runs():
-            self._add(t_end, rank, duration, userid, jobid, result != "ok", reason or "")
+    async def load(self) -> None:
+        """Read the saved runs into the index, a chunk at a time, requests going first
+        between chunks. Runs that end meanwhile are added as they come (observe)."""
+        last = self.store.last_run()
+        after = 0
+        while after < last:
+            chunk = self.store.runs(after, last, LOAD_CHUNK)
+            if not chunk:
+                break
+            for _, t_end, rank, duration, userid, jobid, reason in chunk:
+                self._add(t_end, rank, duration, userid, jobid, reason)
+            after = chunk[-1][0]
+            self._loaded = after / last
+            if after < last:
+                await asyncio.sleep(0)
+        # Loaded runs came in behind newer ones: the streaks are counted again, in order.
+        self.streaks = {r: n for r, node in self.nodes.items() if (n := node.streak())}
+        self._loaded = None
 
     def _add(
         self,
@@ -119,9 +161,10 @@ class History:
         duration: float,
         userid: int,
         jobid: int,
-        failed: bool,
-        reason: str,
+        reason: str | None,
     ) -> None:
+        """One run; `reason` is None for a success, how it failed otherwise."""
+        failed = reason is not None
         node = self.nodes.get(rank)
         if node is None:
             node = self.nodes[rank] = Series()
@@ -148,8 +191,7 @@ class History:
                     max(0.0, action.t_end - action.t_start),
                     action.userid,
                     action.jobid,
-                    run_result(outcome) != "ok",
-                    "" if outcome.ok else outcome.describe(),
+                    None if outcome.ok else outcome.describe(),
                 )
 
     def flapping(self) -> set[int]:
@@ -173,6 +215,11 @@ class History:
         # A streak outlives its runs: a node that failed its last three runs is still
         # flapping, however long ago they were, until it succeeds once.
 
+    async def run(self) -> None:
+        """Load the saved history, then keep it pruned."""
+        await self.load()
+        await self.keep_pruned()
+
     async def keep_pruned(self) -> None:
         """Prune what is older than [history] keep, a batch at a time, for ever."""
         if self.keep is None:
@@ -190,7 +237,15 @@ class History:
 
     # -- requests -----------------------------------------------------------
 
+    def _check_loaded(self) -> None:
+        if self._loaded is not None:
+            raise HkError(
+                "EAGAIN",
+                f"the history is still loading ({self._loaded:.0%} read): try again shortly",
+            )
+
     def _since(self, params: dict[str, Any]) -> float | None:
+        self._check_loaded()
         window = params.get("window")
         if window is None:
             return None

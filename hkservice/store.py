@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 from hkservice import core
@@ -498,13 +498,24 @@ class Store:
             for jobid, userid, t_start, t_end, ranks, failed, releases in rows
         ]
 
-    def runs(self) -> Iterator[tuple[float, int, float, int, int, str, str | None]]:
-        """Every run kept, oldest first: (t_end, rank, duration, userid, jobid, result,
-        reason)."""
-        for t_end, rank, duration, userid, jobid, result, reason in self.db.execute(
-            "SELECT t_end, rank, duration, userid, jobid, result, reason FROM runs ORDER BY rowid"
-        ):
-            yield t_end, rank, duration, userid, _job(jobid), result, reason
+    def last_run(self) -> int:
+        """The id of the latest run saved (0: none); ids grow with each run saved."""
+        return self.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM runs").fetchone()[0]
+
+    def runs(
+        self, after: int, upto: int, limit: int
+    ) -> list[tuple[int, float, int, float, int, int, str | None]]:
+        """Runs with ids in (after, upto], oldest first, at most `limit`: (id, t_end, rank,
+        duration, userid, jobid, reason), reason being None for a success."""
+        return [
+            (rowid, t_end, rank, duration, userid, _job(jobid), reason)
+            for rowid, t_end, rank, duration, userid, jobid, reason in self.db.execute(
+                "SELECT rowid, t_end, rank, duration, userid, jobid,"
+                " CASE WHEN result = 'ok' THEN NULL ELSE COALESCE(reason, '') END"
+                " FROM runs WHERE rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?",
+                (after, upto, limit),
+            )
+        ]
 
     def units_by_user(self, since: float | None) -> dict[int, int]:
         """How many finished units each user's jobs made, since `since` (or ever)."""

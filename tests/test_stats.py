@@ -4,6 +4,7 @@ nodes, retention, and `hkconsole stats` and `list -o stuck` on top of them."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import time
@@ -314,3 +315,49 @@ def test_history_and_metrics_defaults_and_inf() -> None:
     )
     assert (config.warn_after, config.history_keep) == (None, None)
     assert config.metrics_endpoint == ("::1", 9810)
+
+
+def test_a_saved_history_larger_than_a_chunk_is_loaded_whole(hk_service: ServiceFactory) -> None:
+    from hkconsole.client import ServiceError
+    from hkservice.stats import LOAD_CHUNK
+    from hkservice.store import Store
+
+    svc = hk_service(hostlist="node[0-3]", start=False, tables={"history": {"keep": "inf"}})
+    count = 5 * LOAD_CHUNK + 7
+    store = Store(svc.state_dir)
+    now = time.time()
+    store.db.executemany(
+        "INSERT INTO runs (t_end, rank, duration, userid, jobid, result, reason)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            (
+                now - count + i,
+                i % 4,
+                float(i % 13),
+                42,
+                i - (1 << 63),
+                "exit" if i % 4 == 3 and i >= count - 12 else "ok",
+                "exited 1" if i % 4 == 3 and i >= count - 12 else None,
+            )
+            for i in range(count)
+        ),
+    )
+    store.close()
+    svc.start()
+    while True:
+        try:
+            nodes = {n["rank"]: n for n in svc.call("stats.nodes")["nodes"]}
+            break
+        except ServiceError as exc:  # asked while it loads: said so, never a partial answer
+            assert exc.code == "EAGAIN" and "still loading" in str(exc)
+            time.sleep(0.02)
+    for rank in range(4):
+        durations = sorted(float(i % 13) for i in range(rank, count, 4))
+        node = nodes[rank]
+        assert node["runs"] == len(durations)
+        assert node["p50"] == durations[math.ceil(len(durations) / 2) - 1]
+        assert node["p95"] == durations[math.ceil(len(durations) * 0.95) - 1]
+        assert node["max"] == 12.0
+    assert (nodes[3]["failures"], nodes[3]["streak"], nodes[3]["flapping"]) == (3, 3, True)
+    assert nodes[3]["last_jobid"] == count - 1 - (count - 1 - 3) % 4
+    assert svc.call("resource.status")["flapping"] == "3"

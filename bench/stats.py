@@ -1,0 +1,237 @@
+"""Statistics and metrics benchmark (not a test): history at scale, `stats`, `/metrics`.
+
+Fills a state directory with 1,000,000 finished ranks on 16,384 nodes (units of 1 to 256
+nodes over the last 80 days, 2% failing, written straight into the store's tables with
+the store's own schema: running a million real commands would take hours), then:
+
+- reports the database size,
+- starts a real hkservice on node[0-16383] with [metrics] and reports when it serves,
+  when its runs index is loaded, and how long requests wait meanwhile,
+- times `hkconsole stats nodes` (a fresh process, median of 5; goal <= 1 s), the same with
+  `--since 7d`, and `stats users`,
+- puts 8,192 nodes in housekeeping (64 units of 128 `sleep 600`) and 100 drained, and
+  times a `/metrics` scrape over HTTP (median and worst of 20; goal <= 50 ms: the scrape
+  runs on the service's loop, so that is also the longest a request waits behind it),
+- stops the service and prunes half the history in the service's batches, reporting the
+  longest batch (the longest a request waits behind pruning).
+
+usage: .venv/bin/python bench/stats.py
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from hkconsole.client import Client, ServiceError, wait_for_service
+from hkservice.stats import PRUNE_BATCH
+from hkservice.store import Store
+
+NODES = 16_384
+RUNS = 1_000_000
+DAYS = 80
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+def fill(state_dir: Path, now: float) -> None:
+    store = Store(state_dir)
+    rnd = random.Random(12)
+    db = store.db
+    runs: list[tuple[float, int, float, int, int, str, str | None]] = []
+    units: list[tuple[int, int, float, float, str, str, int]] = []
+    jobid = 0
+    t = now - DAYS * 86400
+    sizes = (1, 4, 16, 64, 256)
+    step = DAYS * 86400 / (RUNS / (sum(sizes) / len(sizes)))
+    while len(runs) < RUNS:
+        jobid += 1
+        size = rnd.choice(sizes)
+        first = rnd.randrange(NODES - size)
+        userid = 1000 + rnd.randrange(200)
+        t += step
+        longest = 0.0
+        failed = []
+        for rank in range(first, first + size):
+            duration = rnd.lognormvariate(3, 1)
+            ok = rnd.random() > 0.02
+            if not ok:
+                failed.append(rank)
+            longest = max(longest, duration)
+            runs.append(
+                (
+                    t + duration,
+                    rank,
+                    duration,
+                    userid,
+                    jobid - (1 << 63),
+                    "ok" if ok else "exit",
+                    None if ok else "exited 1",
+                )
+            )
+        ranks = f"{first}-{first + size - 1}" if size > 1 else str(first)
+        units.append(
+            (jobid - (1 << 63), userid, t, t + longest, ranks, ",".join(map(str, failed)), 1)
+        )
+    runs.sort()
+    db.execute("BEGIN")
+    db.executemany(
+        "INSERT INTO runs (t_end, rank, duration, userid, jobid, result, reason)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        runs[:RUNS],
+    )
+    db.executemany(
+        "INSERT INTO history (jobid, userid, t_start, t_end, ranks, failed, releases)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        units,
+    )
+    db.execute("COMMIT")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+
+
+def size_mb(state_dir: Path) -> float:
+    return sum(p.stat().st_size for p in state_dir.glob("hk.db*")) / 1e6
+
+
+def timed(argv: list[str], runs: int = 5) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, env=ENV)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def main() -> int:
+    base = Path(tempfile.mkdtemp(prefix="hk-bench-", dir="/tmp"))
+    os.chmod(base, 0o700)
+    state_dir = base / "state"
+    endpoint = f"ipc://{base}/hk.sock"
+    port = free_port()
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        now = time.time()
+        start = time.perf_counter()
+        fill(state_dir, now)
+        print(
+            f"history: {RUNS:,} runs on {NODES:,} nodes written in "
+            f"{time.perf_counter() - start:.0f} s; database {size_mb(state_dir):.0f} MB"
+        )
+        config = base / "hk.toml"
+        config.write_text(
+            f'[cluster]\nhostlist = "node[0-{NODES - 1}]"\n'
+            '[housekeeping]\ncommand = ["sleep", "600"]\n'
+            f'[service]\nendpoint = "{endpoint}"\nstate-dir = "{state_dir}"\n'
+            f'[metrics]\nendpoint = "127.0.0.1:{port}"\n'
+        )
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hkservice", "-c", str(config), "--stop-commands-on-exit"],
+            stdout=subprocess.DEVNULL,
+            stderr=open(base / "service.log", "wb"),  # noqa: SIM115 - the child owns it
+            env=ENV,
+        )
+        if not wait_for_service(endpoint, 120, alive=lambda: proc.poll() is None):
+            print((base / "service.log").read_text())
+            return 1
+        serving = time.perf_counter() - start
+        # The history loads in chunks between requests: how long a request waits meanwhile.
+        waits = []
+        with Client(endpoint, timeout=30) as client:
+            while True:
+                asked = time.perf_counter()
+                client.call("service.config")
+                waits.append(time.perf_counter() - asked)
+                try:
+                    client.call("stats.users", {"window": 1})
+                    break
+                except ServiceError as exc:
+                    if exc.code != "EAGAIN":
+                        raise
+        print(
+            f"service start: serving after {serving:.2f} s, history loaded after "
+            f"{time.perf_counter() - start:.2f} s; meanwhile {len(waits)} requests answered "
+            f"in {statistics.median(waits) * 1000:.1f} ms (median), "
+            f"{max(waits) * 1000:.1f} ms (worst)"
+        )
+
+        hkconsole = [sys.executable, "-m", "hkconsole", "--endpoint", endpoint]
+        with Client(endpoint, timeout=30) as client:
+            start = time.perf_counter()
+            nodes = client.call("stats.nodes")["nodes"]
+            request = time.perf_counter() - start
+        print(f"stats.nodes request alone: {request * 1000:.0f} ms ({len(nodes):,} nodes)")
+        print(f"python3 -c pass, for scale: {timed([sys.executable, '-c', 'pass']):.2f} s")
+        print(f"hkconsole stats nodes: {timed([*hkconsole, 'stats', 'nodes']):.2f} s (goal 1 s)")
+        since = timed([*hkconsole, "stats", "nodes", "--since", "7d"])
+        print(f"hkconsole stats nodes --since 7d: {since:.2f} s")
+        print(f"hkconsole stats users: {timed([*hkconsole, 'stats', 'users']):.2f} s")
+
+        with Client(endpoint, timeout=30) as client:
+            for unit in range(64):
+                first = unit * 128
+                client.call(
+                    "housekeeping.start",
+                    {"jobid": 10**9 + unit, "ranks": f"{first}-{first + 127}"},
+                )
+            client.call("resource.drain", {"ranks": f"{NODES - 100}-{NODES - 1}", "reason": "b"})
+        time.sleep(5)
+        url = f"http://127.0.0.1:{port}/metrics"
+        scrapes = []
+        body = b""
+        for _ in range(20):
+            start = time.perf_counter()
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                body = reply.read()
+            scrapes.append(time.perf_counter() - start)
+        housekeeping = [line for line in body.decode().splitlines() if line.startswith("hk_nodes{")]
+        print(
+            f"/metrics scrape, {NODES:,} nodes: median {statistics.median(scrapes) * 1000:.1f} ms,"
+            f" worst {max(scrapes) * 1000:.1f} ms (goal 50 ms), {len(body):,} bytes; "
+            + ", ".join(line.split("state=")[1] for line in housekeeping)
+        )
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(60)
+    try:
+        store = Store(state_dir)
+        cutoff = now - DAYS * 86400 / 2
+        longest = 0.0
+        pruned = 0
+        start = time.perf_counter()
+        while True:
+            batch_start = time.perf_counter()
+            gone = store.prune(cutoff, PRUNE_BATCH)
+            longest = max(longest, time.perf_counter() - batch_start)
+            pruned += gone
+            if not gone:
+                break
+        print(
+            f"pruning {pruned:,} rows (half the history) in batches of {PRUNE_BATCH}: "
+            f"{time.perf_counter() - start:.1f} s in all, longest batch {longest * 1000:.1f} ms"
+        )
+        store.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
