@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -175,6 +176,26 @@ def test_a_metrics_port_taken_is_logged_and_the_service_serves_on(
         assert svc.call("housekeeping.list")["units"] == []
 
 
+DASHBOARD = Path(__file__).resolve().parent.parent / "contrib" / "grafana" / "hk.json"
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+
+
+def test_the_grafana_dashboard_graphs_only_metrics_hk_serves() -> None:
+    queries = dashboard_queries()
+    used = {
+        re.sub(r"_(total|bucket|count|sum)$", "", name)
+        for expr in queries
+        for name in re.findall(r"\bhk_[a-z_]+", expr)
+    }
+    assert used <= METRICS
+    # What the issue asks the dashboard to show.
+    assert {"hk_nodes", "hk_rank_runs", "hk_rank_duration_seconds", "hk_ranks_stuck"} <= used
+
+
 def test_node_state_counts_follow_hkconsole_nodes_rules() -> None:
     # 0 idle, 1 housekeeping, 2 draining, 3 drained, 4 offline, 5 drained and offline.
     counts = node_state_counts(6, housekeeping={1, 2, 4, 5}, drained={2, 3, 5}, offline={4, 5})
@@ -224,6 +245,11 @@ def test_a_real_prometheus_scrapes_hk_nodes(hk_service: ServiceFactory, tmp_path
             "drained": 1,
             "offline": 0,
         }, log
+        # Every query of the Grafana dashboard is one this Prometheus takes.
+        for expr in dashboard_queries():
+            query = urllib.parse.urlencode({"query": expr})
+            status, text = get(f"http://127.0.0.1:{web}/api/v1/query?{query}", timeout=5)
+            assert (status, json.loads(text)["status"]) == (200, "success"), (expr, text)
     finally:
         proc.terminate()
         try:
