@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hkconsole.cli import main
 from hkservice.config import ConfigError, parse_config
+from hkservice.stats import Series, quantile
 from tests.conftest import RunningService, ServiceFactory
 from tests.test_service import Events
 
@@ -361,3 +364,40 @@ def test_a_saved_history_larger_than_a_chunk_is_loaded_whole(hk_service: Service
     assert (nodes[3]["failures"], nodes[3]["streak"], nodes[3]["flapping"]) == (3, 3, True)
     assert nodes[3]["last_jobid"] == count - 1 - (count - 1 - 3) % 4
     assert svc.call("resource.status")["flapping"] == "3"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    runs=st.lists(
+        st.tuples(st.integers(0, 50).map(float), st.integers(0, 9).map(float), st.booleans()),
+        max_size=40,
+    ),
+    cutoff=st.integers(0, 55).map(float),
+    since=st.none() | st.integers(0, 55).map(float),
+)
+def test_a_series_answers_as_its_runs_counted_by_hand(
+    runs: list[tuple[float, float, bool]], cutoff: float, since: float | None
+) -> None:
+    """Runs arrive in any order (loaded behind new ones, a clock stepping back), are
+    pruned, then asked about: the answer is that of the runs kept, counted by hand."""
+    series = Series()
+    for t_end, duration, failed in runs:
+        series.add(t_end, duration, failed)
+    series.drop_before(cutoff)
+    kept = [r for r in runs if r[0] >= cutoff]
+    window = [r for r in kept if since is None or r[0] >= since]
+    count, failures, durations = series.window(since)
+    assert (count, failures) == (len(window), sum(f for _, _, f in window))
+    assert list(durations) == sorted(d for _, d, _ in window)
+    assert len(series) == len(kept)
+    ordered = sorted(kept, key=lambda r: r[0])
+    streak = 0
+    for _, _, failed in reversed(ordered):
+        if not failed:
+            break
+        streak += 1
+    # Runs ending at the same time have no order of their own: only check clear cases.
+    if len({t for t, _, _ in ordered[-streak - 1 :]}) == len(ordered[-streak - 1 :]):
+        assert series.streak() == streak
+    if durations:
+        assert quantile(durations, 0.5) == sorted(durations)[math.ceil(len(durations) / 2) - 1]
