@@ -19,7 +19,7 @@ Cleanup fates, per node:
   slow   12-25 s, exit 0; and in 40% of multi-node jobs one straggler takes 20-45 s
          (partial release: the job's other nodes come back 5 s after their cleanup)
   fail   1-6 s, exit 1: the node is drained
-  hang   never ends: killed at the 2 min timeout, then drained
+  hang   never ends: stuck after 30 s (warn-after), killed at the 2 min timeout, drained
 Weights (ok/slow/fail/hang): 80/8/6/3 % for the first minute's worth of cleanups
 (5 per node, in job order), so every case shows at once; 95/4/0.8/0.2 % after that.
 
@@ -401,6 +401,7 @@ class DemoCluster:
             'release-after = "5s"\n'
             'timeout = "2m"\n'
             'kill-grace = "5s"\n'
+            'warn-after = "30s"\n'
             "[service]\n"
             f'endpoint = "{self.endpoint}"\n'
             f'state-dir = "{self.base / "state"}"\n'

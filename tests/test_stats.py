@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -327,6 +329,7 @@ def test_a_saved_history_larger_than_a_chunk_is_loaded_whole(hk_service: Service
 
     svc = hk_service(hostlist="node[0-3]", start=False, tables={"history": {"keep": "inf"}})
     count = 5 * LOAD_CHUNK + 7
+    svc.state_dir.mkdir(mode=0o700)
     store = Store(svc.state_dir)
     now = time.time()
     store.db.executemany(
@@ -401,3 +404,20 @@ def test_a_series_answers_as_its_runs_counted_by_hand(
         assert series.streak() == streak
     if durations:
         assert quantile(durations, 0.5) == sorted(durations)[math.ceil(len(durations) / 2) - 1]
+
+
+def test_stats_are_reads_served_on_the_read_only_endpoint(hk_service: ServiceFactory) -> None:
+    from hkconsole.client import Client
+
+    shared = Path(tempfile.mkdtemp(prefix="hk-read-", dir="/tmp"))
+    shared.chmod(0o755)
+    try:
+        svc = hk_service(hostlist="node[0-3]", start=False)
+        svc.service_options["read-endpoint"] = f"ipc://{shared}/read.sock"
+        svc.start()
+        run_units(svc, range(1, 2), "0")
+        with Client(f"ipc://{shared}/read.sock", timeout=5) as client:
+            assert [n["rank"] for n in client.call("stats.nodes")["nodes"]] == [0]
+            assert [u["userid"] for u in client.call("stats.users")["users"]] == [42]
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
