@@ -51,6 +51,9 @@ log = logging.getLogger("hkservice.slurm")
 # While a released node's Epilog has not finished (COMPLETING), it is looked at again
 # this often: the Epilog's hold must be in place before it can be lifted.
 WAIT_SECONDS = 0.25
+# A node still COMPLETING after this long (a slurmd gone quiet) is looked at every
+# LONG_WAIT_SECONDS instead: not one sinfo every 0.25 s for as long as it lasts.
+LONG_WAIT_AFTER, LONG_WAIT_SECONDS = 10.0, 5.0
 # A released node that shows neither a drain nor COMPLETING this long after its release
 # was never held (no node Epilog, or it could not drain): nothing to resume.
 NEVER_HELD_SECONDS = 2.0
@@ -238,11 +241,13 @@ class SlurmBridge:
         nodes = await self._read(sorted(pending))
         resume: list[str] = []
         drains: dict[str, list[str]] = {}
-        waiting = False
+        wait: float | None = None
         for name, wish in pending.items():
             verdict = self._decide(name, wish, nodes.get(name))
             if verdict == "wait":
-                waiting = True
+                young = time.monotonic() - wish.since < LONG_WAIT_AFTER
+                soon = WAIT_SECONDS if young else LONG_WAIT_SECONDS
+                wait = soon if wait is None else min(wait, soon)
                 continue
             if verdict == "resume":
                 resume.append(name)
@@ -258,7 +263,7 @@ class SlurmBridge:
                 lambda where, reason=reason: self.commands.drain_argv(where, reason), names, pending
             )
             log.info("slurm: drained %s: %s", hostlist.collect_hostlist(names), reason)
-        return WAIT_SECONDS if waiting else None
+        return wait
 
     async def _update(
         self, argv: Callable[[str], list[str]], names: list[str], pending: dict[str, Wish]
