@@ -559,3 +559,39 @@ def test_cleanup_done_before_the_node_epilog_held_the_node(
     assert settled(slurm, dict.fromkeys(("node0", "node1", "node2", "node3"), ""))()
     for node in ("node0", "node1", "node2", "node3"):
         assert (svc.base / "marks" / f"{node}.count").read_text() == "ran\n", node
+
+
+def test_what_the_bridge_does_for_each_wish_and_node_state() -> None:
+    from hkservice.slurm.bridge import NEVER_HELD_SECONDS, Wish, decide
+    from hkservice.slurm.nodes import SlurmNode, hold_reason
+
+    def node(state: str, reason: str = "") -> SlurmNode:
+        return SlurmNode("node1", frozenset(state.split("+")), reason, None)
+
+    hold = hold_reason(7, 0)
+    now = 1000.0
+    fresh, old = now - 0.1, now - NEVER_HELD_SECONDS - 1
+    admin = "admin: dimm"
+    cases = [
+        (Wish("resume-hold", since=fresh), node("idle+completing"), ("wait", None)),
+        (Wish("resume-hold", since=fresh), node("idle+completing+drain", hold), ("wait", None)),
+        (Wish("resume-hold", since=fresh), node("idle+drain", hold), ("resume", None)),
+        (Wish("resume-hold", since=fresh), node("idle+drain", admin), ("done", "kept")),
+        (Wish("resume-hold", since=fresh), node("idle+drain", "hk: fan"), ("done", None)),
+        (Wish("resume-hold", since=fresh), node("idle"), ("wait", None)),
+        (Wish("resume-hold", since=old), node("idle"), ("done", "never-held")),
+        (Wish("drain", "hk: x"), node("idle+drain", admin), ("done", "kept")),
+        (Wish("drain", "hk: x"), node("idle+drain", hold), ("drain", None)),
+        (Wish("drain", "hk: x"), node("idle+drain", "hk: x"), ("done", None)),
+        (Wish("drain", "hk: x"), node("mixed+completing"), ("drain", None)),
+        (Wish("hold", hold), node("idle+completing"), ("wait", None)),
+        (Wish("hold", hold), node("idle+drain", "hk: fan"), ("done", None)),
+        (Wish("hold", hold), node("idle+drain", admin), ("done", "kept")),
+        (Wish("hold", hold), node("allocated"), ("drain", None)),
+        (Wish("resume"), node("idle+drain", "hk: fan"), ("resume", None)),
+        (Wish("resume"), node("idle+drain", admin), ("done", None)),
+        (Wish("resume"), node("idle"), ("done", None)),
+        (Wish("resume"), None, ("done", "unknown")),
+    ]
+    for wish, state, expected in cases:
+        assert decide(wish, state, now) == expected, (wish, state)

@@ -114,6 +114,40 @@ def slurm_reason(reason: str) -> str:
     return drain_reason(reason)
 
 
+def decide(wish: Wish, node: SlurmNode | None, now: float) -> tuple[str, str | None]:
+    """What to do in Slurm for one wish, given the node as `sinfo` just showed it.
+
+    The verdict: "resume", "drain" (with the wish's reason), "wait" (look again soon) or
+    "done" (nothing to do); the note says what is worth telling: "unknown" (no such
+    Slurm node), "kept" (someone else's drain is left alone), "never-held".
+    """
+    if node is None:
+        return "done", "unknown"
+    kept = None if owned(node.reason) else "kept"
+    if wish.kind == "resume-hold":
+        if node.completing:
+            return "wait", None  # its Epilog may be about to hold it
+        # The hold of any job: on a node shared by jobs that ended together, the first
+        # Epilog's hold stands for all of them, and no unit holds the node now.
+        if node.hold is not None:
+            return "resume", None
+        if node.drained:
+            return "done", kept
+        if now - wish.since < NEVER_HELD_SECONDS:
+            return "wait", None
+        return "done", "never-held"
+    if wish.kind == "resume":
+        return ("resume" if node.hk_owned else "done"), None
+    if wish.kind == "hold" and node.completing and not node.drained:
+        # Its Epilog is running and holds it itself: a drain here could overwrite an
+        # admin's drain made between this read and that write.
+        return "wait", None
+    # "drain" and "hold"
+    if node.drained and (wish.kind == "hold" or kept):
+        return "done", kept
+    return ("done" if node.drained and node.reason == wish.reason else "drain"), None
+
+
 class SlurmBridge:
     def __init__(self, settings: SchedulerConfig, host: BridgeHost) -> None:
         self.settings = settings
@@ -278,43 +312,20 @@ class SlurmBridge:
             del self.wishes[name]
 
     def _decide(self, name: str, wish: Wish, node: SlurmNode | None) -> str:
-        """ "resume", "drain", "wait" or "done" (nothing to do in Slurm)."""
-        if node is None:
-            self._report(name, "unknown", "slurm: %s is not a Slurm node: left alone", name)
-            return "done"
-        if wish.kind == "resume-hold":
-            if node.completing:
-                return "wait"  # its Epilog may be about to hold it
-            # The hold of any job: on a node shared by jobs that ended together, the
-            # first Epilog's hold stands for all of them, and none holds it now.
-            if node.hold is not None:
-                return "resume"
-            if node.drained:
-                if not owned(node.reason):
-                    log.info("slurm: %s keeps its drain: %s", name, node.reason)
-                return "done"
-            if time.monotonic() - wish.since < NEVER_HELD_SECONDS:
-                return "wait"
+        verdict, note = decide(wish, node, time.monotonic())
+        if note == "unknown":
+            self._report(name, note, "slurm: %s is not a Slurm node: left alone", name)
+        elif note == "never-held":
             self._report(
                 name,
-                "never-held",
+                note,
                 "slurm: %s was not held when its cleanup ended: is hk's node Epilog set "
                 "(docs/slurm.md)?",
                 name,
             )
-            return "done"
-        if wish.kind == "resume":
-            return "resume" if node.hk_owned else "done"
-        if wish.kind == "hold" and node.completing and not node.drained:
-            # Its Epilog is running and holds it itself: a drain here could overwrite
-            # an admin's drain made between this read and that write.
-            return "wait"
-        # "drain" and "hold"
-        if node.drained and (wish.kind == "hold" or not owned(node.reason)):
-            if not owned(node.reason):
-                log.info("slurm: %s keeps its drain: %s", name, node.reason)
-            return "done"
-        return "done" if node.drained and node.reason == wish.reason else "drain"
+        elif note == "kept" and node is not None:
+            log.info("slurm: %s keeps its drain: %s", name, node.reason)
+        return verdict
 
     def _report(self, name: str, what: str, message: str, *args: object) -> None:
         if (name, what) not in self._reported:
