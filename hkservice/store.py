@@ -164,12 +164,12 @@ class Store:
 
     # -- writing ------------------------------------------------------------
 
-    def apply(self, actions: Iterable[core.Action], hk: core.Housekeeping) -> None:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         db = self.db
         db.execute("BEGIN")
         try:
-            for action in actions:
-                self._apply_one(action, hk)
+            yield db
             db.execute("COMMIT")
         except BaseException:
             # SQLite may already have rolled back by itself (SQLITE_FULL, SQLITE_IOERR):
@@ -179,6 +179,11 @@ class Store:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
             raise
+
+    def apply(self, actions: Iterable[core.Action], hk: core.Housekeeping) -> None:
+        with self._transaction():
+            for action in actions:
+                self._apply_one(action, hk)
 
     def _apply_one(self, action: core.Action, hk: core.Housekeeping) -> None:
         db = self.db
@@ -302,9 +307,7 @@ class Store:
     def prune(self, before: float, batch: int) -> int:
         """Forget at most `batch` runs and finished units that ended before `before`;
         returns how many rows went. Small batches: each is one short write transaction."""
-        db = self.db
-        db.execute("BEGIN")
-        try:
+        with self._transaction() as db:
             gone = db.execute(
                 "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs WHERE t_end < ? LIMIT ?)",
                 (before, batch),
@@ -314,12 +317,6 @@ class Store:
                 " (SELECT seq FROM history WHERE t_end < ? ORDER BY seq LIMIT ?)",
                 (before, batch),
             ).rowcount
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            raise
         return gone
 
     # -- reading ------------------------------------------------------------
@@ -430,9 +427,7 @@ class Store:
 
     def restore(self, units: Iterable[Unit], drains: dict[int, tuple[str, float]]) -> None:
         """Write units and drains rebuilt by --recover into this (new) database."""
-        db = self.db
-        db.execute("BEGIN")
-        try:
+        with self._transaction() as db:
             for unit in units:
                 db.execute(
                     "INSERT INTO units (jobid, userid, t_start, ranks, timer_deadline,"
@@ -469,12 +464,6 @@ class Store:
                 "INSERT OR IGNORE INTO drains (rank, reason, t) VALUES (?, ?, ?)",
                 ((rank, reason, t) for rank, (reason, t) in drains.items()),
             )
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            raise
 
     def load_drains(self) -> list[tuple[int, str, float]]:
         return list(self.db.execute("SELECT rank, reason, t FROM drains ORDER BY rank"))

@@ -21,21 +21,13 @@ from pathlib import Path
 import pytest
 import zmq
 
-from hkservice.idset import parse_idset
 from hkservice.jobid import encode_jobid
 from hkservice.protocol import pack
 from hkservice.tail import LINE_BYTES, REPLY_BYTES, TRUNCATED, tail_lines
 from tests.conftest import RunningService, ServiceFactory
+from tests.test_service import drains, wait_until
 
 Script = Callable[[str], str]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 # -- output tails ------------------------------------------------------------
@@ -121,14 +113,6 @@ def test_a_reply_reads_at_most_its_limit_over_all_ranks(
 # -- helpers -------------------------------------------------------------------
 
 NOBODY = 65534
-
-
-def drains(svc: RunningService) -> dict[int, str]:
-    return {
-        rank: d["reason"]
-        for d in svc.call("resource.status")["drained"]
-        for rank in parse_idset(d["ranks"])
-    }
 
 
 def run_hkservice(
