@@ -264,6 +264,25 @@ class HkConsole(App[int]):
             return None
         return True
 
+    async def run_action(self, action: str, *args: Any, **kwargs: Any) -> bool:
+        # A key greyed out for want of the service says why instead of doing nothing.
+        name = action.partition("(")[0].rpartition(".")[2]
+        if name in NEEDS_SERVICE and self.check_action(name, ()) is None:
+            description = next(
+                (
+                    b.description
+                    for b in self.BINDINGS
+                    if isinstance(b, Binding) and b.action == name
+                ),
+                name,
+            )
+            self.notify(
+                f"not connected to the service: {description} waits for it ({self.status_line})",
+                severity="warning",
+            )
+            return True
+        return await super().run_action(action, *args, **kwargs)
+
     def watch_view(self, old: str, view: str) -> None:
         self.switcher.current = "units-pane" if view == "units" else "nodes-view"
         previous = self.units if old == "units" else self.nodes
