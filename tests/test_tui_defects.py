@@ -410,3 +410,52 @@ async def test_security_outside_text_shows_its_escapes_in_every_view() -> None:
         table.move_cursor(row=62)
         await pilot.pause()
         assert SHOWN in no_escapes(table)
+
+
+def screen_text(app: HkConsole) -> list[str]:
+    """What the terminal shows, line by line."""
+    return [strip.text for strip in app.screen._compositor.render_strips()]
+
+
+async def test_4_at_80x24_columns_give_way_and_every_cut_is_marked() -> None:
+    app = fixed_app()
+    _, units, status = app.sample
+    scattered = "0,2,4,6,9,11,13,18,21,23,27,34,36,38,40,42,44,46,48,50,52,54,58,61"
+    units["units"].append(unit_wire(99, T0 - 50, scattered))
+    status["drained"].append({"ranks": "1", "reason": "bad fan " * 12 + "END", "t": T0 - 200})
+    async with app.run_test(size=(80, 24)) as pilot:
+        load_sample(app)
+        await pilot.pause()
+        app.signal_name = "KILL"
+        app.render_header()
+        await pilot.press("G")  # the last row: the unit with the long nodelist
+        await pilot.pause()
+        lines = screen_text(app)
+        assert "signal SIGKILL" in lines[2]
+        row = next(line for line in lines if encode_jobid(99) in line)
+        assert row.rstrip().endswith("…") and len(row) <= 80
+        assert "sim[0,2,4" in row  # the column gave way, it did not vanish
+        await pilot.press("2", "down")
+        await pilot.pause()
+        lines = screen_text(app)
+        assert "SINCE" in lines[3]
+        row = next(line for line in lines if line.split()[:1] == ["1"] and "drained" in line)
+        assert "bad fan" in row and "…" in row and "END" not in row
+        assert row.rstrip().endswith("3m ago")
+        # The bar under the table has what the row had to cut, and when.
+        assert "END" in "".join(lines[-4:-1])
+
+
+async def test_4_at_70x15_the_nodelist_and_the_highlighted_unit_stay_in_sight() -> None:
+    app = fixed_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        load_sample(app)
+        await pilot.pause()
+        await pilot.press("G")
+        await pilot.resize_terminal(70, 15)
+        await pilot.pause()
+        await pilot.pause()
+        lines = screen_text(app)
+        last = rows(app)[-1]
+        assert "NODELIST" in lines[3]
+        assert any(encode_jobid(last) in line and "sim[40-55]" in line for line in lines[4:9])

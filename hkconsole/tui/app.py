@@ -215,7 +215,10 @@ class HkConsole(App[int]):
         """RUNTIME ticks on the client, only for the rows on screen."""
         self.render_header()
         # Stale data does not tick: a RUNTIME that kept counting would look live.
-        if self.paused_at is not None or self.view != "units" or not self.connected:
+        if self.paused_at is not None or not self.connected:
+            return
+        if self.view == "nodes":
+            self.nodes.tick()
             return
         self.units.now = self.clock()
         self.units.tick()
@@ -228,6 +231,9 @@ class HkConsole(App[int]):
 
     def header_state(self) -> HeaderState:
         view = self.current
+        nodes = view is self.nodes
+        filtered = bool(self.filter_text) or (nodes and self.nodes.state_filter is not None)
+        cluster = self.model.cluster
         return HeaderState(
             endpoint=self.client.endpoint,
             read_only=self.read_only,
@@ -239,7 +245,9 @@ class HkConsole(App[int]):
             config=self.model.config,
             sort=view.sort,
             filter_text=self.filter_text,
-            state_filter=self.nodes.state_filter if view is self.nodes else None,
+            state_filter=self.nodes.state_filter if nodes else None,
+            shown=(view.table.row_count, view.total()) if filtered else None,
+            node_counts=self.model.node_counts(cluster.size) if nodes and cluster else None,
             signal_name=self.signal_name,
             refresh=self.feed.interval,
         )

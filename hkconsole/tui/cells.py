@@ -112,7 +112,14 @@ class Cell(Text):
         right: bool = False,
         natural: Any = None,
     ) -> None:
-        super().__init__(visible(text), style=style, justify="right" if right else None)
+        # Cut with a visible `…` where a column gives way (LiveTable.fit), never silently.
+        super().__init__(
+            visible(text),
+            style=style,
+            justify="right" if right else None,
+            overflow="ellipsis",
+            no_wrap=True,
+        )
         self.sort_value = text if sort_value is None else sort_value
         # The row's place in the view's natural order (units: start time), for `sort`
         # to go back to once a column sort is dropped.

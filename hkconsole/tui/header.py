@@ -30,6 +30,7 @@ class HeaderState:
     filter_text: str = ""
     shown: tuple[int, int] | None = None  # rows shown of rows there, while filtered
     state_filter: str | None = None
+    node_counts: dict[str, int] | None = None  # on the nodes view: nodes per state
     signal_name: str = "TERM"
     refresh: float = 2.0
 
@@ -58,17 +59,26 @@ def header_text(h: HeaderState) -> Text:
         parts += ["  ", (h.endpoint, "cyan")]
     c = h.counts
     failed = c.get("failed", 0)
-    parts += [
-        "\n",
-        *count(c.get("units", 0), "unit", "units", "bold"),
-        *count(
-            c.get("housekeeping", 0), "node in housekeeping", "nodes in housekeeping", "bold yellow"
-        ),
-        (f"{c.get('drained', 0)}", "bold red" if c.get("drained") else "bold"),
-        " drained  ",
-        (f"{failed}", "bold red" if failed else "bold"),
-        " failed rank" if failed == 1 else " failed ranks",
-    ]
+    if h.node_counts is not None:
+        parts += ["\n", (f"{sum(h.node_counts.values())}", "bold"), " nodes:"]
+        for state, number in h.node_counts.items():
+            style = f"bold {STATE_STYLES.get(state, '')}" if number else "dim"
+            parts += ["  ", (f"{number}", style), f" {state}"]
+    else:
+        parts += [
+            "\n",
+            *count(c.get("units", 0), "unit", "units", "bold"),
+            *count(
+                c.get("housekeeping", 0),
+                "node in housekeeping",
+                "nodes in housekeeping",
+                "bold yellow",
+            ),
+            (f"{c.get('drained', 0)}", "bold red" if c.get("drained") else "bold"),
+            " drained  ",
+            (f"{failed}", "bold red" if failed else "bold"),
+            " failed rank" if failed == 1 else " failed ranks",
+        ]
     if h.paused_at is not None:
         # The counts keep following the service while the rows hold still.
         parts += [("  (counts live)", "yellow")]
@@ -78,6 +88,8 @@ def header_text(h: HeaderState) -> Text:
         shaping += [("sort ", "dim"), f"{h.sort.column} {'▼' if h.sort.reverse else '▲'}  "]
     if h.filter_text:
         shaping += [("filter ", "dim"), (visible(h.filter_text), "bold"), "  "]
+    if h.shown is not None:
+        shaping += [(f"{h.shown[0]} of {h.shown[1]}", "bold"), "  "]
     if h.state_filter:
         state_style = f"bold {STATE_STYLES.get(h.state_filter, '')}"
         shaping += [("state ", "dim"), (h.state_filter, state_style), "  "]
@@ -87,18 +99,19 @@ def header_text(h: HeaderState) -> Text:
     if shaping and cfg:
         parts += [("│ ", "dim")]
     if cfg:
+        # The signal first: armed with KILL, every kill is one no cleanup survives, and
+        # that must show on the narrowest terminal; the static settings may be cut.
         parts += [
-            ("release-after ", "dim"),
+            ("signal ", "dim"),
+            (f"SIG{h.signal_name}", "bold red" if h.signal_name == "KILL" else "bold"),
+            ("  refresh ", "dim"),
+            f"{h.refresh:g}s",
+            ("  release-after ", "dim"),
             format_duration_config(cfg.get("release-after")),
             ("  timeout ", "dim"),
             format_duration_config(cfg.get("timeout")),
             ("  kill-grace ", "dim"),
             format_duration_config(cfg.get("kill-grace")),
-            ("  signal ", "dim"),
-            # Armed with KILL, every kill is one no cleanup survives: it stands out.
-            (f"SIG{h.signal_name}", "bold red" if h.signal_name == "KILL" else "bold"),
-            ("  refresh ", "dim"),
-            f"{h.refresh:g}s",
         ]
     return Text.assemble(*parts)
 

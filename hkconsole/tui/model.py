@@ -16,6 +16,8 @@ from hkconsole.tables import Unit
 from hkservice.cluster import Cluster
 from hkservice.idset import parse_idset
 
+NODE_STATES = ("idle", "housekeeping", "draining", "drained", "offline")
+
 
 @dataclass
 class Drain:
@@ -195,6 +197,19 @@ class ConsoleModel:
         if rank in self.offline:
             return "offline"
         return "housekeeping" if rank in self._holders else "idle"
+
+    def node_counts(self, size: int) -> dict[str, int]:
+        """How many of the `size` nodes are in each state (as `node_state` says)."""
+        holding = self._holders.keys()
+        drains = self.drains.keys()
+        counts = {
+            "draining": len(drains & holding),
+            "drained": len(drains - holding),
+            "offline": len(self.offline - drains),
+            "housekeeping": len(holding - drains - self.offline),
+        }
+        counts["idle"] = size - sum(counts.values())
+        return {state: counts[state] for state in NODE_STATES}
 
     def counts(self) -> dict[str, int]:
         return {

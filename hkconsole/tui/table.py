@@ -43,6 +43,44 @@ class LiveTable(DataTable[Any]):
         Binding("end,G", "last_row", "Last row", show=False, id="table.last"),
     ]
 
+    # (column key, narrowest width) of the columns that give way, in that order, when
+    # the table is wider than its room: they show `…` where cut (`Cell`).
+    give_way: Sequence[tuple[str, int]] = ()
+
+    def fit(self) -> None:
+        """Narrow the columns that give way until every column fits the room there is;
+        widen them back as room comes (a resize, or narrower data)."""
+        room = self.scrollable_content_region.width
+        if room <= 0:
+            return
+        pad = 2 * self.cell_padding
+        columns = {key.value: column for key, column in self.columns.items()}
+        excess = sum(c.content_width + pad for c in columns.values()) - room
+        widths = {key: columns[key].content_width for key, _ in self.give_way if key in columns}
+        for key, least in self.give_way:
+            if excess > 0 and key in widths and widths[key] > least:
+                narrowed = max(least, widths[key] - excess)
+                excess -= widths[key] - narrowed
+                widths[key] = narrowed
+        changed = False
+        for key, width in widths.items():
+            column = columns[key]
+            auto = width == column.content_width
+            if column.auto_width != auto or column.width != width:
+                column.auto_width, column.width = auto, width
+                changed = True
+        if changed:
+            self._require_update_dimensions = True
+            self._update_count += 1
+            self.refresh()
+            self.check_idle()
+
+    def on_resize(self) -> None:
+        self.fit()
+        # A shorter table must still show the highlighted row.
+        if self.row_count:
+            self.move_cursor(row=self.cursor_row, animate=False, scroll=True)
+
     def action_first_row(self) -> None:
         if self.row_count:
             self.move_cursor(row=0)
@@ -67,6 +105,11 @@ class LiveTable(DataTable[Any]):
         if row not in self._row_locations or column not in self._column_locations:
             raise CellDoesNotExist(f"No cell exists for row_key={row!r}, column_key={column!r}.")
         self._data[row][column] = value
+        if isinstance(value, Text) and value.cell_len > self.columns[column].content_width:
+            # Grown (a node held by one more unit): the column widens, or gives way.
+            self.columns[column].content_width = value.cell_len
+            self._require_update_dimensions = True
+            self.check_idle()
         for cache in (
             self._row_renderable_cache,
             self._cell_render_cache,
@@ -158,6 +201,7 @@ class LiveTable(DataTable[Any]):
                 if width > column.content_width:
                     column.content_width = width
         super()._update_dimensions(slow)
+        self.fit()
 
     def set_column_label(self, column_key: str, label: str) -> None:
         column = self.columns[ColumnKey(column_key)]

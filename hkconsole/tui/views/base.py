@@ -11,19 +11,28 @@ from __future__ import annotations
 import itertools
 from typing import Any, ClassVar
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.coordinate import Coordinate
 from textual.message import Message
 from textual.widget import Widget
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Static
 
 from hkconsole.tui.cells import NO_QUERY, Query, Sort, natural_key, sort_key
 from hkconsole.tui.model import ConsoleModel
 from hkconsole.tui.table import LiveTable
+from hkservice.text import visible
 
 
 class TableView(Widget):
+    DEFAULT_CSS = """
+    TableView { height: 1fr; }
+    TableView > LiveTable { height: 1fr; }
+    TableView > .empty { display: none; height: 1fr; padding: 0 2; color: $text-muted; }
+    TableView.-empty > .empty { display: block; }
+    TableView.-empty > LiveTable { height: 1; }
+    """
     # (key, header label) of each column; the first one's sort is the natural order.
     COLUMNS: ClassVar[tuple[tuple[str, str], ...]] = ()
     # Columns the sort keys cycle through (all but marks).
@@ -39,6 +48,8 @@ class TableView(Widget):
         super().__init__(**kwargs)
         self.model = model
         self.table = LiveTable(id=table_id, cursor_type="row", zebra_stripes=True)
+        # Why the table is empty, where its rows would be (`empty_reason`).
+        self.empty = Static(classes="empty")
         self.sort = Sort()
         self.filter_query = NO_QUERY
         self.cursor_key: int | None = None
@@ -51,6 +62,20 @@ class TableView(Widget):
 
     def compose(self) -> ComposeResult:
         yield self.table
+        yield self.empty
+
+    def empty_reason(self) -> str:
+        raise NotImplementedError
+
+    def total(self) -> int:
+        """How many rows there would be without the filter."""
+        raise NotImplementedError
+
+    def show_empty(self) -> None:
+        empty = not self.table.row_count
+        if empty:
+            self.empty.update(Text(visible(self.empty_reason())))
+        self.set_class(empty, "-empty")
 
     def on_mount(self) -> None:
         for key, label in self.COLUMNS:

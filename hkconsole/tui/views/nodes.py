@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.widgets import Static
+from textual.widgets.data_table import CellDoesNotExist
 
 from hkconsole.tui.cells import (
     NO_TEXT,
@@ -11,12 +17,14 @@ from hkconsole.tui.cells import (
     STATE_STYLES,
     Cell,
     Query,
+    age_text,
     fold,
     jobid_text,
     settle_heap,
 )
-from hkconsole.tui.model import ConsoleModel
+from hkconsole.tui.model import NODE_STATES, ConsoleModel
 from hkconsole.tui.views.base import TableView
+from hkservice.text import visible
 
 NODE_COLUMNS = (
     ("rank", "RANK"),
@@ -26,7 +34,6 @@ NODE_COLUMNS = (
     ("reason", "REASON"),
     ("since", "SINCE"),
 )
-NODE_STATES = ("idle", "housekeeping", "draining", "drained", "offline")
 
 
 class NodesView(TableView):
@@ -36,11 +43,79 @@ class NodesView(TableView):
     def __init__(self, model: ConsoleModel, clock: Callable[[], float]) -> None:
         super().__init__(model, "nodes", id="nodes-view")
         self.clock = clock
+        self.now = clock()
+        # The highlighted node in full: its reason uncut, and when its drain began.
+        self.bar = Static(id="node-detail")
+        self.table.give_way = (("reason", 16), ("units", 12), ("host", 6))
         self.state_filter: str | None = None
         self._cells: dict[int, list[Cell]] = {}
         self._hay: dict[int, str] = {}
         self._measured: set[int] = set()
         self._cluster: object = None
+
+    def compose(self) -> ComposeResult:
+        yield from super().compose()
+        yield self.bar
+
+    def _follow_cursor(self) -> None:
+        super()._follow_cursor()
+        self.show_node()
+
+    def show_node(self) -> None:
+        rank = self.cursor_key
+        cluster = self.model.cluster
+        if rank is None or cluster is None or rank >= cluster.size:
+            self.bar.update("")
+            return
+        state = self.model.node_state(rank)
+        out = Text.assemble(
+            (visible(cluster.hostname(rank)), "bold"),
+            (f" (rank {rank})  ", "dim"),
+            (state, STATE_STYLES.get(state, "")),
+        )
+        drain = self.model.drains.get(rank)
+        if drain is not None:
+            since = time.strftime("%b %d %H:%M:%S", time.localtime(drain.t))
+            out.append(f"  since {since} ({age_text(self.now - drain.t)})")
+        holders = self.model.holders().get(rank)
+        if holders:
+            out.append("  units ", style="dim")
+            out.append(" ".join(jobid_text(j) for j in sorted(holders)))
+        if drain is not None:
+            out.append("\nreason ", style="dim")
+            out.append(visible(drain.reason))
+        self.bar.update(out)
+
+    def total(self) -> int:
+        return self.model.cluster.size if self.model.cluster is not None else 0
+
+    def empty_reason(self) -> str:
+        what = f"{self.state_filter} nodes" if self.state_filter else "nodes"
+        if not self.filter_query.text:
+            return f"no {what}" if self.state_filter else "no nodes"
+        return f"no {what} match '{self.filter_query.text}'"
+
+    def since_cell(self, t: float) -> Cell:
+        return Cell(age_text(self.now - t), t, right=True)
+
+    def tick(self) -> None:
+        """SINCE ages of the rows on screen, all taken at one moment (`now`)."""
+        self.now = self.clock()
+        table = self.table
+        top = int(table.scroll_offset.y)
+        drains = self.model.drains
+        for row in table.ordered_rows[top : top + table.size.height]:
+            rank = int(row.key.value or 0)
+            drain = drains.get(rank)
+            cells = self._cells.get(rank)
+            if drain is None or cells is None:
+                continue
+            cell = self.since_cell(drain.t)
+            if str(cells[5]) != str(cell):
+                cells[5] = cell
+                with contextlib.suppress(CellDoesNotExist):
+                    table.update_cell(row.key, "since", cell)
+        self.show_node()
 
     def cycle_state(self) -> None:
         """Cycle through all → idle → housekeeping → … → offline → all."""
@@ -61,11 +136,8 @@ class NodesView(TableView):
             Cell(state, state, style=STATE_STYLES.get(state, "")),
             Cell(" ".join(jobid_text(j) for j in sorted(holders))) if holders else NO_TEXT,
             Cell(drain.reason) if drain else NO_TEXT,
-            # One format down the column, seconds included: drains minutes apart (a
-            # burst of failures) must read apart, and last month's must say so.
-            Cell(time.strftime("%b %d %H:%M:%S", time.localtime(drain.t)), drain.t)
-            if drain
-            else NO_TIME,
+            # An age reads at a glance (the timestamp is in the bar below the table).
+            self.since_cell(drain.t) if drain else NO_TIME,
         ]
 
     def matches(self, rank: int, cells: list[Cell], query: Query) -> bool:
@@ -75,7 +147,7 @@ class NodesView(TableView):
             return True
         hay = self._hay.get(rank)
         if hay is None:
-            hay = self._hay[rank] = fold("\n".join(str(c) for c in cells))
+            hay = self._hay[rank] = fold("\n".join(str(c) for c in cells[:5]))
         return query.folded in hay
 
     def refresh_rows(self, changed: set[int], full: bool) -> None:
@@ -142,3 +214,5 @@ class NodesView(TableView):
             # The node highlighted before stays so if the filter keeps it; if not, the
             # first row, never whatever now sits where it was.
             self.restore_cursor(first_if_gone=refiltered, scroll=refiltered)
+            self.tick()
+            self.show_empty()

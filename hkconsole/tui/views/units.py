@@ -42,6 +42,14 @@ class UnitsView(TableView):
         self, model: ConsoleModel, clock: Callable[[], float], long_running: float
     ) -> None:
         super().__init__(model, "units", id="units-view")
+        # On a narrow terminal a long nodelist gives way first (cut with `…`), then
+        # USER, then the room the other headers keep for a sort arrow.
+        self.table.give_way = (
+            ("nodelist", 10),
+            ("user", 4),
+            *((key, len(label)) for key, label in UNIT_COLUMNS[2:7]),
+            ("nodelist", 6),
+        )
         self.clock = clock
         self.long_running = long_running
         self.marked: set[int] = set()
@@ -202,8 +210,17 @@ class UnitsView(TableView):
                 self.apply_sort()
             self.restore_cursor(first_if_gone=refiltered)
             self.tick()
+            self.show_empty()
         for jobid in stash.keys() - units.keys():
             del stash[jobid]
+
+    def total(self) -> int:
+        return len(self.model.units)
+
+    def empty_reason(self) -> str:
+        if not self.model.units:
+            return "no units in housekeeping"
+        return f"no units match '{self.filter_query.text}'"
 
     def tick(self) -> None:
         """RUNTIME of the rows on screen, all taken at one moment (`now`)."""
