@@ -24,6 +24,7 @@ from hkconsole.tui.app import HkConsole
 from hkconsole.tui.cells import hosts_text
 from hkconsole.tui.detail import detail_text
 from hkconsole.tui.fixed import disconnect, fixed_app, load_sample
+from hkconsole.tui.help import HelpScreen
 from hkconsole.tui.sample import T0
 from hkconsole.tui.screens import ConfirmScreen, PromptScreen
 from hkconsole.tui.views.nodes import NODE_STATES
@@ -407,8 +408,9 @@ async def test_output_help_pause_filter_and_sort(
         assert "scrub node0" in log and "warn [x] 3" in log
         await pilot.press("escape")
         await pilot.press("question_mark")
-        await until(pilot, lambda: bool(app.screen.query("HelpPanel")))
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
         await pilot.press("question_mark")
+        await until(pilot, lambda: not isinstance(app.screen, HelpScreen))
 
         await pilot.press("slash", *"node4", "enter")
         await until(pilot, lambda: rows(app) == [302])
@@ -640,12 +642,20 @@ async def test_footer_fits_80_columns_and_header_lines_are_clipped() -> None:
         assert settings.startswith("signal SIGTERM  refresh 2s  release-after 5s")
         # Everything the footer leaves out is still listed by `?`.
         await pilot.press("1", "question_mark")
-        await until(pilot, lambda: bool(app.screen.query("HelpPanel")))
-        console = Console(width=60, record=True, file=io.StringIO())
-        console.print(app.screen.query_one("BindingsTable").render())
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        console = Console(width=100, record=True, file=io.StringIO())
+        assert isinstance(app.screen, HelpScreen)
+        console.print(app.screen.table())
         help_text = console.export_text()
         for description in ("Kill on nodes", "Kill all", "Signal", "Invert", "Refresh rate"):
             assert description in help_text
+        # Our keys, grouped, the nodes view's listed too (dim here).
+        lines = [line.strip() for line in help_text.splitlines()]
+        assert lines.index("Act") < lines.index(
+            "k  Kill: the marked units, else the highlighted one (confirmed first)"
+        )
+        assert "space  Mark: mark or unmark the highlighted unit and move down" in lines
+        assert "d  Drain: take the highlighted node out of service, with a reason" in lines
 
 
 async def test_wide_footer_shows_every_key_and_follows_resizes() -> None:

@@ -459,3 +459,22 @@ async def test_4_at_70x15_the_nodelist_and_the_highlighted_unit_stay_in_sight() 
         last = rows(app)[-1]
         assert "NODELIST" in lines[3]
         assert any(encode_jobid(last) in line and "sim[40-55]" in line for line in lines[4:9])
+
+
+async def test_enter_opens_the_output_which_says_how_to_close_and_names_hosts() -> None:
+    app = fixed_app()
+    async with app.run_test(size=SIZE) as pilot:
+        load_sample(app)
+        await pilot.pause()
+        await pilot.press("down", "down", "enter")
+        await until(pilot, lambda: isinstance(app.screen, OutputScreen))
+        log = app.screen.query_one("#output-log", RichLog)
+        assert str(log.lines[0].text).startswith("[16 sim16] out ")
+        hint = str(app.screen.query_one(".dialog-hint", Static).render())
+        assert hint.startswith("esc, q or o closes")
+        await pilot.press("q")
+        await until(pilot, lambda: not isinstance(app.screen, OutputScreen))
+        await pilot.press("2", "d")
+        await until(pilot, lambda: isinstance(app.screen, PromptScreen))
+        hint = str(app.screen.query_one(".dialog-hint", Static).render())
+        assert hint == "enter: drain · esc: cancel"

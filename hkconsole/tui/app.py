@@ -19,7 +19,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.notifications import Notification, Notify
 from textual.reactive import reactive
-from textual.widgets import ContentSwitcher, Input
+from textual.widgets import ContentSwitcher, DataTable, Input
 
 from hkconsole.client import AsyncClient
 from hkconsole.tui import flows
@@ -29,7 +29,9 @@ from hkconsole.tui.detail import Detail, DetailPane
 from hkconsole.tui.feed import Feed
 from hkconsole.tui.footer import OperatorFooter
 from hkconsole.tui.header import HeaderState, StatusHeader, header_text
+from hkconsole.tui.help import HelpScreen, help_lines
 from hkconsole.tui.model import ConsoleModel
+from hkconsole.tui.table import LiveTable
 from hkconsole.tui.views.base import TableView
 from hkconsole.tui.views.nodes import NodesView
 from hkconsole.tui.views.units import UnitsView
@@ -203,6 +205,12 @@ class HkConsole(App[int]):
         self.detail.gone()
         # The header sums over every unit: redrawn a few times a second, not per event.
         self._header_dirty = True
+
+    @on(DataTable.RowSelected, "#units")
+    def unit_selected(self) -> None:
+        """Enter on a unit: its output."""
+        if self.check_action("output", ()):
+            self.action_output()
 
     @on(TableView.Highlighted)
     def highlighted(self, message: TableView.Highlighted) -> None:
@@ -420,7 +428,15 @@ class HkConsole(App[int]):
         self.render_header()
 
     def action_help(self) -> None:
-        if self.screen.query("HelpPanel"):
-            self.action_hide_help_panel()
-        else:
-            self.action_show_help_panel()
+        # Read before the help screen opens: a modal screen cuts the binding chain.
+        active: dict[str, bool | None] = {}
+        keys: dict[str, list[str]] = {}
+        for key, found in self.screen.active_bindings.items():
+            binding_id = found.binding.id
+            if binding_id:
+                active[binding_id] = True if found.enabled else None
+                keys.setdefault(binding_id, []).append(key)
+        bound = {i: ",".join(k) for i, k in keys.items()}
+        bound = {**self._keys_config, **bound}
+        bindings = [b for b in (*self.BINDINGS, *LiveTable.BINDINGS) if isinstance(b, Binding)]
+        self.push_screen(HelpScreen(help_lines(bindings, active, bound)))

@@ -136,6 +136,7 @@ async def kill_targets(app: HkConsole, signal: str) -> None:
             f"Kill housekeeping (SIG{signal}) on which ranks or hosts?",
             f"e.g. 0-3,7 or {example}",
             lambda text: validate_targets(app, text),
+            hint="enter: see what it hits, then confirm · esc: cancel",
         )
     )
     cluster = app.model.cluster
@@ -176,6 +177,7 @@ async def kill_all(app: HkConsole, signal: str) -> None:
             "all",
             lambda text: None if text == "all" else "type exactly: all",
             danger=True,
+            hint="enter: kill · esc: cancel",
         )
     )
     if answer == "all":
@@ -211,6 +213,7 @@ async def drain(app: HkConsole, rank: int) -> None:
             f"Drain {host} (rank {rank}): reason?",
             "e.g. bad DIMM, ticket 1234",
             lambda text: None if text.strip() else "give a reason",
+            hint="enter: drain · esc: cancel",
         )
     )
     if reason is None:
@@ -244,5 +247,13 @@ async def output(app: HkConsole, jobid: int) -> None:
     except ServiceError as exc:
         app.notify(exc.message, title="No output", severity="error")
         return
-    shown = [(f"[{rank}] {stream}", visible(str(text))) for rank, stream, text in lines]
+    cluster = app.model.cluster
+
+    def where(rank: int) -> str:
+        # The host an operator knows the node by, with the rank the tables show.
+        if cluster is None or not 0 <= rank < cluster.size:
+            return f"[{rank}]"
+        return f"[{rank} {visible(cluster.hostname(rank))}]"
+
+    shown = [(f"{where(rank)} {stream}", visible(str(text))) for rank, stream, text in lines]
     await app.push_screen_wait(OutputScreen(f"Output of {jobid_text(jobid)}", shown))

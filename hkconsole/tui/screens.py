@@ -62,8 +62,10 @@ class PromptScreen(ModalScreen[str | None]):
         placeholder: str,
         validate: Callable[[str], str | None],
         danger: bool = False,
+        hint: str = "enter: accept · esc: cancel",
     ) -> None:
         super().__init__(classes="danger" if danger else "")
+        self.hint = hint
         self.title_text = title
         self.placeholder = placeholder
         self.check = validate
@@ -73,6 +75,7 @@ class PromptScreen(ModalScreen[str | None]):
             yield Label(Text(visible(self.title_text), style="bold"), id="dialog-title")
             yield Input(placeholder=self.placeholder, id="prompt-input")
             yield Static("", id="prompt-error")
+            yield Static(Text(self.hint), classes="dialog-hint")
 
     def on_mount(self) -> None:
         self.query_one(Input).focus()
@@ -131,8 +134,9 @@ class OutputScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="output-dialog"):
-            yield Label(Text(self.title_text, style="bold"), id="dialog-title")
+            yield Label(Text(visible(self.title_text), style="bold"), id="dialog-title")
             yield RichLog(id="output-log", wrap=False, markup=False, highlight=False)
+            yield Static(Text("esc, q or o closes · ↑ ↓ pgup pgdn scroll"), classes="dialog-hint")
 
     def on_mount(self) -> None:
         log = self.query_one(RichLog)
