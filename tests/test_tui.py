@@ -466,22 +466,29 @@ def many_units(count: int, nodes: int) -> tuple[dict[str, Any], dict[str, Any], 
     return config, {"units": units}, status
 
 
-async def test_a_filter_hiding_most_of_5000_units_is_quick_and_keeps_the_highlight() -> None:
+async def test_a_filter_over_5000_units_removes_rows_in_one_batch_and_keeps_the_highlight() -> None:
     # Textual's remove_row is O(rows): hiding 4,500 rows one by one took ~10 s here.
+    # Counted, not timed (a shared machine's load makes any time bound flaky): rows go
+    # in one batch.
     app = HkConsole("ipc:///nowhere", clock=lambda: 9000.0, live=False)
     async with app.run_test(size=SIZE) as pilot:
         app.load(*many_units(5000, 8192))
         await pilot.pause()
         table = app.units.table
+        removed_one_by_one: list[object] = []
+        remove_row = table.remove_row
+
+        def counted(key: Any) -> None:
+            removed_one_by_one.append(key)
+            remove_row(key)
+
+        table.remove_row = counted  # type: ignore[method-assign]
         target = 1_004_321  # matches the filter below: its row must stay highlighted
         table.move_cursor(row=table.get_row_index(str(target)))
         await until(pilot, lambda: app.units.key_at_cursor() == target)
-        start = time.monotonic()
         await pilot.press("slash", *"432", "enter")
         await pilot.pause()
-        # A guard against the O(rows²) removal (10 s and more), loose enough for a
-        # machine shared by several test runs; bench/tui.py holds the real targets.
-        assert time.monotonic() - start < 6.0
+        assert len(removed_one_by_one) <= 3  # at most one per key stroke
         shown = rows(app)
         expected = [
             j
@@ -492,10 +499,8 @@ async def test_a_filter_hiding_most_of_5000_units_is_quick_and_keeps_the_highlig
         ]
         assert shown == expected and len(shown) >= 10
         assert app.units.key_at_cursor() == target and table.cursor_row == shown.index(target)
-        start = time.monotonic()
         await pilot.press("escape")
         await pilot.pause()
-        assert time.monotonic() - start < 6.0
         assert rows(app) == list(range(1_000_000, 1_005_000))  # start order, all back
         assert table.cursor_row == target - 1_000_000
         assert str(table.get_cell(str(target), "nodelist")) == f"node{(target - 1_000_000) % 8192}"
