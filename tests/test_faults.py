@@ -1,7 +1,9 @@
 """kill -9 of the service at random moments of a burst of starts, kills and launches.
 
-After ~20 rounds the invariants must hold: no command run twice for a (job, rank), no
-unit lost, no release twice, every node idle or drained with a reason.
+Now and then the agent is held still (launches queue for it) or killed too (its
+commands are then lost, never rerun). After 20 rounds the invariants must hold: no
+command run twice for a (job, rank), no unit lost, no release twice, every node idle or
+drained with a reason.
 """
 
 from __future__ import annotations
@@ -138,6 +140,11 @@ def test_kill_9_at_random_points_of_a_burst_keeps_every_invariant(
             worker.start()
             time.sleep(rng.uniform(0.0, 0.4))
             svc.kill9()
+            if agent is None and rng.random() < 0.15:
+                # The agent too: its commands are killed and reported lost, never rerun.
+                dead = svc.agent_pid()
+                if dead is not None:
+                    os.kill(dead, signal.SIGKILL)
             worker.join(10)
             assert not worker.is_alive()
             assert not errors, errors
