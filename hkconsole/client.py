@@ -61,6 +61,14 @@ def _check_reachable(endpoint: str) -> None:
     try:
         os.stat(path)
     except FileNotFoundError:
+        from hkservice.limits import full_path
+
+        if os.path.exists(full_path(path)):
+            raise ServiceError(
+                "EAGAIN",
+                f"the hk service at {endpoint} refuses new connections for now: it is out "
+                "of file descriptors (its log says more); try again",
+            ) from None
         raise ServiceError(
             "EHOSTDOWN",
             f"no hk service at {endpoint} (is hkservice running? set --endpoint or HK_ENDPOINT)",

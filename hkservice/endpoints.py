@@ -29,7 +29,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from hkservice import auth, keys
+from hkservice import auth, keys, limits
 from hkservice.config import Config
 from hkservice.protocol import MAX_MESSAGE_BYTES
 
@@ -110,6 +110,7 @@ class Bound:
 def _limit(sock: zmq.Socket[Any]) -> None:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    sock.setsockopt(zmq.BACKLOG, limits.BACKLOG)
 
 
 def server_key(config: Config) -> bytes | None:
@@ -171,6 +172,17 @@ def bind_all(ctx: zmq.asyncio.Context, config: Config) -> list[Bound]:
         close_all(bound)
         raise
     return bound
+
+
+def ipc_sockets(bound: list[Bound]) -> list[tuple[zmq.asyncio.Socket, Path]]:
+    """Every socket with an ipc listener, and its socket file."""
+    found = []
+    for b in bound:
+        for sock, where in ((b.router, b.listener.endpoint), (b.pub, b.events_endpoint)):
+            path = ipc_path(where)
+            if path is not None:
+                found.append((sock, path))
+    return found
 
 
 def close_all(bound: list[Bound]) -> None:

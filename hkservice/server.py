@@ -158,6 +158,7 @@ class Service:
         self._ctx = zmq.asyncio.Context()
         self._bound: list[endpoints.Bound] = []
         self._zap: auth.ZapHandler | None = None
+        self._guard: limits.DescriptorGuard | None = None
         # Who sent the request being handled, and through which endpoint (set around
         # each handler call).
         self._caller: auth.Caller | None = None
@@ -246,13 +247,18 @@ class Service:
         self._stopping.set()
 
     def _bind(self) -> None:
-        limits.raise_open_files()
+        open_files = limits.raise_open_files()
         # The ZAP handler first: a CURVE socket bound before it would meet handshakes
         # with nobody to answer them.
         self._zap = auth.ZapHandler(self._ctx, auth.KeyRing(self.config.key_dir))
         self._bound = endpoints.bind_all(self._ctx, self.config)
+        ipc = endpoints.ipc_sockets(self._bound)
+        if ipc:
+            self._guard = limits.DescriptorGuard(self._ctx, ipc, open_files)
 
     def _shutdown(self) -> None:
+        if self._guard is not None:
+            self._guard.close()  # its monitor sockets go before the context ends
         endpoints.close_all(self._bound)
         self._bound = []
         if self._zap is not None:

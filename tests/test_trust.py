@@ -184,7 +184,7 @@ def lowered_nofile(soft: int, hard: int) -> Callable[[], None]:
 
 def connect_many(endpoint: str, count: int) -> tuple[zmq.Context[Any], list[zmq.Socket[Any]]]:
     ctx: zmq.Context[Any] = zmq.Context()
-    ctx.setsockopt(zmq.MAX_SOCKETS, count + 100)
+    ctx.set(zmq.MAX_SOCKETS, count + 100)
     socks = []
     for i in range(count):
         sock = ctx.socket(zmq.DEALER)
@@ -600,3 +600,32 @@ def test_every_method_is_in_the_one_table_of_reads_and_acts(tmp_path: Path) -> N
         service.store.close()
     acts = {m for m, a in METHOD_ACCESS.items() if a is not Access.READ}
     assert acts == {"housekeeping.start", "housekeeping.kill", "resource.drain", "resource.undrain"}
+
+
+def test_out_of_descriptors_the_service_refuses_connections_and_does_not_abort(
+    hk_service: ServiceFactory,
+) -> None:
+    svc = hk_service(start=False)
+    svc.preexec_fn = lowered_nofile(1024, 1024)  # the hard limit itself: nothing to raise
+    svc.start()
+    assert svc.proc is not None
+    ctx, socks = connect_many(svc.endpoint, 1500)
+    try:
+        served = answered(socks, 8)
+        assert svc.proc.poll() is None, svc.log()
+        assert 300 < served < 1500
+        assert "refusing new connections:" in svc.log()
+        full = svc.endpoint[len("ipc://") :] + ".full"
+        assert os.path.exists(full)
+        with pytest.raises(ServiceError, match="refuses new connections for now") as err:
+            Client(svc.endpoint, timeout=2).call("service.config")
+        assert err.value.code == "EAGAIN"
+    finally:
+        for sock in socks:
+            sock.close()
+        ctx.term()
+    deadline = time.monotonic() + 10
+    while "accepting connections again" not in svc.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert svc.call("service.config")["size"] == 4
+    assert "Traceback" not in svc.log()
