@@ -478,3 +478,25 @@ async def test_enter_opens_the_output_which_says_how_to_close_and_names_hosts() 
         await until(pilot, lambda: isinstance(app.screen, PromptScreen))
         hint = str(app.screen.query_one(".dialog-hint", Static).render())
         assert hint == "enter: drain · esc: cancel"
+
+
+def failed_count_color(app: HkConsole) -> Any:
+    """The colour the terminal shows the FAILED count of the third unit in."""
+    line = app.screen._compositor.render_strips()[6]
+    (segment,) = [s for s in line if s.text.strip() == "1" and s.style and s.style.bold]
+    return segment.style.color
+
+
+async def test_12_disconnected_dims_the_failed_counts_too() -> None:
+    app = fixed_app()
+    async with app.run_test(size=SIZE) as pilot:
+        load_sample(app)
+        await pilot.pause()
+        live = failed_count_color(app)
+        app.connected = False
+        app.status_line = "DISCONNECTED: retry 3 in 4s (no hk service at x)"
+        app.render_header()
+        await pilot.pause()
+        stale = failed_count_color(app)
+        assert stale != live
+        assert sum(stale.get_truecolor()) < sum(live.get_truecolor())
