@@ -740,6 +740,8 @@ def test_limits_and_user_ids_at_their_bounds(
     service = hk_service(hostlist="node[0-1]", command=["true"])
     run = runner(capsys, service)
     assert run("start", "-j", "1", "-t", "0", "--userid", "4294967295") == (0, "", "")
+    # History is newest first: job 1 must end before job 2 starts, whatever the load.
+    service.wait_idle()
     assert run("start", "-j", "2", "-t", "1", "--userid", "0007") == (0, "", "")
     service.wait_idle()
     assert run("history", "-l", "10000", "-no", "{id.dec} {userid}")[1] == "2 7\n1 4294967295\n"
