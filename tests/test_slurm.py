@@ -595,3 +595,25 @@ def test_what_the_bridge_does_for_each_wish_and_node_state() -> None:
     ]
     for wish, state, expected in cases:
         assert decide(wish, state, now) == expected, (wish, state)
+
+
+def test_a_failing_scontrol_is_logged_and_retried(slurm: SlurmCluster, hk: ServiceMaker) -> None:
+    broken = hk_dir(slurm) / "scontrol-broken"
+    wrapper = hk_dir(slurm) / "scontrol.sh"
+    real = shutil.which("scontrol")
+    wrapper.write_text(
+        f'#!/bin/sh\n[ -e {broken} ] && {{ echo "refused for the test" >&2; exit 1; }}\n'
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    broken.touch()
+    try:
+        svc = hk("sleep 0.2", scontrol=str(wrapper))
+        job = slurm.sbatch("-N2")
+        wait_until(lambda: mark(svc, "node1", job, "end").exists(), 10, "cleanup done")
+        wait_until(lambda: "refused for the test; trying again" in svc.log(), 10)
+        held = f"hk: held for cleanup of job {job}"
+        assert settled(slurm, {"node0": held, "node1": held})()
+    finally:
+        broken.unlink()
+    wait_until(settled(slurm, {"node0": "", "node1": ""}), 10, "resumed once scontrol works")
