@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from hkservice.slurm.nodes import hold_reason
 from tests.conftest import RunningService, ServiceFactory, missing_part, toml_value
 from tests.slurm_cluster import SlurmCluster, slurm_missing
 
@@ -499,6 +500,25 @@ def test_epilog_slurmctld_reaches_a_remote_hk_with_a_scheduler_key(
     proc, _ = hook("hk-slurm-epilog-slurmctld", JOB_ENV, "--endpoint", svc.endpoint, *sam, *server)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert [u["jobid"] for u in svc.call("housekeeping.list")["units"]] == [12]
+
+
+def test_node_epilog_holds_its_node_with_no_search_path(
+    slurm: SlurmCluster, hk: ServiceMaker
+) -> None:
+    # Slurm runs the Epilog with no PATH: scontrol and sinfo are still found.
+    env = {
+        "SLURMD_NODENAME": "node2",
+        "SLURM_JOB_ID": "77",
+        "SLURM_JOB_UID": "0",
+        "SLURM_CONF": str(slurm.conf),
+    }
+    began = time.monotonic()
+    proc = subprocess.run(
+        [str(BIN / "hk-slurm-epilog")], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - began < 5
+    assert node_states(slurm)["node2"] == ("drained", hold_reason(77, 0))
 
 
 def test_node_epilog_that_cannot_hold_its_node_fails_so_slurm_drains_it() -> None:

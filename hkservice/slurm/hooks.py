@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,8 @@ from hkservice.slurm.nodes import (
 )
 
 DEFAULT_CONFIG = Path("/etc/hk/hk.toml")
+# Slurm runs its hooks with no search path set: where Slurm's commands usually are.
+SLURM_BIN_DIRS = ("/usr/bin", "/usr/local/bin", "/opt/slurm/bin", "/bin")
 REQUEST_TIMEOUT = 5.0
 
 
@@ -43,6 +46,14 @@ def _say(prog: str, message: str) -> None:
         syslog.syslog(syslog.LOG_WARNING, message)
     except OSError:
         pass
+
+
+def _find(command: str) -> str:
+    """A bare command name looked up in PATH, then where Slurm is usually installed."""
+    if "/" in command:
+        return command
+    path = os.pathsep.join([os.environ.get("PATH", ""), *SLURM_BIN_DIRS])
+    return shutil.which(command, path=path) or command
 
 
 def _env_int(name: str) -> int | None:
@@ -63,7 +74,7 @@ def epilog(argv: Sequence[str] | None = None) -> int:
     if not node or jobid is None or uid is None:
         _say(prog, "SLURMD_NODENAME, SLURM_JOB_ID or SLURM_JOB_UID unset: not run by slurmd?")
         return 0
-    commands = Commands(args.scontrol, args.sinfo, args.timeout)
+    commands = Commands(_find(args.scontrol), _find(args.sinfo), args.timeout)
     try:
         state = parse_sinfo(run(commands.sinfo_argv(node), commands.timeout)).get(node)
         if state is not None and state.drained:
