@@ -264,7 +264,7 @@ def test_failed_cleanup_stays_drained_with_hk_reason(slurm: SlurmCluster, hk: Se
 
 def test_admin_drain_during_cleanup_survives(slurm: SlurmCluster, hk: ServiceMaker) -> None:
     # node1's cleanup succeeds, node2's fails: neither may touch the admin's drain.
-    svc = hk('case "$HK_HOSTNAME" in node1) sleep 2;; node2) sleep 2; exit 1;; *) sleep 0.2;; esac')
+    svc = hk('case "$HK_HOSTNAME" in node1) sleep 3;; node2) sleep 3; exit 1;; *) sleep 0.2;; esac')
     job = slurm.sbatch("-N4")
     wait_until(lambda: mark(svc, "node1", job, "start").exists(), 10, "cleanup started")
     held = f"hk: held for cleanup of job {job}"
