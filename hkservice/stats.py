@@ -14,7 +14,7 @@ import asyncio
 import logging
 import math
 from array import array
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -41,9 +41,11 @@ class Series:
         self.duration = array("d")
         self.failed = array("b")
         self.failures = 0
-        # The same durations kept sorted: quantiles over everything kept, the common
-        # question, then need no sort (which took most of `stats.nodes` for 16,384 nodes).
-        self.by_duration = array("d")
+        # The same durations sorted, made when first asked for and kept until a run comes
+        # or goes: quantiles over everything kept, the common question, then need no sort
+        # (which took most of `stats.nodes` for 16,384 nodes). Never kept up to date run by
+        # run: an insertion into a user's million runs moves megabytes.
+        self.by_duration: array[float] | None = None
         # False after a run came in older than the last one (loaded from the database
         # while new ones arrive, or the clock stepped back): sorted before the next read.
         self.ordered = True
@@ -55,7 +57,7 @@ class Series:
         self.duration.append(duration)
         self.failed.append(failed)
         self.failures += failed
-        insort(self.by_duration, duration)
+        self.by_duration = None
 
     def _settle(self) -> None:
         if self.ordered:
@@ -71,13 +73,14 @@ class Series:
         cut = bisect_left(self.t_end, t)
         if cut:
             self.failures -= self.failed[:cut].count(1)
-            for duration in self.duration[:cut]:
-                del self.by_duration[bisect_left(self.by_duration, duration)]
+            self.by_duration = None
             del self.t_end[:cut], self.duration[:cut], self.failed[:cut]
 
     def window(self, since: float | None) -> tuple[int, int, Sequence[float]]:
         """(runs, failures, sorted durations) of the runs that ended at or after `since`."""
         if since is None:
+            if self.by_duration is None:
+                self.by_duration = array("d", sorted(self.duration))
             return len(self.t_end), self.failures, self.by_duration
         self._settle()
         start = bisect_left(self.t_end, since)
