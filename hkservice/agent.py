@@ -307,6 +307,26 @@ class Agent:
             signal.signal(signum, signal.SIG_IGN)
         loop.add_signal_handler(signal.SIGTERM, self._done.set)
         install_signal_wakeup()
+        self._sock = self._open_socket()
+        self._last_activity = loop.time()
+        tasks = [
+            asyncio.create_task(self._transport()),
+            asyncio.create_task(self._work()),
+            asyncio.create_task(self._idle_watch()),
+        ]
+        await self._done.wait()
+        await self._leaving()
+        for task in tasks:
+            task.cancel()
+        self._close_socket()
+        self._ctx.term()
+        if not self.by_pid and not self.unacked:
+            self.journal.remove()  # nothing left to take over: a clean exit
+
+    # -- the transport: the local agent binds a ROUTER the service connects to; a node
+    # agent (hkservice.nodeagent) overrides these to connect out to the service.
+
+    def _open_socket(self) -> zmq.asyncio.Socket:
         sock = self._ctx.socket(zmq.ROUTER)
         # Never drop a message for a high-water mark: a launch lost is a unit stuck.
         sock.setsockopt(zmq.SNDHWM, 0)
@@ -317,20 +337,30 @@ class Agent:
             # Whoever can connect can run commands as this user: the run directory is
             # 0700 already, and the socket is made private too, whatever the umask.
             os.chmod(self.endpoint[len("ipc://") :], FILE_MODE)
-        self._sock = sock
-        self._last_activity = loop.time()
-        tasks = [
-            asyncio.create_task(self._receive()),
-            asyncio.create_task(self._work()),
-            asyncio.create_task(self._idle_watch()),
-        ]
-        await self._done.wait()
-        for task in tasks:
-            task.cancel()
-        sock.close(linger=0)
-        self._ctx.term()
-        if not self.by_pid and not self.unacked:
-            self.journal.remove()  # nothing left to take over: a clean exit
+        return sock
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    async def _transport(self) -> None:
+        """Receive for as long as the agent runs."""
+        await self._receive()
+
+    async def _leaving(self) -> None:
+        """Last words before the socket closes (none: the service notices by pings)."""
+
+    def _split(self, frames: list[bytes]) -> tuple[bytes, bytes]:
+        """(who sent it, the message) from a received multipart message."""
+        identity, body = frames[-2:]
+        return identity, body
+
+    def _session_from_the_future(self, session: int) -> bool:
+        """Sessions are this machine's monotonic clock at the time of the hello: one from
+        the future was made up, and taking it would shut the real service out (every
+        hello of its own would then look older)."""
+        return session > time.monotonic_ns()
 
     def _take_over(self) -> None:
         """Kill what a predecessor that died left running, and keep its exits."""
@@ -409,7 +439,7 @@ class Agent:
                     frames.append(now.recv_multipart(zmq.NOBLOCK))
             self._last_activity = loop.time()
             for frame in frames:
-                self._take(*frame[-2:])
+                self._take(*self._split(frame))
             self._inbox_ready.set()
 
     def _take(self, identity: bytes, body: bytes) -> None:
@@ -424,10 +454,7 @@ class Agent:
             self._stopping_session = message.get("session")
         session = message.get("session")
         if message.get("op") == "hello" and isinstance(session, int):
-            if session > time.monotonic_ns():
-                # Sessions are this machine's monotonic clock at the time of the hello:
-                # one from the future was made up, and taking it would shut the real
-                # service out (every hello of its own would then look older).
+            if self._session_from_the_future(session):
                 log.warning("ignored a hello whose session is ahead of the monotonic clock")
                 return
             # Launches queued ahead of a new connection's hello are from a connection

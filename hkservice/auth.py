@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,8 +234,16 @@ class KeyRing:
 class ZapHandler:
     """Answers libzmq's ZAP requests (RFC 27) for the CURVE endpoints of one context."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, ring: KeyRing) -> None:
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        ring: KeyRing,
+        domains: Mapping[bytes, Callable[[bytes, str], bytes | None]] | None = None,
+    ) -> None:
         self.ring = ring
+        # Other ZAP domains on this context (the node agents' endpoint): each answers
+        # with the User-Id of an accepted public key, or None to refuse it.
+        self.domains = dict(domains or {})
         self._socket = ctx.socket(zmq.REP)
         self._socket.setsockopt(zmq.LINGER, 0)
         # Bound before any CURVE socket binds, so no handshake can find it missing.
@@ -256,6 +265,12 @@ class ZapHandler:
         if version != b"1.0":
             return [b"1.0", request_id, b"400", b"bad ZAP version", b"", b""]
         peer = visible(address.decode("utf-8", "replace"))
+        other = self.domains.get(domain)
+        if other is not None and mechanism == b"CURVE" and len(credentials) == 1:
+            user = other(z85.encode(credentials[0]), peer)
+            if user is None:
+                return [b"1.0", request_id, b"400", b"unknown key", b"", b""]
+            return [b"1.0", request_id, b"200", b"OK", user, b""]
         if domain != ZAP_DOMAIN or mechanism != b"CURVE" or len(credentials) != 1:
             log.warning("refused a connection from %s: not CURVE", peer)
             return [b"1.0", request_id, b"400", b"CURVE required", b"", b""]
@@ -278,10 +293,10 @@ class ZapHandler:
         self._socket.close(linger=0)
 
 
-def make_curve_server(sock: zmq.Socket[Any], secret_key: bytes) -> None:
+def make_curve_server(sock: zmq.Socket[Any], secret_key: bytes, domain: bytes = ZAP_DOMAIN) -> None:
     sock.setsockopt(zmq.CURVE_SERVER, 1)
     sock.setsockopt(zmq.CURVE_SECRETKEY, secret_key)
-    sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+    sock.setsockopt(zmq.ZAP_DOMAIN, domain)
     # Without a handler, libzmq would accept every key: enforcing the domain makes a
     # missing handler refuse instead.
     sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)

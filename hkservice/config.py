@@ -22,6 +22,7 @@ DEFAULT_KILL_GRACE = 90.0
 DEFAULT_WARN_AFTER = 600.0
 DEFAULT_HISTORY_KEEP = 90 * 86400.0
 DEFAULT_FLAPPING_AFTER = 3
+DEFAULT_LOST_AFTER = 300.0
 
 # table -> key -> (type name shown in errors, required)
 SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
@@ -39,6 +40,12 @@ SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
         "flapping-after": ("integer", False),
     },
     "metrics": {"endpoint": ("string", False)},
+    # Node agents (hkservice/agents.py); without this table, the local agent.
+    "agents": {
+        "endpoint": ("string", True),
+        "keys": ("string", True),
+        "lost-after": ("duration", False),
+    },
     "service": {
         "endpoint": ("string", False),
         "events-endpoint": ("string", False),
@@ -62,6 +69,16 @@ SCHEDULER_KINDS = ("slurm",)
 
 class ConfigError(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class AgentsConfig:
+    """[agents]: where node agents connect, whose keys are accepted, and how long a node
+    may be without its agent before its ranks are lost (seconds; inf: never)."""
+
+    endpoint: str
+    keys: Path
+    lost_after: float = DEFAULT_LOST_AFTER
 
 
 @dataclass(frozen=True)
@@ -105,6 +122,7 @@ class Config:
     history_keep: float | None = DEFAULT_HISTORY_KEEP
     flapping_after: int = DEFAULT_FLAPPING_AFTER
     metrics_endpoint: tuple[str, int] | None = None
+    agents: AgentsConfig | None = None
 
 
 def _default_state_dir() -> Path:
@@ -282,7 +300,19 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         history_keep=history_keep,
         flapping_after=flapping_after,
         metrics_endpoint=metrics_endpoint,
+        agents=_agents(data["agents"], path) if "agents" in data else None,
     )
+
+
+def _agents(table: dict[str, Any], path: Path | None) -> AgentsConfig:
+    endpoint, keys_dir = table["endpoint"], table["keys"]
+    if not isinstance(endpoint, str) or not endpoint.startswith("tcp://"):
+        raise ConfigError('agents.endpoint: expected a tcp endpoint such as "tcp://*:7101"')
+    _check_endpoint(endpoint, "agents.endpoint")
+    if not isinstance(keys_dir, str) or not keys_dir:
+        raise ConfigError("agents.keys: expected the directory of the agents' public keys")
+    lost_after = _positive_duration(table, "lost-after", "agents", DEFAULT_LOST_AFTER)
+    return AgentsConfig(endpoint, Path(keys_dir), math.inf if lost_after is None else lost_after)
 
 
 def _scheduler(table: dict[str, Any]) -> SchedulerConfig:

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import zmq
 import zmq.asyncio
 
+from hkservice.config import Config
 from hkservice.core import Outcome
 from hkservice.protocol import pack, unpack
 from hkservice.statedir import DIR_MODE, create_private
@@ -96,6 +97,32 @@ class Runner(Protocol):
         """SIGKILL every command; their exits come through the exit callback."""
         ...
 
+    def offline_nodes(self) -> dict[int, float] | None:
+        """Ranks whose agent is not connected, with since when; None: one agent for all
+        (down_since says)."""
+        ...
+
+    def zap_domains(self) -> dict[bytes, Callable[[bytes, str], bytes | None]]:
+        """ZAP domains the runner's own CURVE sockets use: domain -> the User-Id of an
+        accepted public key (z85), or None to refuse it."""
+        ...
+
+
+def make_runner(config: Config, ctx: zmq.asyncio.Context) -> Runner:
+    """The node agents' runner with an [agents] section, else the local agent's."""
+    if config.agents is None:
+        return LocalRunner(config.command, config.state_dir / "run", config.cluster.hostname)
+    from hkservice.agents import AgentsRunner
+    from hkservice.endpoints import server_key
+
+    secret = server_key(config)
+    if secret is None:
+        raise RuntimeError(
+            f"[agents] needs the service's key {config.key_dir}/server.key_secret "
+            "(hkservice keygen server --dir KEYS-DIR)"
+        )
+    return AgentsRunner(config.agents, config.cluster, config.command, ctx, secret)
+
     async def close(self) -> None: ...
 
 
@@ -159,6 +186,12 @@ class LocalRunner:
 
     def set_exit_callback(self, callback: ExitCallback) -> None:
         self._callback = callback
+
+    def offline_nodes(self) -> dict[int, float] | None:
+        return None
+
+    def zap_domains(self) -> dict[bytes, Callable[[bytes, str], bytes | None]]:
+        return {}
 
     def unit_dir(self, jobid: int) -> Path:
         return self.run_dir / str(jobid)

@@ -46,7 +46,7 @@ from hkservice.protocol import (
     unpack,
 )
 from hkservice.recovery import open_state
-from hkservice.runner import LaunchSpec, LocalRunner, Runner
+from hkservice.runner import LaunchSpec, Runner, make_runner
 from hkservice.scheduler import make_bridge
 from hkservice.statedir import StateError
 from hkservice.stats import History
@@ -143,9 +143,9 @@ class Service:
             self.store.close()
             raise StateError(f"cannot write the state database {self.store.path}: {exc}") from None
         self.audit = audit.AuditLog(self.store)
-        self.runner: Runner = runner or LocalRunner(
-            config.command, config.state_dir / "run", self.cluster.hostname
-        )
+        # One context for every socket: the ZAP handler answers only for its own.
+        self._ctx = zmq.asyncio.Context()
+        self.runner: Runner = runner or make_runner(config, self._ctx)
         self.runner.set_exit_callback(self._on_exit)
         self.history = History(
             self.store,
@@ -155,7 +155,6 @@ class Service:
             flapping_after=config.flapping_after,
         )
         self.metrics = hooks_for(config.metrics_endpoint, self.hk, self.runner, self._offline_set)
-        self._ctx = zmq.asyncio.Context()
         self._bound: list[endpoints.Bound] = []
         self._zap: auth.ZapHandler | None = None
         self._guard: limits.DescriptorGuard | None = None
@@ -250,7 +249,9 @@ class Service:
         open_files = limits.raise_open_files()
         # The ZAP handler first: a CURVE socket bound before it would meet handshakes
         # with nobody to answer them.
-        self._zap = auth.ZapHandler(self._ctx, auth.KeyRing(self.config.key_dir))
+        self._zap = auth.ZapHandler(
+            self._ctx, auth.KeyRing(self.config.key_dir), self.runner.zap_domains()
+        )
         self._bound = endpoints.bind_all(self._ctx, self.config)
         ipc = endpoints.ipc_sockets(self._bound)
         if ipc:
@@ -298,7 +299,7 @@ class Service:
             if not todo:
                 continue
             log.warning(
-                "housekeeping: %s on %s: launched again, the local agent never started it",
+                "housekeeping: %s on %s: launched again, its agent never started it",
                 core.job_label(jobid),
                 self.cluster.nodelist(todo),
             )
@@ -726,6 +727,7 @@ class Service:
                 for (reason, t), ranks in sorted(groups.items(), key=lambda g: min(g[1]))
             ],
             "offline": self._offline(),
+            "offline_since": self._offline_since(),
             "flapping": format_idset(self.history.flapping()),
         }
 
@@ -739,9 +741,23 @@ class Service:
     def _offline(self) -> str:
         return format_idset(self._offline_set())
 
+    def _offline_since(self) -> list[dict[str, Any]]:
+        """Offline nodes grouped by since when (node agents only)."""
+        groups: dict[float, list[int]] = {}
+        for rank, since in (self.runner.offline_nodes() or {}).items():
+            groups.setdefault(since, []).append(rank)
+        return [
+            {"ranks": format_idset(ranks), "t": t}
+            for t, ranks in sorted(groups.items(), key=lambda g: min(g[1]))
+        ]
+
     def _offline_set(self) -> set[int]:
         """Nodes with commands running while the agent cannot be reached (spec §7):
-        nothing can be known or done about them until it answers."""
+        nothing can be known or done about them until it answers. With node agents,
+        every node whose agent is not connected."""
+        nodes = self.runner.offline_nodes()
+        if nodes is not None:
+            return set(nodes)
         if self.runner.down_since is None:
             return set()
         return {r for u in self.hk.units.values() for r in u.pending}

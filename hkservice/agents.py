@@ -1,0 +1,493 @@
+"""The agents runner: each node's commands run on the node, by its `hkservice agent`.
+
+With an `[agents]` section the service binds a ROUTER at `[agents] endpoint` with CURVE;
+node agents (hkservice.nodeagent) connect to it. The ZAP handler (on the service's own
+context, domain `hk-agents`, enforced: spec/agents.md pitfall 2) accepts only public keys
+found in `[agents] keys`, and only if every host the key's metadata names is in the
+cluster; the User-Id it gives the connection is the key's name, so which nodes a
+connection may serve comes from the site's key, never from what the agent says.
+
+Per connection the conversation is the local agent's (docs/protocol.md): the agent says
+`ready` after each handshake, the runner says hello with a session and reconciles what
+the agent reports (adopt running commands, record exits, relaunch what it never saw).
+Ranks of a node without an agent are held: their launch is not sent, and the
+reconciliation at its agent's hello starts them. After `lost-after` without an agent
+they end `lost: no agent on NODE for 5m` (the core drains the node before releasing it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from hkservice import auth, keys
+from hkservice.cluster import Cluster
+from hkservice.config import AgentsConfig
+from hkservice.core import Outcome
+from hkservice.fsd import format_fsd
+from hkservice.protocol import pack, unpack
+from hkservice.runner import ExitCallback, LaunchSpec, RelaunchCallback, parse_status
+from hkservice.text import visible
+
+log = logging.getLogger("hkservice.agents")
+
+ZAP_DOMAIN = b"hk-agents"
+PING_SECONDS = 1.0
+SILENCE_SECONDS = 10.0
+
+
+class AgentKeys:
+    """The public keys in `[agents] keys`, re-read when the directory changes; answers
+    the ZAP requests of the agents endpoint (each refusal logged once per key)."""
+
+    def __init__(self, directory: Path, cluster: Cluster) -> None:
+        self.directory = directory
+        self.cluster = cluster
+        self._stamp: float | None = None
+        self._keys: dict[bytes, keys.Certificate] = {}
+        self._refused: set[tuple[bytes, str]] = set()
+        # key name -> the ranks its metadata names
+        self.ranks: dict[str, set[int]] = {}
+
+    def _reload(self) -> None:
+        try:
+            stamp = self.directory.stat().st_mtime
+        except OSError:
+            stamp = -1.0
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        self._keys = keys.load_public_keys(self.directory)
+
+    def hosts_problem(self, cert: keys.Certificate) -> tuple[set[int], str | None]:
+        text = cert.metadata.get("hosts")
+        if not text:
+            return set(), "its key names no hosts (hkservice keygen NAME --hosts HOSTLIST)"
+        try:
+            named = Cluster(text)
+        except ValueError as exc:
+            return set(), f"its key's hosts are not a hostlist: {exc}"
+        ranks: set[int] = set()
+        outside: list[str] = []
+        for i in range(named.size):
+            host = named.hostname(i)
+            rank = self.cluster.rank_of(host)
+            if rank is None:
+                outside.append(host)
+            else:
+                ranks.add(rank)
+        if outside:
+            return ranks, f"its key names hosts not in the cluster: {','.join(outside[:5])}"
+        return ranks, None
+
+    def answer(self, public: bytes, peer: str) -> bytes | None:
+        """The User-Id (the key's name) of an accepted key, None for a refused one."""
+        self._reload()
+        cert = self._keys.get(public)
+        if cert is None:
+            self._refuse(public, peer, f"key {public.decode()} is not in {self.directory}")
+            return None
+        ranks, problem = self.hosts_problem(cert)
+        if problem is not None:
+            self._refuse(public, peer, f"key {cert.name!r} ({cert.path}): {problem}")
+            return None
+        self.ranks[cert.name] = ranks
+        return cert.name.encode()
+
+    def _refuse(self, public: bytes, peer: str, why: str) -> None:
+        # An agent retries every few seconds: one line per key and reason, not a storm.
+        if (public, why) not in self._refused:
+            self._refused.add((public, why))
+            log.warning("refused an agent from %s: %s", peer, why)
+
+
+@dataclass(eq=False)  # one per connection: compared and hashed by identity
+class Link:
+    """One connection of a node agent."""
+
+    routing_id: bytes
+    name: str  # its key's name
+    ranks: set[int]
+    pid: int = 0
+    session: int = 0
+    greeted: bool = False
+    last_heard: float = 0.0
+    expected: set[tuple[int, int]] = field(default_factory=set)
+
+
+class AgentsRunner:
+    """Runner (hkservice.runner.Runner) whose commands run on their nodes' agents."""
+
+    def __init__(
+        self,
+        config: AgentsConfig,
+        cluster: Cluster,
+        command: list[str],
+        ctx: zmq.asyncio.Context,
+        secret_key: bytes,
+        base_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.cluster = cluster
+        self.command = command
+        self.base_env = dict(os.environ if base_env is None else base_env)
+        self._ctx = ctx
+        self._secret_key = secret_key
+        self.keys = AgentKeys(config.keys, cluster)
+        self._callback: ExitCallback = lambda jobid, rank, outcome, receipt: None
+        self._expected: Callable[[], Iterable[tuple[int, int]]] = lambda: ()
+        self._relaunch: RelaunchCallback = lambda keys: None
+        self._sock: zmq.asyncio.Socket | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Future[Any]] = set()
+        self.links: dict[bytes, Link] = {}
+        self.link_of: dict[int, Link] = {}
+        started = time.time()
+        # rank -> since when it has no agent (every node until its agent connects)
+        self.offline_since: dict[int, float] = dict.fromkeys(range(cluster.size), started)
+        self._receipts: dict[int, tuple[int, int]] = {}  # receipt -> (rank, agent seq)
+        self._next_receipt = 0
+        self._held_signals: dict[int, list[tuple[int, int]]] = {}  # rank -> (jobid, signum)
+        self._lost: set[tuple[int, int]] = set()
+        self.last_seen: float | None = None
+
+    # -- Runner -------------------------------------------------------------
+
+    def set_exit_callback(self, callback: ExitCallback) -> None:
+        self._callback = callback
+
+    @property
+    def down_since(self) -> float | None:
+        return None  # per node: see offline_nodes()
+
+    def offline_nodes(self) -> dict[int, float]:
+        return self.offline_since
+
+    def zap_domains(self) -> dict[bytes, Callable[[bytes, str], bytes | None]]:
+        return {ZAP_DOMAIN: self.keys.answer}
+
+    async def start(
+        self, expected: Callable[[], Iterable[tuple[int, int]]], relaunch: RelaunchCallback
+    ) -> None:
+        self._expected = expected
+        self._relaunch = relaunch
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.LINGER, 0)
+        # A reconnecting agent takes its routing id over rather than being refused.
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
+        auth.make_curve_server(sock, self._secret_key, ZAP_DOMAIN)
+        sock.bind(self.config.endpoint)
+        self._sock = sock
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._read()), loop.create_task(self._keep_alive())]
+        log.info(
+            "waiting for node agents at %s (keys in %s)", self.config.endpoint, self.config.keys
+        )
+
+    def launch(self, spec: LaunchSpec) -> None:
+        for link, ranks in self._by_link(spec.ranks).items():
+            self._send(
+                link,
+                {
+                    "op": "launch",
+                    "jobid": spec.jobid,
+                    "userid": spec.userid,
+                    "ranks": ranks,
+                    "all_ranks": spec.all_ranks,
+                    "argv": self.command,
+                    "env": self.base_env,
+                    "hostnames": [self.cluster.hostname(r) for r in ranks],
+                },
+            )
+        # Ranks of offline nodes: held; their agent's hello reconciliation starts them.
+
+    def signal(self, jobid: int, ranks: Iterable[int], signum: int) -> None:
+        ranks = list(ranks)
+        for link, mine in self._by_link(ranks).items():
+            self._send(link, {"op": "signal", "jobid": jobid, "ranks": mine, "signum": signum})
+        for rank in ranks:
+            if rank not in self.link_of:
+                self._held_signals.setdefault(rank, []).append((jobid, signum))
+
+    def ack(self, receipts: list[int]) -> None:
+        per_link: dict[bytes, list[int]] = {}
+        for receipt in receipts:
+            found = self._receipts.pop(receipt, None)
+            if found is None:
+                continue
+            rank, seq = found
+            link = self.link_of.get(rank)
+            if link is not None:
+                per_link.setdefault(link.routing_id, []).append(seq)
+        for routing_id, seqs in per_link.items():
+            self._send(self.links[routing_id], {"op": "ack", "seqs": seqs})
+
+    def output(self, jobid: int, ranks: Iterable[int], tail: int) -> list[list[object]]:
+        return []  # kept on the nodes (not fetched yet)
+
+    def has_output(self, jobid: int) -> list[int] | None:
+        return None
+
+    def forget(self, jobid: int) -> None:
+        pass
+
+    async def stop_commands(self) -> None:
+        for link in list(self.links.values()):
+            if link.greeted:
+                self._send(link, {"op": "shutdown", "kill": True})
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    # -- connections --------------------------------------------------------
+
+    def _by_link(self, ranks: Iterable[int]) -> dict[Link, list[int]]:
+        grouped: dict[Link, list[int]] = {}
+        for rank in ranks:
+            link = self.link_of.get(rank)
+            if link is not None:
+                grouped.setdefault(link, []).append(rank)
+        return grouped
+
+    def _send(self, link: Link, message: dict[str, Any]) -> None:
+        if self._sock is None:
+            return
+        message["session"] = link.session
+        task = asyncio.ensure_future(self._sock.send_multipart([link.routing_id, pack(message)]))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _read(self) -> None:
+        assert self._sock is not None
+        sock = self._sock
+        while True:
+            frames = await sock.recv_multipart(copy=False)
+            if len(frames) != 2:
+                continue
+            try:
+                user_id = frames[-1].get("User-Id")
+                self._take(frames[0].bytes, user_id, frames[1].bytes)
+            except Exception:  # one bad message must not end the agents endpoint
+                log.exception("agents: cannot handle a message")
+
+    def _take(self, routing_id: bytes, name: str, body: bytes) -> None:
+        try:
+            message = unpack(body)
+        except Exception:
+            message = None
+        if not isinstance(message, dict):
+            log.warning("agents: undecodable message from agent %s", visible(name))
+            return
+        op = message.get("op")
+        link = self.links.get(routing_id)
+        if link is not None and link.name != name:
+            return  # a routing id is the client's choice: only its authenticated key counts
+        now = time.time()
+        self.last_seen = now
+        if op == "ready":
+            self._ready(routing_id, name, message)
+            return
+        if link is None:
+            return
+        link.last_heard = asyncio.get_running_loop().time()
+        if op == "hello" and not link.greeted:
+            self._greeted(link, message)
+        elif op in ("pong", "exits"):
+            self._exits(link, message.get("exits", []))
+        elif op == "leaving":
+            log.info("agent %s (pid %d) is stopping", name, link.pid)
+            self._drop(link)
+
+    def _ready(self, routing_id: bytes, name: str, message: dict[str, Any]) -> None:
+        allowed = self.keys.ranks.get(name, set())
+        claimed = message.get("hosts")
+        ranks: set[int] = set()
+        if isinstance(claimed, list):
+            for host in claimed:
+                rank = self.cluster.rank_of(host) if isinstance(host, str) else None
+                if rank is None or rank not in allowed:
+                    log.warning(
+                        "agent %s claims %s, which its key does not name: ignored",
+                        visible(name),
+                        visible(str(host)),
+                    )
+                else:
+                    ranks.add(rank)
+        if not ranks:
+            log.warning("agent %s serves no host of the cluster: not used", visible(name))
+            return
+        old = self.links.get(routing_id)
+        if old is not None:
+            self._drop(old, quiet=True)
+        for rank in ranks:
+            previous = self.link_of.get(rank)
+            if previous is not None:
+                # The same node again (a restarted agent, a new connection): the newest
+                # connection serves it.
+                self._drop(previous, quiet=True)
+        pid = message.get("pid")
+        link = Link(routing_id, name, ranks, pid=pid if isinstance(pid, int) else 0)
+        link.session = time.time_ns()
+        link.last_heard = asyncio.get_running_loop().time()
+        self.links[routing_id] = link
+        # What the service believes running on these nodes when it says hello: launches
+        # after it go on this connection, after the hello (the agent sees them in order).
+        link.expected = {(j, r) for j, r in self._expected() if r in ranks}
+        self._send(link, {"op": "hello"})
+
+    def _greeted(self, link: Link, hello: dict[str, Any]) -> None:
+        link.greeted = True
+        link.pid = int(hello.get("pid", link.pid) or 0)
+        for rank in link.ranks:
+            self.link_of[rank] = link
+            self.offline_since.pop(rank, None)
+        running: set[tuple[int, int]] = set()
+        for item in hello.get("running", []):
+            key = (int(item[0]), int(item[1]))
+            if key[1] in link.ranks:
+                running.add(key)
+            else:
+                log.warning(
+                    "agent %s reports job %d rank %d, not one of its nodes: ignored",
+                    visible(link.name),
+                    *key,
+                )
+        ended: dict[tuple[int, int], tuple[int, str]] = {}
+        saved: list[int] = []
+        for seq, jobid, rank, status in hello.get("exits", []):
+            key = (int(jobid), int(rank))
+            if key[1] not in link.ranks:
+                log.warning(
+                    "agent %s reports an exit of job %d rank %d, not one of its nodes: ignored",
+                    visible(link.name),
+                    *key,
+                )
+            elif key in link.expected and key not in self._lost:
+                ended[key] = (int(seq), str(status))
+            else:
+                saved.append(int(seq))  # recorded already (or decided lost): forget it
+        never: list[tuple[int, int]] = []
+        for key in sorted(link.expected):
+            if key in self._lost:
+                continue
+            if key in ended:
+                seq, status = ended[key]
+                self._callback(*key, parse_status(status), self._receipt(key[1], seq))
+            elif key in running:
+                log.info("adopted job %d rank %d (still running)", *key)
+            else:
+                never.append(key)
+        if saved:
+            self._send(link, {"op": "ack", "seqs": saved})
+        log.info(
+            "agent %s (pid %d) connected: serves %s",
+            link.name,
+            link.pid,
+            self.cluster.nodelist(sorted(link.ranks)),
+        )
+        if never:
+            self._relaunch(never)
+        for rank in sorted(link.ranks):
+            for jobid, signum in self._held_signals.pop(rank, []):
+                self._send(
+                    link, {"op": "signal", "jobid": jobid, "ranks": [rank], "signum": signum}
+                )
+
+    def _receipt(self, rank: int, seq: int) -> int:
+        self._next_receipt += 1
+        self._receipts[self._next_receipt] = (rank, seq)
+        return self._next_receipt
+
+    def _exits(self, link: Link, exits: list[Any]) -> None:
+        if not link.greeted:
+            return
+        late: list[int] = []
+        for seq, jobid, rank, status in exits:
+            key = (int(jobid), int(rank))
+            if key[1] not in link.ranks:
+                log.warning(
+                    "agent %s reports an exit of job %d rank %d, not one of its nodes: ignored",
+                    visible(link.name),
+                    *key,
+                )
+            elif key in self._lost:
+                # Decided lost already: its late exit changes nothing.
+                log.info("job %d rank %d ended after it was reported lost: %s", *key, status)
+                self._lost.discard(key)
+                late.append(int(seq))
+            else:
+                self._callback(*key, parse_status(str(status)), self._receipt(key[1], int(seq)))
+        if late:
+            self._send(link, {"op": "ack", "seqs": late})
+
+    def _drop(self, link: Link, quiet: bool = False) -> None:
+        self.links.pop(link.routing_id, None)
+        now = time.time()
+        for rank in link.ranks:
+            if self.link_of.get(rank) is link:
+                del self.link_of[rank]
+                self.offline_since[rank] = now
+        if not quiet and link.greeted:
+            log.warning(
+                "agent %s (pid %d) is gone: %s offline",
+                link.name,
+                link.pid,
+                self.cluster.nodelist(sorted(link.ranks)),
+            )
+
+    async def _keep_alive(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(PING_SECONDS)
+            now = loop.time()
+            for link in list(self.links.values()):
+                if now - link.last_heard > SILENCE_SECONDS:
+                    log.warning(
+                        "agent %s (pid %d) silent for %s",
+                        link.name,
+                        link.pid,
+                        format_fsd(SILENCE_SECONDS),
+                    )
+                    self._drop(link)
+                elif link.greeted:
+                    self._send(link, {"op": "ping"})
+            self._declare_lost()
+
+    def _declare_lost(self) -> None:
+        lost_after = self.config.lost_after
+        now = time.time()
+        gone = {r for r, since in self.offline_since.items() if now - since >= lost_after}
+        if not gone:
+            return
+        for key in list(self._expected()):
+            jobid, rank = key
+            if rank in gone and key not in self._lost:
+                self._lost.add(key)
+                why = f"no agent on {self.cluster.hostname(rank)} for {format_fsd(lost_after)}"
+                log.error("job %d rank %d: %s", jobid, rank, why)
+                self._callback(jobid, rank, Outcome("lost", text=why), None)
