@@ -445,6 +445,10 @@ def cmd_kill(args: argparse.Namespace, client: Client) -> int:
             f"signalled {plural(ranks, 'rank')} of {plural(units, 'unit')} "
             f"with {signal_name(signum)}"
         )
+        offline = result.get("offline")
+        if isinstance(offline, str) and offline:
+            # Node agents: sent once those nodes' agents connect.
+            print(f"{visible(offline)} offline: not signalled yet (sent when its agent connects)")
     return 0
 
 

@@ -34,7 +34,7 @@ from hkservice import auth, keys
 from hkservice.cluster import Cluster
 from hkservice.config import AgentsConfig
 from hkservice.core import Outcome
-from hkservice.fsd import format_fsd
+from hkservice.fsd import format_duration_config, format_fsd
 from hkservice.protocol import pack, unpack
 from hkservice.runner import ExitCallback, LaunchSpec, RelaunchCallback, parse_status
 from hkservice.text import visible
@@ -488,6 +488,9 @@ class AgentsRunner:
             jobid, rank = key
             if rank in gone and key not in self._lost:
                 self._lost.add(key)
-                why = f"no agent on {self.cluster.hostname(rank)} for {format_fsd(lost_after)}"
+                why = (
+                    f"no agent on {self.cluster.hostname(rank)} for "
+                    f"{format_duration_config(lost_after)}"
+                )
                 log.error("job %d rank %d: %s", jobid, rank, why)
                 self._callback(jobid, rank, Outcome("lost", text=why), None)

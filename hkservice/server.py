@@ -684,7 +684,14 @@ class Service:
             core.signal_name(signum),
         )
         self._apply(result.actions)
-        return {"units": result.units, "ranks": result.ranks, "signum": signum}
+        reply: dict[str, Any] = {"units": result.units, "ranks": result.ranks, "signum": signum}
+        # Node agents: a signal for a node whose agent is not connected waits for it.
+        offline = set(self.runner.offline_nodes() or ()) & {
+            rank for a in result.actions if isinstance(a, core.Signal) for rank in a.ranks
+        }
+        if offline:
+            reply["offline"] = self.cluster.nodelist(sorted(offline))
+        return reply
 
     def _output(self, params: dict[str, Any]) -> dict[str, Any]:
         jobid = _jobid(params)

@@ -206,3 +206,179 @@ def test_four_agents_each_run_their_own_nodes_cleanup(
     assert nodes.returncode == 0, nodes.stderr
     offline = [line for line in nodes.stdout.splitlines() if "offline" in line]
     assert len(offline) == 1 and "node3" in offline[0], nodes.stdout
+
+
+def sleeper(base: Path) -> list[str]:
+    """Each rank appends a line per run (a second run of a rank would show), then waits
+    for its release file."""
+    path = base / "cleanup.sh"
+    (base / "ran").mkdir()
+    path.write_text(
+        "#!/bin/sh\n"
+        f'echo "$HK_HOSTNAME $PPID" >> {base}/ran/$HK_RANK\n'
+        f"while [ ! -e {base}/go ]; do sleep 0.05; done\n"
+    )
+    path.chmod(0o755)
+    return [str(path)]
+
+
+def runs(cluster: Cluster, rank: int) -> list[str]:
+    try:
+        return (cluster.base / "ran" / str(rank)).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met")
+
+
+def test_an_unknown_key_is_refused_once_then_connects_by_itself_once_authorised(
+    agents_cluster: Callable[..., Cluster],
+) -> None:
+    """Refused, the agent retries quietly; its key copied in later, it connects without
+    being restarted (libzmq alone would never retry: spec/agents.md pitfall 3)."""
+    cluster = agents_cluster(cleanup_script, hostlist="node0")
+    secret = cluster.key("node0", "node0", authorise=False)
+    cluster.start_agent("node0", secret)
+    wait_until(lambda: "refused this agent's key" in cluster.agent_log("node0"))
+    time.sleep(1.5)  # several retries (every 0.3 s)
+    assert cluster.svc.log().count("refused an agent") == 1
+    assert cluster.agent_log("node0").count("refused this agent's key") == 1
+    assert cluster.status()["offline"] == "0"
+    public = cluster.base / "nodekeys" / "node0.key"
+    public.rename(cluster.authorised / "node0.key")
+    cluster.wait_status(lambda s: s["offline"] == "")
+    cluster.svc.call("housekeeping.start", {"jobid": 7, "ranks": "0"})
+    cluster.svc.wait_idle()
+    assert runs(cluster, 0) == [f"node0 {cluster.agents['node0'].pid}"]
+
+
+def test_a_key_naming_a_host_outside_the_cluster_is_refused(
+    agents_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = agents_cluster(cleanup_script, hostlist="node[0-1]")
+    cluster.start_agent("rogue", cluster.key("rogue", "node[1-2]"))
+    cluster.start_agent("nohosts", cluster.key("nohosts", None))
+    wait_until(lambda: cluster.svc.log().count("refused an agent") == 2)
+    log = cluster.svc.log()
+    assert "key 'rogue'" in log and "names hosts not in the cluster: node2" in log
+    assert "key 'nohosts'" in log and "names no hosts" in log
+    assert cluster.status()["offline"] == "0-1"
+
+
+def test_an_agent_claiming_a_host_its_key_does_not_name_is_not_given_it(
+    agents_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = agents_cluster(cleanup_script, hostlist="node[0-1]")
+    cluster.start_agent("node0", cluster.key("node0", "node0"), "--hosts", "node[0-1]")
+    cluster.wait_status(lambda s: s["offline"] == "1")
+    assert "claims node1, which its key does not name: ignored" in cluster.svc.log()
+
+
+def test_a_node_without_agent_holds_its_ranks_then_they_start_when_it_connects(
+    agents_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = agents_cluster(cleanup_script, hostlist="node[0-1]")
+    cluster.start_agent("node0", cluster.key("node0", "node0"))
+    cluster.wait_status(lambda s: s["offline"] == "1")
+    cluster.svc.call("housekeeping.start", {"jobid": 9, "ranks": "0-1"})
+    wait_until(lambda: runs(cluster, 0) != [])
+    time.sleep(0.5)
+    unit = cluster.svc.call("housekeeping.list")["units"]
+    assert len(unit) == 1 and unit[0]["allocated"] == "1"
+    assert runs(cluster, 1) == []
+    cluster.start_agent("node1", cluster.key("node1", "node1"))
+    cluster.svc.wait_idle()
+    assert runs(cluster, 1) == [f"node1 {cluster.agents['node1'].pid}"]
+    assert cluster.status()["drained"] == []
+
+
+def test_a_node_without_agent_past_lost_after_is_drained_and_its_rank_ends_lost(
+    agents_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = agents_cluster(cleanup_script, hostlist="node[0-1]", **{"lost-after": "2s"})
+    cluster.start_agent("node0", cluster.key("node0", "node0"))
+    cluster.wait_status(lambda s: s["offline"] == "1")
+    cluster.svc.call("housekeeping.start", {"jobid": 11, "ranks": "0-1"})
+    cluster.svc.wait_idle(timeout=15)
+    status = cluster.status()
+    assert [(d["ranks"], d["reason"]) for d in status["drained"]] == [
+        ("1", "housekeeping@fL lost: no agent on node1 for 2s")
+    ]
+    # Its agent comes back: nothing of that unit is run there after all.
+    cluster.start_agent("node1", cluster.key("node1", "node1"))
+    cluster.wait_status(lambda s: s["offline"] == "")
+    time.sleep(0.5)
+    assert runs(cluster, 1) == []
+
+
+def test_an_agent_killed_mid_cleanup_and_restarted_never_runs_a_rank_twice(
+    agents_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = agents_cluster(sleeper, hostlist="node[0-1]")
+    secrets = {f"node{i}": cluster.key(f"node{i}", f"node{i}") for i in range(2)}
+    for name, secret in secrets.items():
+        cluster.start_agent(name, secret)
+    cluster.wait_status(lambda s: s["offline"] == "")
+    cluster.svc.call("housekeeping.start", {"jobid": 13, "ranks": "0-1"})
+    wait_until(lambda: runs(cluster, 0) != [] and runs(cluster, 1) != [])
+    cluster.agents["node1"].kill()
+    cluster.agents["node1"].wait()
+    cluster.start_agent("node1", secrets["node1"])
+    (cluster.base / "go").touch()
+    cluster.svc.wait_idle(timeout=20)
+    assert len(runs(cluster, 0)) == 1 and len(runs(cluster, 1)) == 1
+    drained = cluster.status()["drained"]
+    # node1's command outlived its agent: the new agent cannot know how it ended.
+    assert [d["ranks"] for d in drained] == ["1"] and "lost" in drained[0]["reason"]
+
+
+def test_a_service_killed_with_agents_connected_adopts_their_commands(
+    agents_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = agents_cluster(sleeper, hostlist="node[0-3]")
+    for i in range(4):
+        cluster.start_agent(f"node{i}", cluster.key(f"node{i}", f"node{i}"))
+    cluster.wait_status(lambda s: s["offline"] == "")
+    cluster.svc.call("housekeeping.start", {"jobid": 17, "ranks": "0-3"})
+    wait_until(lambda: all(runs(cluster, i) for i in range(4)))
+    cluster.svc.kill9()
+    cluster.svc.start()
+    cluster.wait_status(lambda s: s["offline"] == "", timeout=15)
+    (cluster.base / "go").touch()
+    cluster.svc.wait_idle(timeout=15)
+    assert all(len(runs(cluster, i)) == 1 for i in range(4))
+    assert cluster.status()["drained"] == []
+    assert "adopted job 17 rank 3 (still running)" in cluster.svc.log()
+
+
+def test_a_kill_names_the_offline_nodes_and_reaches_them_when_their_agent_connects(
+    agents_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = agents_cluster(sleeper, hostlist="node[0-2]")
+    for i in (0, 1):
+        cluster.start_agent(f"node{i}", cluster.key(f"node{i}", f"node{i}"))
+    cluster.wait_status(lambda s: s["offline"] == "2")
+    cluster.svc.call("housekeeping.start", {"jobid": 19, "ranks": "0-2"})
+    wait_until(lambda: runs(cluster, 0) != [] and runs(cluster, 1) != [])
+    kill = subprocess.run(
+        [sys.executable, "-m", "hkconsole", "--endpoint", cluster.svc.endpoint, "kill", "-j", "19"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert kill.returncode == 0, kill.stderr
+    assert kill.stdout.splitlines() == [
+        "signalled 3 ranks of 1 unit with SIGTERM",
+        "node2 offline: not signalled yet (sent when its agent connects)",
+    ]
+    wait_until(lambda: cluster.svc.call("housekeeping.list")["units"][0]["allocated"] == "2")
+    cluster.start_agent("node2", cluster.key("node2", "node2"))
+    cluster.svc.wait_idle()
+    assert len(runs(cluster, 2)) <= 1
