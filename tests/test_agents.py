@@ -291,7 +291,7 @@ def test_a_node_without_agent_holds_its_ranks_then_they_start_when_it_connects(
     wait_until(lambda: runs(cluster, 0) != [])
     time.sleep(0.5)
     unit = cluster.svc.call("housekeeping.list")["units"]
-    assert len(unit) == 1 and unit[0]["allocated"] == "1"
+    assert len(unit) == 1 and unit[0]["pending"] == "1"
     assert runs(cluster, 1) == []
     cluster.start_agent("node1", cluster.key("node1", "node1"))
     cluster.svc.wait_idle()
@@ -309,7 +309,7 @@ def test_a_node_without_agent_past_lost_after_is_drained_and_its_rank_ends_lost(
     cluster.svc.wait_idle(timeout=15)
     status = cluster.status()
     assert [(d["ranks"], d["reason"]) for d in status["drained"]] == [
-        ("1", "housekeeping@fL lost: no agent on node1 for 2s")
+        ("1", "housekeeping@fC lost: no agent on node1 for 2s")
     ]
     # Its agent comes back: nothing of that unit is run there after all.
     cluster.start_agent("node1", cluster.key("node1", "node1"))
@@ -378,7 +378,7 @@ def test_a_kill_names_the_offline_nodes_and_reaches_them_when_their_agent_connec
         "signalled 3 ranks of 1 unit with SIGTERM",
         "node2 offline: not signalled yet (sent when its agent connects)",
     ]
-    wait_until(lambda: cluster.svc.call("housekeeping.list")["units"][0]["allocated"] == "2")
+    wait_until(lambda: cluster.svc.call("housekeeping.list")["units"][0]["pending"] == "2")
     cluster.start_agent("node2", cluster.key("node2", "node2"))
     cluster.svc.wait_idle()
     assert len(runs(cluster, 2)) <= 1
