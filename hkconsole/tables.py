@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from hkconsole.formatter import FormatError, FormatRegistry, NamedFormat, Row
 from hkservice.cluster import Cluster
-from hkservice.idset import format_idset, parse_idset
+from hkservice.idset import IdsetError, format_idset, parse_idset
 from hkservice.jobid import KINDS as JOBID_KINDS
 from hkservice.jobid import encode_jobid
 from hkservice.text import acting
@@ -295,7 +295,28 @@ def node_groups(status: Mapping[str, Any]) -> list[NodeGroup]:
     groups.extend(draining)
     groups.extend(drained)
     if offline - drained_all:
-        groups.append(NodeGroup("offline", offline - drained_all))
+        groups.extend(_offline_groups(offline - drained_all, status.get("offline_since")))
+    return groups
+
+
+def _offline_groups(offline: set[int], since: Any) -> list[NodeGroup]:
+    """Offline nodes, by since when their node agent is gone (`offline_since`, sent by a
+    service with node agents); one group without a time otherwise."""
+    groups: list[NodeGroup] = []
+    left = set(offline)
+    if isinstance(since, list):
+        for entry in since:
+            try:
+                ranks = parse_idset(entry["ranks"]) & left
+                t = float(entry["t"])
+            except (KeyError, TypeError, ValueError, IdsetError):
+                continue
+            if ranks:
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t))
+                groups.append(NodeGroup("offline", ranks, f"no agent since {stamp}", t))
+                left -= ranks
+    if left:
+        groups.append(NodeGroup("offline", left))
     return groups
 
 

@@ -206,6 +206,8 @@ def test_four_agents_each_run_their_own_nodes_cleanup(
     assert nodes.returncode == 0, nodes.stderr
     offline = [line for line in nodes.stdout.splitlines() if "offline" in line]
     assert len(offline) == 1 and "node3" in offline[0], nodes.stdout
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(status["offline_since"][0]["t"]))
+    assert f"no agent since {since}" in offline[0]
 
 
 def sleeper(base: Path) -> list[str]:
