@@ -747,7 +747,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_endpoint(resolve_endpoint(args.endpoint))
             from hkconsole.tui import run_console
 
-            return run_console(endpoint=args.endpoint, read_only=args.read_only)
+            keys = curve_keys(args.key, args.server_key)
+            return run_console(endpoint=args.endpoint, read_only=args.read_only, keys=keys)
         if args.command == "demo":
             from hkconsole.demo import run_demo
 

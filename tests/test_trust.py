@@ -629,3 +629,23 @@ def test_out_of_descriptors_the_service_refuses_connections_and_does_not_abort(
         time.sleep(0.1)
     assert svc.call("service.config")["size"] == 4
     assert "Traceback" not in svc.log()
+
+
+async def test_the_console_follows_a_curve_service_with_a_viewer_key(
+    hk_service: ServiceFactory,
+) -> None:
+    from hkconsole.tui.app import HkConsole
+    from tests.test_tui import rows, until
+
+    svc = tcp_service(hk_service)
+    made = make_keys(svc)
+    svc.keys = made["olivia"]
+    svc.start()
+    svc.call("housekeeping.start", {"jobid": 5, "ranks": "0-1"})
+    app = HkConsole(svc.endpoint, keys=made["vera"])
+    app.feed.interval = 60.0  # no periodic resync: what changes comes by the events
+    async with app.run_test(size=(120, 30)) as pilot:
+        await until(pilot, lambda: app.connected and rows(app) == [5])
+        # Events come over CURVE too: a new unit shows without waiting for a resync.
+        svc.call("housekeeping.start", {"jobid": 6, "ranks": "2"})
+        await until(pilot, lambda: rows(app) == [5, 6], timeout=3)

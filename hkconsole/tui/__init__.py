@@ -8,12 +8,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from textual.pilot import Pilot
 
+    from hkconsole.client import CurveKeys
+
 
 def run_console(
     endpoint: str | None = None,
     read_only: bool = False,
     run_for: float | None = None,
     label: str = "",
+    keys: CurveKeys | None = None,
 ) -> int:
     """Open the console; with `run_for` it runs headless for that long (demo tests).
 
@@ -29,6 +32,7 @@ def run_console(
         keymap=settings.keymap,
         long_running=settings.long_running,
         label=label,
+        keys=keys,
     )
     if run_for is None:
         app.run()

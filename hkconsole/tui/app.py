@@ -21,7 +21,7 @@ from textual.notifications import Notification, Notify
 from textual.reactive import reactive
 from textual.widgets import ContentSwitcher, DataTable, Input
 
-from hkconsole.client import AsyncClient
+from hkconsole.client import AsyncClient, CurveKeys
 from hkconsole.tui import flows
 from hkconsole.tui.cells import Queries, visible_lines
 from hkconsole.tui.config import LONG_RUNNING_DEFAULT
@@ -89,9 +89,10 @@ class HkConsole(App[int]):
         keymap: dict[str, str] | None = None,
         long_running: float = LONG_RUNNING_DEFAULT,
         label: str = "",
+        keys: CurveKeys | None = None,
     ) -> None:
         super().__init__()
-        self.client = AsyncClient(endpoint, timeout=3.0)
+        self.client = AsyncClient(endpoint, timeout=3.0, keys=keys)
         self.read_only = read_only
         self.clock = clock
         self.live = live

@@ -17,7 +17,7 @@ from textual import work
 from textual.message import Message
 from textual.widget import Widget
 
-from hkconsole.client import AsyncClient, ServiceError
+from hkconsole.client import AsyncClient, ServiceError, apply_curve
 from hkconsole.tui.model import ConsoleModel
 from hkservice.protocol import unpack
 
@@ -97,6 +97,7 @@ class Feed(Widget):
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
+        apply_curve(sub, self.client.keys)  # a CURVE service's events need the keys too
         sub.connect(config["events-endpoint"])
         try:
             await self.resync()
