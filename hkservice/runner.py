@@ -9,7 +9,9 @@ node agent or a systemd runner implements the same `Runner` interface.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -124,6 +126,15 @@ def make_runner(config: Config, ctx: zmq.asyncio.Context) -> Runner:
     return AgentsRunner(config.agents, config.cluster, config.command, ctx, secret)
 
     async def close(self) -> None: ...
+
+
+DOOMED_PREFIX = ".deleting-"
+
+
+@functools.cache
+def _deleter() -> concurrent.futures.ThreadPoolExecutor:
+    """One thread deletes old output, in order, so deletes never pile up in parallel."""
+    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hk-delete")
 
 
 def parse_status(text: str) -> Outcome:
@@ -495,8 +506,22 @@ class LocalRunner:
             self._finished_units.remove(jobid)
         self._finished_units.append(jobid)
         while len(self._finished_units) > self.keep_finished:
-            old = self._finished_units.pop(0)
-            shutil.rmtree(self.unit_dir(old), ignore_errors=True)
+            self._discard(self.unit_dir(self._finished_units.pop(0)))
+
+    def _discard(self, directory: Path) -> None:
+        """Delete a unit's output off the event loop: a unit of thousands of ranks has as
+        many files, and unlinking them inline held up every request (seconds in
+        bench/load.py). The rename frees the name at once, so a jobid started again gets
+        a fresh directory whatever the deleting thread is doing."""
+        doomed = self.run_dir / f"{DOOMED_PREFIX}{directory.name}-{time.monotonic_ns()}"
+        try:
+            os.rename(directory, doomed)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("cannot set aside %s for deletion: %s", directory, exc)
+            return
+        _deleter().submit(shutil.rmtree, doomed, ignore_errors=True)
 
     def _prune_output(self, in_progress: set[int]) -> None:
         """Take up the output of units that ended before this start, oldest first, so
@@ -504,7 +529,10 @@ class LocalRunner:
         ended: list[tuple[float, int]] = []
         with os.scandir(self.run_dir) as entries:
             for entry in entries:
-                if entry.name.isdigit() and entry.is_dir(follow_symlinks=False):
+                if entry.name.startswith(DOOMED_PREFIX) and entry.is_dir(follow_symlinks=False):
+                    # Set aside by a service that stopped before deleting it.
+                    _deleter().submit(shutil.rmtree, entry.path, ignore_errors=True)
+                elif entry.name.isdigit() and entry.is_dir(follow_symlinks=False):
                     jobid = int(entry.name)
                     if jobid not in in_progress:
                         ended.append((entry.stat(follow_symlinks=False).st_mtime, jobid))
