@@ -445,9 +445,9 @@ class AgentsRunner:
         if late:
             self._send(link, {"op": "ack", "seqs": late})
 
-    def _drop(self, link: Link, quiet: bool = False) -> None:
+    def _drop(self, link: Link, quiet: bool = False, since: float | None = None) -> None:
         self.links.pop(link.routing_id, None)
-        now = time.time()
+        now = time.time() if since is None else since
         for rank in link.ranks:
             if self.link_of.get(rank) is link:
                 del self.link_of[rank]
@@ -473,7 +473,8 @@ class AgentsRunner:
                         link.pid,
                         format_fsd(SILENCE_SECONDS),
                     )
-                    self._drop(link)
+                    # Offline since it was last heard: lost-after counts from then.
+                    self._drop(link, since=time.time() - (now - link.last_heard))
                 elif link.greeted:
                     self._send(link, {"op": "ping"})
             self._declare_lost()

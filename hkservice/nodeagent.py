@@ -162,6 +162,10 @@ class NodeAgent(Agent):
             await self._send({"op": "leaving"})
             await asyncio.sleep(0.1)  # sent, not just queued, before the socket closes
 
+    def _maybe_exit_after_bye(self) -> None:
+        """A node agent is the node's daemon: a service that stops (even killing every
+        command) does not stop it; it waits for the next one."""
+
     def _split(self, frames: list[bytes]) -> tuple[bytes, bytes]:
         return b"", frames[-1]
 

@@ -208,6 +208,13 @@ def test_four_agents_each_run_their_own_nodes_cleanup(
     assert len(offline) == 1 and "node3" in offline[0], nodes.stdout
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(status["offline_since"][0]["t"]))
     assert f"no agent since {since}" in offline[0]
+    # The agents are the nodes' daemons: a service that stops (killing every command)
+    # leaves them waiting, and they reconnect to the next one by themselves.
+    cluster.svc.stop()
+    time.sleep(0.5)
+    assert [cluster.agents[f"node{i}"].poll() for i in range(3)] == [None, None, None]
+    cluster.svc.start()
+    cluster.wait_status(lambda s: s["offline"] == "3")
 
 
 def sleeper(base: Path) -> list[str]:
