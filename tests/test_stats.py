@@ -10,7 +10,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 
 from hkconsole.cli import main
 from hkservice.config import ConfigError, parse_config
+from hkservice.protocol import unpack
 from hkservice.stats import Series, quantile
 from tests.conftest import RunningService, ServiceFactory
-from tests.test_service import Events
+from tests.test_service import Events, events  # noqa: F401 - the fixture
 
 Script = Callable[[str], str]
 
@@ -34,21 +35,6 @@ def plain_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_CONFIG_DIRS", str(tmp_path / "etc"))
     for name in ("HK_ENDPOINT", "HK_LIST_FORMAT_DEFAULT"):
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def subscribe() -> Iterator[Callable[[RunningService], Events]]:
-    opened: list[Events] = []
-
-    def make(svc: RunningService) -> Events:
-        ev = Events(svc.events_endpoint)
-        opened.append(ev)
-        time.sleep(0.2)  # a SUB socket misses what is published before it has joined
-        return ev
-
-    yield make
-    for ev in opened:
-        ev.close()
 
 
 def hkconsole(
@@ -65,8 +51,6 @@ def stuck_events(ev: Events, wait: float) -> list[dict[str, Any]]:
     while time.monotonic() < deadline:
         if ev.sock.poll(50):
             topic, body = ev.sock.recv_multipart()
-            from hkservice.protocol import unpack
-
             ev.seen.append((topic.decode(), unpack(body)))
     return [body for topic, body in ev.seen if topic == "housekeeping.stuck"]
 
@@ -78,19 +62,19 @@ def by_rank(svc: RunningService, **params: Any) -> dict[int, dict[str, Any]]:
 def test_a_rank_past_warn_after_is_stuck_said_once_listed_and_filtered(
     hk_service: ServiceFactory,
     script: Script,
-    subscribe: Callable[[RunningService], Events],
+    events: Callable[[RunningService], Events],  # noqa: F811
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     command = script('[ "$HK_RANK" = 1 ] && exec sleep 600\nexit 0')
     svc = hk_service(
         hostlist="node[0-3]", command=[command], warn_after="0.5s", stop_commands_on_exit=False
     )
-    ev = subscribe(svc)
+    ev = events(svc)
     svc.call("housekeeping.start", {"jobid": 7, "ranks": "0-2", "userid": 42})
     svc.wait_for(lambda r: r["units"] and r["units"][0]["pending"] == "1")
     assert svc.call("housekeeping.list")["units"][0]["stuck"] == ""
-    events = stuck_events(ev, 1.5)
-    assert [(e["jobid"], e["ranks"]) for e in events] == [(7, "1")]
+    said = stuck_events(ev, 1.5)
+    assert [(e["jobid"], e["ranks"]) for e in said] == [(7, "1")]
     assert svc.call("housekeeping.list")["units"][0]["stuck"] == "1"
     assert "f8 on node1: still running after warn-after" in svc.log()
 
@@ -109,7 +93,7 @@ def test_a_rank_past_warn_after_is_stuck_said_once_listed_and_filtered(
     # A restart keeps the mark and does not say it again.
     svc.stop()
     svc.start()
-    ev = subscribe(svc)
+    ev = events(svc)
     assert svc.call("housekeeping.list")["units"][0]["stuck"] == "1"
     assert stuck_events(ev, 1.0) == []
     assert svc.log().count("still running after warn-after") == 1
