@@ -159,7 +159,6 @@ class AgentsRunner:
         self._next_receipt = 0
         self._held_signals: dict[int, list[tuple[int, int]]] = {}  # rank -> (jobid, signum)
         self._lost: set[tuple[int, int]] = set()
-        self.last_seen: float | None = None
 
     # -- Runner -------------------------------------------------------------
 
@@ -172,6 +171,15 @@ class AgentsRunner:
 
     def offline_nodes(self) -> dict[int, float]:
         return self.offline_since
+
+    def agents_seen(self) -> dict[str, float]:
+        # last_heard is loop time (it times silences): told as wall clock here.
+        wall, loop = time.time(), asyncio.get_running_loop().time()
+        return {
+            link.name: wall - (loop - link.last_heard)
+            for link in self.links.values()
+            if link.greeted
+        }
 
     def zap_domains(self) -> dict[bytes, Callable[[bytes, str], bytes | None]]:
         return {ZAP_DOMAIN: self.keys.answer}
@@ -307,8 +315,6 @@ class AgentsRunner:
         link = self.links.get(routing_id)
         if link is not None and link.name != name:
             return  # a routing id is the client's choice: only its authenticated key counts
-        now = time.time()
-        self.last_seen = now
         if op == "ready":
             self._ready(routing_id, name, message)
             return

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -68,7 +67,7 @@ def hooks_for(
 ) -> Hooks:
     if endpoint is None:
         return Hooks()
-    return Prometheus(endpoint, hk, runner, socket.gethostname(), offline)
+    return Prometheus(endpoint, hk, runner, offline)
 
 
 def node_state_counts(
@@ -94,7 +93,6 @@ class Prometheus(Hooks):
         endpoint: tuple[str, int],
         hk: core.Housekeeping,
         runner: Runner,
-        hostname: str,
         offline: Callable[[], set[int]],
     ) -> None:
         from prometheus_client import (
@@ -111,9 +109,9 @@ class Prometheus(Hooks):
         self._server: asyncio.Server | None = None
         self.hk = hk
         self.runner = runner
-        self.hostname = hostname
         self.offline = offline
-        self.registry: CollectorRegistry = CollectorRegistry(auto_describe=True)
+        # Not auto_describe: that would read the gauges now, off the event loop.
+        self.registry: CollectorRegistry = CollectorRegistry()
         registry = self.registry
         self.runs = Counter(
             "hk_rank_runs", "Housekeeping commands ended, by result", ["result"], registry=registry
@@ -295,18 +293,17 @@ class _StateCollector:
         yield GaugeMetricFamily(
             "hk_ranks_stuck", "Housekeeping commands running past warn-after", stuck
         )
-        connected = m.runner.down_since is None
+        agents = m.runner.agents_seen()
         yield GaugeMetricFamily(
-            "hk_agents_connected", "Agents the service is connected to", int(connected)
+            "hk_agents_connected", "Agents the service is connected to", len(agents)
         )
         seen = GaugeMetricFamily(
             "hk_agent_last_seen_timestamp_seconds",
-            "When each agent last answered (Unix time)",
+            "When each agent last said anything (Unix time)",
             labels=["node"],
         )
-        last_seen = getattr(m.runner, "last_seen", None)
-        if last_seen is not None:
-            seen.add_metric([m.hostname], last_seen)
+        for node, t in sorted(agents.items()):
+            seen.add_metric([node], t)
         yield seen
 
 

@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -74,8 +75,10 @@ class Runner(Protocol):
         """When the runner lost its agent (wall clock), None while it is connected."""
         ...
 
-    # When the agent last said anything (wall clock); None: never.
-    last_seen: float | None
+    def agents_seen(self) -> dict[str, float]:
+        """Each connected agent (by the node or key it serves) -> when it last said
+        anything, wall clock: for metrics."""
+        ...
 
     def launch(self, spec: LaunchSpec) -> None: ...
 
@@ -183,8 +186,8 @@ class LocalRunner:
         self._relaunch: RelaunchCallback = lambda keys: None
         self._keepalive: asyncio.Task[None] | None = None
         self._last_heard = 0.0
-        # When the agent last said anything (wall clock), for metrics; None: never.
-        self.last_seen: float | None = None
+        # When the agent last said anything (wall clock); None: never.
+        self._last_seen: float | None = None
         self._bye: asyncio.Future[None] | None = None
         self._session = 0
         self._agent_pid: int | None = None
@@ -212,6 +215,11 @@ class LocalRunner:
     @property
     def down_since(self) -> float | None:
         return self._down_since
+
+    def agents_seen(self) -> dict[str, float]:
+        if self._down_since is not None or self._last_seen is None:
+            return {}
+        return {socket.gethostname(): self._last_seen}
 
     async def start(
         self, expected: Callable[[], Iterable[tuple[int, int]]], relaunch: RelaunchCallback
@@ -371,7 +379,7 @@ class LocalRunner:
         while True:
             message = unpack(await sock.recv())
             self._last_heard = asyncio.get_running_loop().time()
-            self.last_seen = time.time()
+            self._last_seen = time.time()
             if not isinstance(message, dict):
                 continue
             op = message.get("op")

@@ -19,6 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hkservice.metrics import node_state_counts
 from tests.conftest import RunningService, ServiceFactory, missing_part
+from tests.test_agents import Cluster as AgentsCluster
+from tests.test_agents import agents_cluster, cleanup_script  # noqa: F401 - the fixture
 
 Script = Callable[[str], str]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -257,3 +259,29 @@ def test_a_real_prometheus_scrapes_hk_nodes(hk_service: ServiceFactory, tmp_path
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_node_agents_are_counted_and_their_nodes_offline_until_they_connect(
+    agents_cluster: Callable[..., AgentsCluster],  # noqa: F811
+) -> None:
+    cluster = agents_cluster(cleanup_script, hostlist="node[0-1]")
+    port = free_port()
+    cluster.svc.stop()
+    cluster.svc.tables["metrics"] = {"endpoint": f"127.0.0.1:{port}"}
+    cluster.svc.start()
+    _, none = scrape(port)
+    assert value(none, "hk_agents_connected") == 0
+    assert value(none, "hk_nodes", state="offline") == 2
+    cluster.start_agent("node0", cluster.key("node0", "node0"))
+    cluster.wait_status(lambda s: s["offline"] == "1")
+    _, one = scrape(port)
+    assert value(one, "hk_agents_connected") == 1
+    assert [value(one, "hk_nodes", state=s) for s in ("idle", "offline")] == [1, 1]
+    seen = value(one, "hk_agent_last_seen_timestamp_seconds", node="node0")
+    assert time.time() - 30 < seen <= time.time() + 1
+    assert not [
+        k
+        for k in one
+        if k[0] == "hk_agent_last_seen_timestamp_seconds"
+        and k != ("hk_agent_last_seen_timestamp_seconds", (("node", "node0"),))
+    ]
