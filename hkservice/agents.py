@@ -319,6 +319,14 @@ class AgentsRunner:
             self._ready(routing_id, name, message)
             return
         if link is None:
+            # A connection the service dropped (silent too long, a SIGSTOP) that is still
+            # up on the agent's side: it would never say ready again by itself.
+            if self._sock is not None and op != "leaving":
+                task = asyncio.ensure_future(
+                    self._sock.send_multipart([routing_id, pack({"op": "again"})])
+                )
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
             return
         link.last_heard = asyncio.get_running_loop().time()
         if op == "hello" and not link.greeted:
@@ -396,6 +404,9 @@ class AgentsRunner:
             elif key in link.expected and key not in self._lost:
                 ended[key] = (int(seq), str(status))
             else:
+                if key in self._lost:
+                    log.info("job %d rank %d ended after it was reported lost: %s", *key, status)
+                    self._lost.discard(key)
                 saved.append(int(seq))  # recorded already (or decided lost): forget it
         never: list[tuple[int, int]] = []
         for key in sorted(link.expected):
@@ -471,13 +482,12 @@ class AgentsRunner:
         while True:
             await asyncio.sleep(PING_SECONDS)
             now = loop.time()
+            # Never silent longer than lost-after allows: its ranks are lost by then.
+            silence = min(SILENCE_SECONDS, self.config.lost_after)
             for link in list(self.links.values()):
-                if now - link.last_heard > SILENCE_SECONDS:
+                if now - link.last_heard > silence:
                     log.warning(
-                        "agent %s (pid %d) silent for %s",
-                        link.name,
-                        link.pid,
-                        format_fsd(SILENCE_SECONDS),
+                        "agent %s (pid %d) silent for %s", link.name, link.pid, format_fsd(silence)
                     )
                     # Offline since it was last heard: lost-after counts from then.
                     self._drop(link, since=time.time() - (now - link.last_heard))

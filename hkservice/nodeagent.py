@@ -31,6 +31,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -161,6 +162,12 @@ class NodeAgent(Agent):
         if self._connected:
             await self._send({"op": "leaving"})
             await asyncio.sleep(0.1)  # sent, not just queued, before the socket closes
+
+    async def _handle(self, identity: bytes, message: dict[str, Any]) -> None:
+        if message.get("op") == "again":  # the service dropped this connection: start over
+            await self._send({"op": "ready", "hosts": self.hosts, "pid": os.getpid()})
+            return
+        await super()._handle(identity, message)
 
     def _maybe_exit_after_bye(self) -> None:
         """A node agent is the node's daemon: a service that stops (even killing every

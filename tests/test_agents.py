@@ -391,3 +391,29 @@ def test_a_kill_names_the_offline_nodes_and_reaches_them_when_their_agent_connec
     cluster.start_agent("node2", cluster.key("node2", "node2"))
     cluster.svc.wait_idle()
     assert len(runs(cluster, 2)) <= 1
+
+
+def test_an_agent_stopped_past_lost_after_loses_its_ranks_and_its_late_exit_changes_nothing(
+    agents_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = agents_cluster(sleeper, hostlist="node[0-1]", **{"lost-after": "2s"})
+    for i in range(2):
+        cluster.start_agent(f"node{i}", cluster.key(f"node{i}", f"node{i}"))
+    cluster.wait_status(lambda s: s["offline"] == "")
+    cluster.svc.call("housekeeping.start", {"jobid": 23, "ranks": "0-1"})
+    wait_until(lambda: runs(cluster, 0) != [] and runs(cluster, 1) != [])
+    cluster.agents["node1"].send_signal(signal.SIGSTOP)
+    try:
+        (cluster.base / "go").touch()  # node0's command ends; node1's agent cannot tell
+        cluster.svc.wait_idle(timeout=20)
+        drained = cluster.status()["drained"]
+        assert [(d["ranks"], d["reason"]) for d in drained] == [
+            ("1", "housekeeping@fQ lost: no agent on node1 for 2s")
+        ]
+    finally:
+        cluster.agents["node1"].send_signal(signal.SIGCONT)
+    # Resumed, it reconnects and reports the exit it kept: recorded, nothing changes.
+    cluster.wait_status(lambda s: s["offline"] == "", timeout=15)
+    wait_until(lambda: "ended after it was reported lost" in cluster.svc.log())
+    assert [(d["ranks"]) for d in cluster.status()["drained"]] == ["1"]
+    assert len(runs(cluster, 1)) == 1
