@@ -500,3 +500,27 @@ async def test_12_disconnected_dims_the_failed_counts_too() -> None:
         stale = failed_count_color(app)
         assert stale != live
         assert sum(stale.get_truecolor()) < sum(live.get_truecolor())
+
+
+async def test_filtered_views_say_n_of_m_and_an_empty_table_says_why() -> None:
+    app = fixed_app()
+    async with app.run_test(size=SIZE) as pilot:
+        load_sample(app)
+        await pilot.pause()
+        await pilot.press("slash", *"sim2", "enter")
+        await pilot.pause()
+        lines = screen_text(app)
+        assert "filter sim2  2 of 9" in lines[2]  # sim[25-26], sim[28-29]
+        await pilot.press("escape", "slash", *"nothing", "enter")
+        await pilot.pause()
+        assert str(app.units.empty.render()) == "no units match 'nothing'"
+        assert any("no units match 'nothing'" in line for line in screen_text(app))
+        await pilot.press("escape", "2")
+        await pilot.pause()
+        assert screen_text(app)[1].startswith(
+            " 64 nodes:  33 idle  27 housekeeping  0 draining  4 drained  0 offline"
+        )
+        await pilot.press("f", "f", "f")  # idle, housekeeping, draining
+        await pilot.pause()
+        assert str(app.nodes.empty.render()) == "no draining nodes"
+        assert "state draining  0 of 64" in screen_text(app)[2]

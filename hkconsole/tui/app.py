@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, ClassVar
 
+from rich.text import Text
 from textual import on
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
@@ -106,6 +107,7 @@ class HkConsole(App[int]):
         self._queries = Queries()
         self._rate_notice: Notification | None = None
         self._header_dirty = False
+        self._header_text: Text | None = None
         # Kept by reference: a query would look in whichever screen is on top, and a
         # dialog or the app's shutdown must not make a live update fail.
         self.feed = Feed(self.client, self.model)
@@ -262,7 +264,12 @@ class HkConsole(App[int]):
         )
 
     def render_header(self) -> None:
-        self.header_pane.update(header_text(self.header_state()))
+        text = header_text(self.header_state())
+        # Three lines always: no layout, and nothing at all when nothing changed (the
+        # tick redraws it every second).
+        if text != self._header_text:
+            self._header_text = text
+            self.header_pane.update(text, layout=False)
         self.set_class(not self.connected, "stale")
 
     # -- keys --------------------------------------------------------------------

@@ -48,6 +48,7 @@ class DetailPane(VerticalScroll):
         self.detail: Detail | None = None
         self.now: float | None = None
         self._fetch: asyncio.Task[None] | None = None
+        self._lines = -1
 
     def compose(self) -> ComposeResult:
         yield self.body
@@ -108,10 +109,12 @@ class DetailPane(VerticalScroll):
     def render_detail(self) -> None:
         jobid = self.jobid
         if jobid is None:
+            self._lines = -1
             self.body.update(Text("no unit selected", style="dim"))
             return
         if jobid not in self.model.units:
             self.detail = None
+            self._lines = -1
             self.body.update(Text(f"{jobid_text(jobid)}: housekeeping ended", style="dim"))
             return
         if self.detail is None:
@@ -119,7 +122,11 @@ class DetailPane(VerticalScroll):
         # The moment RUNTIME last ticked to: a running rank's time never runs ahead
         # of its unit's, and the two tick together.
         now = self.now if self.now is not None else self.clock()
-        self.body.update(detail_text(*self.detail, self.model, now))
+        text = detail_text(*self.detail, self.model, now)
+        # A tick changes durations, not lines: no layout (it would repaint the screen).
+        lines = text.plain.count("\n")
+        self.body.update(text, layout=lines != self._lines)
+        self._lines = lines
 
 
 def detail_text(

@@ -88,11 +88,11 @@ def header_text(h: HeaderState) -> Text:
         shaping += [("sort ", "dim"), f"{h.sort.column} {'▼' if h.sort.reverse else '▲'}  "]
     if h.filter_text:
         shaping += [("filter ", "dim"), (visible(h.filter_text), "bold"), "  "]
-    if h.shown is not None:
-        shaping += [(f"{h.shown[0]} of {h.shown[1]}", "bold"), "  "]
     if h.state_filter:
         state_style = f"bold {STATE_STYLES.get(h.state_filter, '')}"
         shaping += [("state ", "dim"), (h.state_filter, state_style), "  "]
+    if h.shown is not None:
+        shaping += [(f"{h.shown[0]} of {h.shown[1]}", "bold"), "  "]
     cfg = h.config
     if shaping or cfg:
         parts += ["\n", *shaping]

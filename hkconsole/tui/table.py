@@ -119,6 +119,38 @@ class LiveTable(DataTable[Any]):
             cache.clear()
         self.refresh()
 
+    def update_cells(self, cells: Sequence[tuple[RowKey, str, Text]]) -> None:
+        """Many cells of the same width as before (a tick): only they are drawn again."""
+        rows: set[RowKey] = set()
+        columns: set[ColumnKey] = set()
+        for row, column_key, value in cells:
+            column = ColumnKey(column_key)
+            if row in self._data and column in self._data[row]:
+                self._data[row][column] = value
+                rows.add(row)
+                columns.add(column)
+        if rows:
+            self._forget(rows, columns)
+
+    def _forget(self, rows: set[RowKey], columns: set[ColumnKey]) -> None:
+        """Drop what the render caches hold of these cells, and nothing else: a tick of
+        the RUNTIME column repaints the cells it changed, not every cell on screen."""
+        # (Textual's LRUCache is not iterable: its keys() is the way in.)
+        cells = self._cell_render_cache
+        for key in [k for k in cells.keys() if k[0] in rows and k[1] in columns]:  # noqa: SIM118
+            cells.discard(key)
+        lines = self._row_render_cache
+        for key in [k for k in lines.keys() if k[0] in rows]:  # noqa: SIM118
+            lines.discard(key)
+        indexes = {self._row_locations.get(row) for row in rows}
+        renderables = self._row_renderable_cache
+        for key in [k for k in renderables.keys() if k[1] in indexes]:  # noqa: SIM118
+            renderables.discard(key)
+        self._line_cache.clear()
+        for index in indexes:
+            if index is not None:
+                self.refresh_row(index)
+
     def remove_rows(self, row_keys: Iterable[RowKey | str]) -> None:
         """Remove rows in one pass; unknown keys are ignored. The rest keep their order."""
         doomed = {RowKey(k) if isinstance(k, str) else k for k in row_keys}

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterable
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import Static
-from textual.widgets.data_table import CellDoesNotExist
 
 from hkconsole.tui.cells import (
     NO_TEXT,
@@ -104,6 +102,7 @@ class NodesView(TableView):
         table = self.table
         top = int(table.scroll_offset.y)
         drains = self.model.drains
+        changed = []
         for row in table.ordered_rows[top : top + table.size.height]:
             rank = int(row.key.value or 0)
             drain = drains.get(rank)
@@ -113,8 +112,8 @@ class NodesView(TableView):
             cell = self.since_cell(drain.t)
             if str(cells[5]) != str(cell):
                 cells[5] = cell
-                with contextlib.suppress(CellDoesNotExist):
-                    table.update_cell(row.key, "since", cell)
+                changed.append((row.key, "since", cell))
+        table.update_cells(changed)
         self.show_node()
 
     def cycle_state(self) -> None:

@@ -226,6 +226,7 @@ class UnitsView(TableView):
         """RUNTIME of the rows on screen, all taken at one moment (`now`)."""
         table = self.table
         top = int(table.scroll_offset.y)
+        changed = []
         for row in table.ordered_rows[top : top + table.size.height]:
             unit = self.model.units.get(int(row.key.value or 0))
             if unit is None:
@@ -233,4 +234,5 @@ class UnitsView(TableView):
             cell = self.runtime(unit)
             with contextlib.suppress(CellDoesNotExist):
                 if str(table.get_cell(row.key, "runtime")) != str(cell):
-                    table.update_cell(row.key, "runtime", cell)
+                    changed.append((row.key, "runtime", cell))
+        table.update_cells(changed)
