@@ -11,40 +11,40 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from rich.text import Text
 from textual import on
 from textual.app import App, ComposeResult
-from textual.binding import Binding, BindingType
+from textual.binding import Binding
 from textual.containers import Vertical
 from textual.notifications import Notification, Notify
 from textual.reactive import reactive
-from textual.widgets import ContentSwitcher, DataTable, Input
+from textual.widgets import ContentSwitcher, DataTable
 
 from hkconsole.client import AsyncClient, CurveKeys
 from hkconsole.tui import flows
+from hkconsole.tui import keys as console_keys
 from hkconsole.tui.cells import Queries, visible_lines
 from hkconsole.tui.config import LONG_RUNNING_DEFAULT
 from hkconsole.tui.detail import Detail, DetailPane
 from hkconsole.tui.feed import Feed
+from hkconsole.tui.filterbar import FilterBar
 from hkconsole.tui.footer import OperatorFooter
 from hkconsole.tui.header import HeaderState, StatusHeader, header_text
-from hkconsole.tui.help import HelpScreen, help_lines
+from hkconsole.tui.help import HelpScreen
+from hkconsole.tui.keys import (
+    NEEDS_SERVICE,
+    NODES_ONLY,
+    READ_ONLY_HIDDEN,
+    REFRESH_CHOICES,
+    UNITS_ONLY,
+)
 from hkconsole.tui.model import ConsoleModel
-from hkconsole.tui.table import LiveTable
 from hkconsole.tui.views.base import TableView
 from hkconsole.tui.views.nodes import NodesView
 from hkconsole.tui.views.units import UnitsView
 from hkservice.text import plural
-
-WRITES = frozenset({"kill_unit", "kill_targets", "kill_all", "drain", "undrain", "choose_signal"})
-NEEDS_SERVICE = WRITES | {"output"}
-# Marks only ever feed a kill: read-only has no use for them.
-READ_ONLY_HIDDEN = WRITES | {"mark"}
-UNITS_ONLY = frozenset({"kill_unit", "mark", "output"})
-NODES_ONLY = frozenset({"drain", "undrain", "state_filter"})
-REFRESH_CHOICES = (1.0, 2.0, 5.0, 10.0)
 
 
 class HkConsole(App[int]):
@@ -53,30 +53,7 @@ class HkConsole(App[int]):
     TITLE = "hk housekeeping"
     ENABLE_COMMAND_PALETTE = False
 
-    # The footer shows every shown binding on a wide terminal and leaves a few to `?`
-    # on a narrow one (OperatorFooter); show=False ones are only in `?`. All remappable.
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("1", "view('units')", "Units", id="view.units"),
-        Binding("2", "view('nodes')", "Nodes", id="view.nodes"),
-        Binding("k", "kill_unit", "Kill", id="kill.unit"),
-        Binding("t", "kill_targets", "Kill on nodes", id="kill.targets"),
-        Binding("A", "kill_all", "Kill all", id="kill.all"),
-        Binding("s", "choose_signal", "Signal", id="signal"),
-        Binding("space", "mark", "Mark", id="mark"),
-        Binding("d", "drain", "Drain", id="drain"),
-        Binding("u", "undrain", "Undrain", id="undrain"),
-        Binding("f", "state_filter", "State", id="nodes.state"),
-        Binding("o", "output", "Output", id="output"),
-        Binding("slash", "filter", "Filter", id="filter"),
-        Binding("escape", "clear", "Clear filter/marks", show=False, id="clear"),
-        Binding("less_than_sign", "sort(-1)", "Sort ←", show=False, id="sort.prev"),
-        Binding("greater_than_sign", "sort(1)", "Sort →", show=False, id="sort.next"),
-        Binding("I", "invert", "Invert", show=False, id="sort.invert"),
-        Binding("p", "pause", "Pause", id="pause"),
-        Binding("r", "refresh_rate", "Refresh rate", show=False, id="refresh"),
-        Binding("question_mark", "help", "Help", id="help"),
-        Binding("q", "quit", "Quit", id="quit"),
-    ]
+    BINDINGS = console_keys.BINDINGS
 
     connected: reactive[bool] = reactive(False, bindings=True)
     view: reactive[str] = reactive("units", bindings=True)
@@ -116,7 +93,7 @@ class HkConsole(App[int]):
         self.nodes = NodesView(self.model, clock)
         sample = None if live else self.detail_sample
         self.detail = DetailPane(self.model, clock, self.fetch_detail, sample)
-        self.filter_box = Input(placeholder="filter: jobid, user, host, state…", id="filter")
+        self.filter_box = FilterBar()
         self.switcher = ContentSwitcher(initial="units-pane", id="views")
 
     def compose(self) -> ComposeResult:
@@ -133,7 +110,6 @@ class HkConsole(App[int]):
     def on_mount(self) -> None:
         if self._keys_config:
             self.set_keymap(self._keys_config)
-        self.filter_box.display = False
         self.units.active = True
         self.units.table.focus()
         self.render_header()
@@ -240,31 +216,8 @@ class HkConsole(App[int]):
             self._header_dirty = False
             self.render_header()
 
-    def header_state(self) -> HeaderState:
-        view = self.current
-        nodes = view is self.nodes
-        filtered = bool(self.filter_text) or (nodes and self.nodes.state_filter is not None)
-        cluster = self.model.cluster
-        return HeaderState(
-            endpoint=self.client.endpoint,
-            read_only=self.read_only,
-            label=self.label,
-            connected=self.connected,
-            status_line=self.status_line,
-            paused_at=self.paused_at,
-            counts=self.model.counts(),
-            config=self.model.config,
-            sort=view.sort,
-            filter_text=self.filter_text,
-            state_filter=self.nodes.state_filter if nodes else None,
-            shown=(view.table.row_count, view.total()) if filtered else None,
-            node_counts=self.model.node_counts(cluster.size) if nodes and cluster else None,
-            signal_name=self.signal_name,
-            refresh=self.feed.interval,
-        )
-
     def render_header(self) -> None:
-        text = header_text(self.header_state())
+        text = header_text(HeaderState.of(self))
         # Three lines always: no layout, and nothing at all when nothing changed (the
         # tick redraws it every second).
         if text != self._header_text:
@@ -359,42 +312,33 @@ class HkConsole(App[int]):
         self.units.toggle_mark()
 
     def action_filter(self) -> None:
-        self.filter_box.display = True
-        self.filter_box.focus()
+        self.filter_box.open()
 
-    @on(Input.Changed, "#filter")
-    def filter_changed(self, event: Input.Changed) -> None:
-        if event.value.strip() != self.filter_text:
-            self.set_filter(event.value.strip())
-
-    def set_filter(self, text: str) -> None:
+    @on(FilterBar.Filtered)
+    def set_filter(self, message: FilterBar.Filtered) -> None:
         """Apply a new filter text to the view on screen; the other view catches up
         when shown: a filter typed over 16,384 nodes must not also rebuild 10,000 unit
         rows, out of sight, at every key stroke."""
-        self.filter_text = text
-        query = self._queries.get(text, self.model.cluster)
+        self.filter_text = message.text
+        query = self._queries.get(message.text, self.model.cluster)
         for view in (self.units, self.nodes):
             view.set_query(query)
         self.current.apply(set())
         self.render_header()
 
-    @on(Input.Submitted, "#filter")
+    @on(FilterBar.Done)
     def filter_done(self) -> None:
         self.current.table.focus()
 
     def action_clear(self) -> None:
         """Clear the filter; with no filter, clear the marks (units view)."""
-        box = self.filter_box
-        if not self.filter_text and not box.display:
-            if self.view == "units" and self.units.marked:
-                cleared = self.units.clear_marks()
-                self.notify(f"cleared {plural(len(cleared), 'mark')}")
-            return
-        with box.prevent(Input.Changed):
-            box.value = ""
-        box.display = False
-        self.set_filter("")
-        self.current.table.focus()
+        if not self.filter_box.is_clear:
+            self.filter_box.clear_filter()
+            self.set_filter(FilterBar.Filtered(""))
+            self.current.table.focus()
+        elif self.view == "units" and self.units.marked:
+            cleared = self.units.clear_marks()
+            self.notify(f"cleared {plural(len(cleared), 'mark')}")
 
     def action_sort(self, step: int) -> None:
         self.current.cycle_sort(step)
@@ -437,14 +381,4 @@ class HkConsole(App[int]):
 
     def action_help(self) -> None:
         # Read before the help screen opens: a modal screen cuts the binding chain.
-        active: dict[str, bool | None] = {}
-        keys: dict[str, list[str]] = {}
-        for key, found in self.screen.active_bindings.items():
-            binding_id = found.binding.id
-            if binding_id:
-                active[binding_id] = True if found.enabled else None
-                keys.setdefault(binding_id, []).append(key)
-        bound = {i: ",".join(k) for i, k in keys.items()}
-        bound = {**self._keys_config, **bound}
-        bindings = [b for b in (*self.BINDINGS, *LiveTable.BINDINGS) if isinstance(b, Binding)]
-        self.push_screen(HelpScreen(help_lines(bindings, active, bound)))
+        self.push_screen(HelpScreen.of(self.screen, self._keys_config))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual.widgets import Static
@@ -12,6 +12,9 @@ from textual.widgets import Static
 from hkconsole.tui.cells import STATE_STYLES, Sort
 from hkservice.fsd import format_duration_config
 from hkservice.text import visible
+
+if TYPE_CHECKING:
+    from hkconsole.tui.app import HkConsole
 
 Part = Text | str | tuple[str, str]
 
@@ -33,6 +36,31 @@ class HeaderState:
     node_counts: dict[str, int] | None = None  # on the nodes view: nodes per state
     signal_name: str = "TERM"
     refresh: float = 2.0
+
+    @classmethod
+    def of(cls, app: HkConsole) -> HeaderState:
+        """What the header shows of the console now."""
+        view = app.current
+        nodes = view is app.nodes
+        filtered = bool(app.filter_text) or (nodes and app.nodes.state_filter is not None)
+        cluster = app.model.cluster
+        return cls(
+            endpoint=app.client.endpoint,
+            read_only=app.read_only,
+            label=app.label,
+            connected=app.connected,
+            status_line=app.status_line,
+            paused_at=app.paused_at,
+            counts=app.model.counts(),
+            config=app.model.config,
+            sort=view.sort,
+            filter_text=app.filter_text,
+            state_filter=app.nodes.state_filter if nodes else None,
+            shown=(view.table.row_count, view.total()) if filtered else None,
+            node_counts=app.model.node_counts(cluster.size) if nodes and cluster else None,
+            signal_name=app.signal_name,
+            refresh=app.feed.interval,
+        )
 
 
 def count(number: int, one: str, many: str, style: str) -> list[Part]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import ModalScreen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import Label, Static
 
 # Binding id -> group; in the order the help lists them.
@@ -133,3 +134,20 @@ class HelpScreen(ModalScreen[None]):
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+    @classmethod
+    def of(cls, screen: Screen[Any], configured: Mapping[str, str]) -> HelpScreen:
+        """The help for what `screen` shows now; `configured`: binding id -> keys."""
+        from hkconsole.tui.keys import BINDINGS
+        from hkconsole.tui.table import LiveTable
+
+        active: dict[str, bool | None] = {}
+        keys: dict[str, list[str]] = {}
+        for key, found in screen.active_bindings.items():
+            binding_id = found.binding.id
+            if binding_id:
+                active[binding_id] = True if found.enabled else None
+                keys.setdefault(binding_id, []).append(key)
+        bound = {**configured, **{i: ",".join(k) for i, k in keys.items()}}
+        bindings = [b for b in (*BINDINGS, *LiveTable.BINDINGS) if isinstance(b, Binding)]
+        return cls(help_lines(bindings, active, bound))
