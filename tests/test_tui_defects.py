@@ -408,8 +408,7 @@ async def test_security_outside_text_shows_its_escapes_in_every_view() -> None:
         table = app.nodes.table
         assert str(table.get_cell("62", "reason")) == SHOWN
         table.move_cursor(row=62)
-        await pilot.pause()
-        assert SHOWN in no_escapes(table)
+        await until(pilot, lambda: SHOWN in no_escapes(table))
 
 
 def screen_text(app: HkConsole) -> list[str]:
