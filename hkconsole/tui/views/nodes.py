@@ -103,7 +103,8 @@ class NodesView(TableView):
         top = int(table.scroll_offset.y)
         drains = self.model.drains
         changed = []
-        for row in table.ordered_rows[top : top + table.size.height]:
+        # A table just shown may not be laid out yet (height 0): a screenful, then.
+        for row in table.ordered_rows[top : top + max(table.size.height, self.app.size.height)]:
             rank = int(row.key.value or 0)
             drain = drains.get(rank)
             cells = self._cells.get(rank)

@@ -227,7 +227,8 @@ class UnitsView(TableView):
         table = self.table
         top = int(table.scroll_offset.y)
         changed = []
-        for row in table.ordered_rows[top : top + table.size.height]:
+        # A table just shown may not be laid out yet (height 0): a screenful, then.
+        for row in table.ordered_rows[top : top + max(table.size.height, self.app.size.height)]:
             unit = self.model.units.get(int(row.key.value or 0))
             if unit is None:
                 continue
