@@ -289,6 +289,10 @@ def test_hk_killed_mid_cleanup_resumes_nothing_early(slurm: SlurmCluster, hk: Se
     svc.stop_commands_on_exit = False
     svc.start()
     job = slurm.sbatch("-N4")
+    # The job must have ended and its cleanups begun: before it even starts, every node is
+    # idle and 'node0 back' would hold at once.
+    wait_until(lambda: mark(svc, "node0", job, "end").exists(), 10, "node0's cleanup ended")
+    wait_until(lambda: mark(svc, "node3", job, "start").exists(), 10, "node3's cleanup began")
     wait_until(settled(slurm, {"node0": ""}), 10, "node0 back")
     svc.kill9()
     time.sleep(0.5)
