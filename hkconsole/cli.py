@@ -256,23 +256,11 @@ def build_parser() -> Parser:
         "and the user the client reported (REPORTED: not verified).",
         allow_abbrev=False,
     )
-    p.add_argument(
-        "-l",
-        "--limit",
-        type=limit_arg,
-        default=20,
-        help=f"how many, 1 to {HISTORY_MAX:,} (default 20)",
-    )
+    _limit_option(p)
     _table_options(p)
 
     p = sub.add_parser("history", help="recently finished units", allow_abbrev=False)
-    p.add_argument(
-        "-l",
-        "--limit",
-        type=limit_arg,
-        default=20,
-        help=f"how many, 1 to {HISTORY_MAX:,} (default 20)",
-    )
+    _limit_option(p)
     _table_options(p)
 
     p = sub.add_parser("stats", help="node and user statistics over time", allow_abbrev=False)
@@ -365,6 +353,16 @@ def build_parser() -> Parser:
     )
     p.add_argument("--operator", action="store_true", help="allow kill and drain from the browser")
     return parser
+
+
+def _limit_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-l",
+        "--limit",
+        type=limit_arg,
+        default=20,
+        help=f"how many, 1 to {HISTORY_MAX:,} (default 20)",
+    )
 
 
 def _table_options(p: argparse.ArgumentParser) -> None:

@@ -278,3 +278,13 @@ def script(tmp_path: Path) -> Callable[[str], str]:
         return str(path)
 
     return make
+
+
+@pytest.fixture
+def busy(hk_service: ServiceFactory) -> RunningService:
+    """Three units of `sleep 600` on node[0-5] (jobs 101-103), two nodes free: the
+    console tests' service with something to kill."""
+    svc = hk_service(hostlist="node[0-7]", command=["sleep", "600"], release_after="0")
+    for jobid, ranks in ((101, "0-1"), (102, "2-3"), (103, "4-5")):
+        svc.call("housekeeping.start", {"jobid": jobid, "ranks": ranks})
+    return svc

@@ -73,14 +73,6 @@ def drained(svc: RunningService) -> dict[int, str]:
     }
 
 
-@pytest.fixture
-def busy(hk_service: ServiceFactory) -> RunningService:
-    svc = hk_service(hostlist="node[0-7]", command=["sleep", "600"], release_after="0")
-    for jobid, ranks in ((101, "0-1"), (102, "2-3"), (103, "4-5")):
-        svc.call("housekeeping.start", {"jobid": jobid, "ranks": ranks})
-    return svc
-
-
 async def test_kill_the_highlighted_unit(busy: RunningService) -> None:
     app = HkConsole(busy.endpoint)
     notes: list[str] = []

@@ -9,7 +9,6 @@ import asyncio
 import time
 from typing import Any
 
-import pytest
 import zmq
 from textual import events
 from textual.message import Message
@@ -24,7 +23,7 @@ from hkconsole.tui.views.base import TableView
 from hkservice.cluster import Cluster
 from hkservice.fsd import format_fsd
 from hkservice.jobid import encode_jobid
-from tests.conftest import RunningService, ServiceFactory
+from tests.conftest import RunningService
 from tests.test_tui import SIZE, notes_into, rows, running, until
 
 
@@ -56,14 +55,6 @@ def ended(app: HkConsole, jobid: int) -> None:
     """The service says the unit ended, as the feed would pass it on."""
     app.model.apply_event("housekeeping.ended", {"jobid": jobid})
     app.apply_changes(app.model.take_changes())
-
-
-@pytest.fixture
-def busy(hk_service: ServiceFactory) -> RunningService:
-    svc = hk_service(hostlist="node[0-7]", command=["sleep", "600"], release_after="0")
-    for jobid, ranks in ((101, "0-1"), (102, "2-3"), (103, "4-5")):
-        svc.call("housekeeping.start", {"jobid": jobid, "ranks": ranks})
-    return svc
 
 
 async def test_1_kill_all_kills_the_units_it_counted(busy: RunningService) -> None:
