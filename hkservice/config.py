@@ -23,6 +23,7 @@ DEFAULT_WARN_AFTER = 600.0
 DEFAULT_HISTORY_KEEP = 90 * 86400.0
 DEFAULT_FLAPPING_AFTER = 3
 DEFAULT_LOST_AFTER = 300.0
+DEFAULT_AGENT_SILENCE = 20.0
 
 # table -> key -> (type name shown in errors, required)
 SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
@@ -54,6 +55,7 @@ SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
         "read-events-endpoint": ("string", False),
         "keys-dir": ("string", False),
         "insecure": ("boolean", False),
+        "agent-silence": ("duration", False),
     },
     "scheduler": {
         "kind": ("string", True),
@@ -123,6 +125,8 @@ class Config:
     flapping_after: int = DEFAULT_FLAPPING_AFTER
     metrics_endpoint: tuple[str, int] | None = None
     agents: AgentsConfig | None = None
+    # How long the local agent may not answer before its nodes show offline.
+    agent_silence: float = DEFAULT_AGENT_SILENCE
 
 
 def _default_state_dir() -> Path:
@@ -259,6 +263,7 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
             raise ConfigError(f"service.{key}: expected a string")
     if "insecure" in service and not isinstance(service["insecure"], bool):
         raise ConfigError("service.insecure: expected true or false")
+    agent_silence = _positive_duration(service, "agent-silence", "service", DEFAULT_AGENT_SILENCE)
     endpoint = service.get("endpoint") or default_endpoint()
     _check_endpoint(endpoint, "service.endpoint")
     try:
@@ -296,6 +301,7 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
         read_events_endpoint=read_events_endpoint,
         keys_dir=Path(service["keys-dir"]) if "keys-dir" in service else None,
         insecure=service.get("insecure", False),
+        agent_silence=math.inf if agent_silence is None else agent_silence,
         warn_after=warn_after,
         history_keep=history_keep,
         flapping_after=flapping_after,

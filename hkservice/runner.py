@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import zmq
 import zmq.asyncio
 
-from hkservice.config import Config
+from hkservice.config import DEFAULT_AGENT_SILENCE, Config
 from hkservice.core import Outcome
 from hkservice.protocol import pack, unpack
 from hkservice.statedir import DIR_MODE, create_private
@@ -38,7 +38,6 @@ log = logging.getLogger("hkservice.runner")
 AGENT_START_TIMEOUT = 10.0
 # Also how soon the death of the agent is noticed (its pid is checked with each ping).
 PING_SECONDS = 1.0
-AGENT_SILENCE_SECONDS = 20.0
 SHUTDOWN_TIMEOUT = 30.0
 
 # (jobid, rank, outcome, receipt): the receipt, when not None, goes back through
@@ -116,7 +115,12 @@ class Runner(Protocol):
 def make_runner(config: Config, ctx: zmq.asyncio.Context) -> Runner:
     """The node agents' runner with an [agents] section, else the local agent's."""
     if config.agents is None:
-        return LocalRunner(config.command, config.state_dir / "run", config.cluster.hostname)
+        return LocalRunner(
+            config.command,
+            config.state_dir / "run",
+            config.cluster.hostname,
+            silence=config.agent_silence,
+        )
     from hkservice.agents import AgentsRunner
     from hkservice.endpoints import server_key
 
@@ -168,8 +172,10 @@ class LocalRunner:
         hostname: Callable[[int], str],
         base_env: Mapping[str, str] | None = None,
         keep_finished: int = 100,
+        silence: float = DEFAULT_AGENT_SILENCE,
     ) -> None:
         self.command = command
+        self.silence = silence
         self.run_dir = run_dir
         self.hostname = hostname
         self.base_env = dict(os.environ if base_env is None else base_env)
@@ -246,7 +252,7 @@ class LocalRunner:
                         "left running are killed and reported lost",
                         self._agent_pid,
                     )
-                elif loop.time() - self._last_heard > AGENT_SILENCE_SECONDS:
+                elif loop.time() - self._last_heard > self.silence:
                     log.error(
                         "the local agent (pid %s) stopped answering: its nodes are offline "
                         "until it answers again",

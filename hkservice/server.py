@@ -556,6 +556,10 @@ class Service:
         method = message.get("method")
         if not isinstance(method, str) or not audited_method(method, self.handlers):
             return
+        if self._failed is not None:
+            # The store failed and the service is stopping (logged): another write would
+            # only hold this reply for another busy timeout and fail the same way.
+            return
         params = message.get("params")
         if "error" in reply:
             error = reply["error"]

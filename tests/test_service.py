@@ -433,6 +433,11 @@ def test_bad_requests_are_rejected_without_losing_state(hk_service: ServiceFacto
         ),
         ('[housekeeping]\ncommand=["true"]\n', "cluster.hostlist: required key is missing"),
         ('[cluster]\nhostlist="n[0-3"\n[housekeeping]\ncommand=["true"]\n', "cluster.hostlist"),
+        (
+            '[cluster]\nhostlist="n0"\n[housekeeping]\ncommand=["true"]\n'
+            '[service]\nagent-silence="0"\n',
+            'service.agent-silence: must be above 0 (or "inf" for never)',
+        ),
     ],
 )
 def test_bad_config_stops_the_start_naming_the_key(
@@ -536,12 +541,15 @@ def test_a_change_that_cannot_be_saved_stops_the_service_without_acting_on_it(
     svc = hk_service(command=[script(f'touch "{ran}"')], stop_commands_on_exit=False)
     db = lock_the_store(svc)
     try:
+        asked = time.monotonic()
         with (
             svc.client(timeout=20) as client,
             pytest.raises(ServiceError, match=r"could not save the state .*is stopping") as err,
         ):
             client.call("housekeeping.start", {"jobid": 900, "ranks": "0"})
         assert err.value.code == "EINTERNAL"
+        # One busy timeout (5 s), not a second one for an audit entry that cannot be saved.
+        assert time.monotonic() - asked < 9
         assert svc.proc is not None
         assert svc.proc.wait(15) == 1
     finally:
@@ -948,14 +956,22 @@ def test_a_dead_agent_is_noticed_its_commands_killed_and_reported_lost(
 def test_a_stopped_agent_makes_its_nodes_offline_and_kills_wait_for_it(
     hk_service: ServiceFactory,
 ) -> None:
-    svc = hk_service(hostlist="node[0-3]", command=["sleep", "600"], stop_commands_on_exit=False)
+    svc = hk_service(
+        hostlist="node[0-3]",
+        command=["sleep", "600"],
+        stop_commands_on_exit=False,
+        start=False,
+    )
+    svc.service_options["agent-silence"] = "2s"
+    svc.start()
     svc.call("housekeeping.start", {"jobid": 41, "ranks": "1-2"})
     wait_until(lambda: len(svc.command_pids()) == 2)
     agent = svc.agent_pid()
     assert agent is not None
     os.kill(agent, signal.SIGSTOP)
     try:
-        wait_until(lambda: svc.call("resource.status")["offline"] == "1-2", timeout=30)
+        # Well before the default agent-silence (20 s): the option is heeded.
+        wait_until(lambda: svc.call("resource.status")["offline"] == "1-2", timeout=10)
         with pytest.raises(ServiceError, match="the local agent is not answering") as err:
             svc.call("housekeeping.kill", {"jobid": 41})
         assert err.value.code == "EAGAIN"
