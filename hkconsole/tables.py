@@ -406,6 +406,8 @@ class Finished(NamedTuple):
     releases: int
     ranks: set[int]
     failed: set[int]
+    # (ranks, reason) of each way its failed ranks failed ("exited 1", "killed TERM").
+    reasons: tuple[tuple[frozenset[int], str], ...] = ()
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> Finished:
@@ -417,6 +419,7 @@ class Finished(NamedTuple):
             int(wire.get("releases", 0)),
             parse_idset(wire["ranks"]),
             parse_idset(wire.get("failed", "")),
+            _reasons(wire.get("reasons")),
         )
 
     def to_json(self, cluster: Cluster) -> dict[str, Any]:
@@ -430,6 +433,20 @@ class Finished(NamedTuple):
             **node_fields(self.ranks, cluster),
             "failed": node_fields(self.failed, cluster),
         }
+
+
+def _reasons(wire: Any) -> tuple[tuple[frozenset[int], str], ...]:
+    """`reasons` of a history entry; what is not a {ranks, reason} entry is left out
+    (an older service sends none)."""
+    reasons: list[tuple[frozenset[int], str]] = []
+    for entry in wire if isinstance(wire, list) else ():
+        try:
+            ranks, reason = parse_idset(entry["ranks"]), entry["reason"]
+        except (KeyError, TypeError, ValueError, IdsetError):
+            continue
+        if isinstance(reason, str) and ranks:
+            reasons.append((frozenset(ranks), reason))
+    return tuple(reasons)
 
 
 def merge_finished(entries: list[Finished]) -> Finished:

@@ -474,8 +474,9 @@ class Store:
             " ORDER BY seq DESC LIMIT ?",
             (limit,),
         ).fetchall()
-        return [
-            {
+        units: list[dict[str, object]] = []
+        for jobid, userid, t_start, t_end, ranks, failed, releases in rows:
+            unit: dict[str, object] = {
                 "jobid": _job(jobid),
                 "userid": userid,
                 "t_start": t_start,
@@ -484,8 +485,25 @@ class Store:
                 "failed": failed,
                 "releases": releases,
             }
-            for jobid, userid, t_start, t_end, ranks, failed, releases in rows
-        ]
+            if failed:
+                unit["reasons"] = self._failures(jobid, t_start, t_end)
+            units.append(unit)
+        return units
+
+    def _failures(self, jobid: int, t_start: float, t_end: float) -> list[dict[str, str]]:
+        """Why a finished unit's ranks failed: [{ranks, reason}], one entry per reason.
+
+        Its runs ended within the unit's own time span: that bound lets the t_end index
+        find them (runs has no index by jobid).
+        """
+        by_reason: dict[str, list[int]] = {}
+        for rank, reason in self.db.execute(
+            "SELECT rank, reason FROM runs WHERE t_end BETWEEN ? AND ? AND jobid = ?"
+            " AND result != 'ok' ORDER BY rank",
+            (t_start, t_end, jobid),
+        ):
+            by_reason.setdefault(reason or "", []).append(rank)
+        return [{"ranks": format_idset(r), "reason": why} for why, r in by_reason.items()]
 
     def last_run(self) -> int:
         """The id of the latest run saved (0: none); ids grow with each run saved."""

@@ -55,6 +55,10 @@ async def main() -> int:
         # failure and its stderr, the node still cleaning, and the ones released.
         await pilot.press("down", "down")
 
+    async def finished(pilot: Pilot[Any]) -> None:
+        # The unit whose node timed out: the bar below has its reason in full.
+        await pilot.press("3", "down", "down", "down")
+
     async def gone(pilot: Pilot[Any]) -> None:
         disconnect(pilot.app)  # type: ignore[arg-type]
 
@@ -62,6 +66,7 @@ async def main() -> int:
     await shoot("nodes", nodes)
     await shoot("detail", detail)
     await shoot("kill-dialog", kill_dialog)
+    await shoot("finished", finished)
     await shoot("disconnected", gone)
     return 0
 

@@ -116,3 +116,9 @@ def test_disconnected_80_columns(snap_compare: Any) -> None:
 def test_drain_dialog(snap_compare: Any) -> None:
     press = ["2", "down", "d", *"bad fan"]
     assert snap_compare(fixed_app(), press=press, run_before=loaded, terminal_size=SIZE)
+
+
+def test_finished_view(snap_compare: Any) -> None:
+    # The failed unit highlighted: the bar under the table has its reasons in full.
+    press = ["3", "down", "down", "down"]
+    assert snap_compare(fixed_app(), press=press, run_before=loaded, terminal_size=SIZE)

@@ -42,6 +42,7 @@ from hkconsole.tui.keys import (
 )
 from hkconsole.tui.model import ConsoleModel
 from hkconsole.tui.views.base import TableView
+from hkconsole.tui.views.finished import FinishedView
 from hkconsole.tui.views.nodes import NodesView
 from hkconsole.tui.views.units import UnitsView
 from hkservice.text import plural
@@ -91,6 +92,12 @@ class HkConsole(App[int]):
         self.header_pane = StatusHeader(id="header")
         self.units = UnitsView(self.model, clock, long_running)
         self.nodes = NodesView(self.model, clock)
+        self.finished = FinishedView(self.model, clock)
+        self.views: dict[str, TableView] = {
+            "units": self.units,
+            "nodes": self.nodes,
+            "finished": self.finished,
+        }
         sample = None if live else self.detail_sample
         self.detail = DetailPane(self.model, clock, self.fetch_detail, sample)
         self.filter_box = FilterBar()
@@ -103,6 +110,7 @@ class HkConsole(App[int]):
                 yield self.units
                 yield self.detail
             yield self.nodes
+            yield self.finished
         yield self.filter_box
         yield OperatorFooter()
         yield self.feed
@@ -122,7 +130,7 @@ class HkConsole(App[int]):
 
     @property
     def current(self) -> TableView:
-        return self.units if self.view == "units" else self.nodes
+        return self.views[self.view]
 
     async def fetch_detail(self, jobid: int) -> Detail:
         unit = await self.client.call("housekeeping.unit", {"jobid": jobid})
@@ -166,11 +174,18 @@ class HkConsole(App[int]):
         self.feed.changes_taken()
         self.apply_changes(self.model.take_changes())
 
-    def load(self, config: dict[str, Any], units: dict[str, Any], status: dict[str, Any]) -> None:
+    def load(
+        self,
+        config: dict[str, Any],
+        units: dict[str, Any],
+        status: dict[str, Any],
+        history: dict[str, Any] | None = None,
+    ) -> None:
         """Show fixed data without a service (snapshots, screenshots, benchmarks)."""
         self.model.set_config(config)
         self.model.apply_list(units)
         self.model.apply_status(status)
+        self.model.apply_history(history or {"units": []})
         self.connected = True
         self.status_line = "connected"
         self.apply_changes(self.model.take_changes(), full=True)
@@ -178,7 +193,7 @@ class HkConsole(App[int]):
 
     def apply_changes(self, changed: set[int], full: bool = False) -> None:
         query = self._queries.get(self.filter_text, self.model.cluster)
-        for view in (self.units, self.nodes):
+        for view in self.views.values():
             view.set_query(query)
             view.apply(set(changed), full)
         self.detail.gone()
@@ -207,6 +222,8 @@ class HkConsole(App[int]):
         if self.view == "nodes":
             self.nodes.tick()
             return
+        if self.view == "finished":
+            return  # nothing there ticks: finished units show when they ended
         self.units.now = self.clock()
         self.units.tick()
         self.detail.tick(self.units.now)
@@ -261,9 +278,8 @@ class HkConsole(App[int]):
         return await super().run_action(action, *args, **kwargs)
 
     def watch_view(self, old: str, view: str) -> None:
-        self.switcher.current = "units-pane" if view == "units" else "nodes-view"
-        previous = self.units if old == "units" else self.nodes
-        previous.active = False
+        self.switcher.current = "units-pane" if view == "units" else self.current.id
+        self.views[old].active = False
         if self.paused_at is None:
             self.current.catch_up()
         self.current.table.focus()
@@ -321,7 +337,7 @@ class HkConsole(App[int]):
         rows, out of sight, at every key stroke."""
         self.filter_text = message.text
         query = self._queries.get(message.text, self.model.cluster)
-        for view in (self.units, self.nodes):
+        for view in self.views.values():
             view.set_query(query)
         self.current.apply(set())
         self.render_header()
@@ -355,7 +371,8 @@ class HkConsole(App[int]):
     def action_pause(self) -> None:
         if self.paused_at is None:
             self.paused_at = self.clock()
-            self.units.active = self.nodes.active = False
+            for view in self.views.values():
+                view.active = False
             self.units.now = self.paused_at
             self.units.tick()
         else:

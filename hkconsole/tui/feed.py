@@ -19,10 +19,14 @@ from textual.widget import Widget
 
 from hkconsole.client import AsyncClient, ServiceError, apply_curve
 from hkconsole.tui.model import ConsoleModel
-from hkservice.protocol import unpack
+from hkservice.protocol import EVENT_ENDED, unpack
 
 BACKOFF_MAX = 10.0
 HEARTBEAT_TIMEOUT = 6.0
+# How many finished units the console keeps (`housekeeping.history`, newest first).
+HISTORY_SHOWN = 200
+# Units ending in a burst are fetched once: this long after the first one ended.
+HISTORY_SETTLE = 0.5
 
 
 class Feed(Widget):
@@ -48,6 +52,8 @@ class Feed(Widget):
         self.connected = False
         self._resync_now = asyncio.Event()
         self._changed_posted = False
+        # When to fetch the history next (monotonic), None: nothing ended since.
+        self._history_due: float | None = None
 
     def resync_soon(self) -> None:
         self._resync_now.set()
@@ -101,12 +107,14 @@ class Feed(Widget):
         sub.connect(config["events-endpoint"])
         try:
             await self.resync()
+            await self.fetch_history()
             self.connected = True
             self.post_message(self.Connected())
             last_heard = time.monotonic()
             next_resync = time.monotonic() + self.interval
             while True:
-                timeout = max(0.0, next_resync - time.monotonic())
+                wake = min(next_resync, self._history_due or next_resync)
+                timeout = max(0.0, wake - time.monotonic())
                 if await sub.poll(int(min(timeout, 0.5) * 1000)):
                     topic, body = await sub.recv_multipart()
                     last_heard = time.monotonic()
@@ -115,18 +123,47 @@ class Feed(Widget):
                         next_resync = 0.0
                     elif changed or topic.startswith(b"resource."):
                         self._post_changed()
+                    if topic == EVENT_ENDED.encode():
+                        self.history_soon()
                 if time.monotonic() - last_heard > HEARTBEAT_TIMEOUT:
                     raise ServiceError("EHOSTDOWN", "no heartbeat from the service")
                 if time.monotonic() >= next_resync or self._resync_now.is_set():
                     self._resync_now.clear()
                     await self.resync()
                     next_resync = time.monotonic() + self.interval
+                if self._history_due is not None and time.monotonic() >= self._history_due:
+                    await self.fetch_history()
         finally:
             sub.close(linger=0)
 
     async def resync(self) -> None:
         result = await self.client.call("housekeeping.list")
         status = await self.client.call("resource.status")
+        before = self.model.units.keys() - {int(u["jobid"]) for u in result["units"]}
         self.model.apply_list(result)
         self.model.apply_status(status)
+        if before:
+            # Units ended unseen (events missed): the history has them.
+            self.history_soon()
+        self._post_changed()
+
+    def history_soon(self) -> None:
+        """Fetch the finished units shortly: a burst of units ending is one request."""
+        if self._history_due is None:
+            self._history_due = time.monotonic() + HISTORY_SETTLE
+
+    async def fetch_history(self) -> None:
+        """The recently finished units, in a request of their own, between events."""
+        self._history_due = None
+        try:
+            result = await self.client.call("housekeeping.history", {"limit": HISTORY_SHOWN})
+        except ServiceError as exc:
+            if exc.code == "EHOSTDOWN":
+                raise
+            # A service that keeps no history, or will not show it to us: the view
+            # says so, the rest of the console works on.
+            self.model.history_error = exc.message
+            self._post_changed()
+            return
+        self.model.apply_history(result)
         self._post_changed()

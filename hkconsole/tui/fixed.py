@@ -6,7 +6,14 @@ from typing import Any
 
 from hkconsole.tui.app import HkConsole
 from hkconsole.tui.detail import Detail
-from hkconsole.tui.sample import ENDPOINT, LABEL, T0, sample_data, sample_detail
+from hkconsole.tui.sample import (
+    ENDPOINT,
+    LABEL,
+    T0,
+    sample_data,
+    sample_detail,
+    sample_history,
+)
 
 
 class FixedConsole(HkConsole):
@@ -36,7 +43,7 @@ def fixed_app(read_only: bool = False) -> FixedConsole:
 
 def load_sample(app: FixedConsole) -> None:
     config, units, status = app.sample
-    app.load(config, units, status)
+    app.load(config, units, status, sample_history())
 
 
 def disconnect(app: HkConsole) -> None:

@@ -16,7 +16,8 @@ FULL_WIDTH = 116
 
 class OperatorFooter(Footer):
     def __init__(self) -> None:
-        super().__init__(show_command_palette=False)
+        # Compact (a key, a space, its words): 80 columns hold a view's essential keys.
+        super().__init__(show_command_palette=False, compact=True)
         self._narrow: bool | None = None
 
     def compose(self) -> ComposeResult:

@@ -34,6 +34,8 @@ class HeaderState:
     shown: tuple[int, int] | None = None  # rows shown of rows there, while filtered
     state_filter: str | None = None
     node_counts: dict[str, int] | None = None  # on the nodes view: nodes per state
+    # On the finished view: (finished units, of which failed, failed ranks).
+    finished_counts: tuple[int, int, int] | None = None
     signal_name: str = "TERM"
     refresh: float = 2.0
 
@@ -58,6 +60,7 @@ class HeaderState:
             state_filter=app.nodes.state_filter if nodes else None,
             shown=(view.table.row_count, view.total()) if filtered else None,
             node_counts=app.model.node_counts(cluster.size) if nodes and cluster else None,
+            finished_counts=app.finished.counts() if view is app.finished else None,
             signal_name=app.signal_name,
             refresh=app.feed.interval,
         )
@@ -92,6 +95,18 @@ def header_text(h: HeaderState) -> Text:
         for state, number in h.node_counts.items():
             style = f"bold {STATE_STYLES.get(state, '')}" if number else "dim"
             parts += ["  ", (f"{number}", style), f" {state}"]
+    elif h.finished_counts is not None:
+        units, failed_units, failed_ranks = h.finished_counts
+        parts += [
+            "\n",
+            *count(units, "unit finished lately", "units finished lately", "bold"),
+            *count(
+                units - failed_units, "ok", "ok", "bold green" if units > failed_units else "bold"
+            ),
+            *count(failed_units, "failed", "failed", "bold red" if failed_units else "bold"),
+            (f"{failed_ranks}", "bold red" if failed_ranks else "bold"),
+            " failed rank" if failed_ranks == 1 else " failed ranks",
+        ]
     else:
         parts += [
             "\n",

@@ -17,6 +17,7 @@ REFRESH_CHOICES = (1.0, 2.0, 5.0, 10.0)
 BINDINGS: list[BindingType] = [
     Binding("1", "view('units')", "Units", id="view.units"),
     Binding("2", "view('nodes')", "Nodes", id="view.nodes"),
+    Binding("3", "view('finished')", "Finished", id="view.finished"),
     Binding("k", "kill_unit", "Kill", id="kill.unit"),
     Binding("t", "kill_targets", "Kill on nodes", id="kill.targets"),
     Binding("A", "kill_all", "Kill all", id="kill.all"),

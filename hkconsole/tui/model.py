@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hkconsole.tables import Unit
+from hkconsole.tables import Finished, Unit
 from hkservice.cluster import Cluster
 from hkservice.idset import parse_idset
 
@@ -40,6 +40,11 @@ class ConsoleModel:
     _dirty_ranks: set[int] = field(default_factory=set)
     # Units changed since the console last took them (`take_changes`).
     _changed: set[int] = field(default_factory=set)
+    # Recently finished units (`housekeeping.history`), newest first.
+    finished: dict[int, Finished] = field(default_factory=dict)
+    # Why there is no history, when the service would not give it.
+    history_error: str = ""
+    _finished_changed: set[int] = field(default_factory=set)
 
     # -- snapshots ----------------------------------------------------------
 
@@ -93,6 +98,28 @@ class ConsoleModel:
         self._dirty_ranks |= offline ^ self.offline
         self.drains = drains
         self.offline = offline
+
+    def apply_history(self, result: Mapping[str, Any]) -> bool:
+        """Replace the finished units; whether any came or went."""
+        fresh: dict[int, Finished] = {}
+        units = result.get("units")
+        for wire in units if isinstance(units, list) else ():
+            try:
+                entry = Finished.from_wire(wire)
+            except (KeyError, TypeError, ValueError):
+                continue  # hostile or garbled: that entry is not shown, the rest is
+            fresh.setdefault(entry.jobid, entry)
+        old = self.finished
+        changed = {j for j in fresh.keys() | old.keys() if fresh.get(j) != old.get(j)}
+        self.finished = fresh
+        self.history_error = ""
+        self._finished_changed |= changed
+        return bool(changed)
+
+    def take_finished_changes(self) -> set[int]:
+        """The finished units added or gone since the last call."""
+        changed, self._finished_changed = self._finished_changed, set()
+        return changed
 
     # -- events -------------------------------------------------------------
 

@@ -117,6 +117,48 @@ def sample_data() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     return config, {"t_now": T0, "units": units}, status
 
 
+class Ended(NamedTuple):
+    n: int  # the job's number in the demo run
+    userid: int
+    started: float  # seconds before T0
+    ended: float
+    ranks: str
+    releases: int
+    failures: tuple[tuple[str, str], ...] = ()  # (ranks, reason)
+
+
+# Units that finished before T0: the drain of sim31 is job 31's timeout; job 12's
+# failed nodes were undrained since (the demo's admin does that after 2.5 minutes).
+ENDED = (
+    Ended(74, 1004, 7.9, 1.2, "36-39", 2),
+    Ended(72, 1000, 12.5, 4.0, "58-59", 1),
+    Ended(69, 1002, 30.3, 19.1, "8-11", 2),
+    Ended(31, 1003, 221.0, 90.5, "24-31", 2, (("31", "killed TERM after 2m"),)),
+    Ended(20, 1001, 410.2, 401.7, "60-61", 1),
+    Ended(12, 1005, 655.0, 640.3, "48-53", 3, (("48-49", "exited 1"), ("52", "killed TERM"))),
+)
+
+
+def sample_history() -> dict[str, Any]:
+    """The `housekeeping.history` reply of the demo at T0: newest first."""
+    units = []
+    for end in ENDED:
+        failed = set().union(*(parse_idset(ranks) for ranks, _ in end.failures))
+        unit: dict[str, Any] = {
+            "jobid": JOBID_BASE + end.n,
+            "userid": end.userid,
+            "t_start": T0 - end.started,
+            "t_end": T0 - end.ended,
+            "ranks": end.ranks,
+            "failed": format_idset(failed),
+            "releases": end.releases,
+        }
+        if end.failures:
+            unit["reasons"] = [{"ranks": r, "reason": why} for r, why in end.failures]
+        units.append(unit)
+    return {"units": units}
+
+
 def sample_detail(unit: dict[str, Any]) -> tuple[dict[str, Any], list[list[Any]]]:
     """A `housekeeping.unit` reply and output lines for a sample unit."""
     job = next(j for j in JOBS if jobid(j) == unit["jobid"])

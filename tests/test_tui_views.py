@@ -1,0 +1,111 @@
+"""The console's finished view (`3`), its stuck and flapping marks and node agents."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+from rich.console import Console
+
+from hkconsole.tui.app import HkConsole
+from hkconsole.tui.fixed import fixed_app, load_sample
+from hkconsole.tui.help import HelpScreen
+from hkconsole.tui.model import ConsoleModel
+from hkconsole.tui.sample import JOBID_BASE
+from hkservice.jobid import encode_jobid
+from tests.conftest import ServiceFactory
+from tests.test_tui import SIZE, header_lines, until
+
+
+def help_text(app: HkConsole) -> str:
+    assert isinstance(app.screen, HelpScreen)
+    console = Console(width=100, record=True, file=io.StringIO())
+    console.print(app.screen.table())
+    return console.export_text()
+
+
+def finished_rows(app: HkConsole) -> list[int]:
+    return [int(row.key.value or 0) for row in app.finished.table.ordered_rows]
+
+
+def cell(app: HkConsole, jobid: int, column: str) -> str:
+    return str(app.finished.table.get_cell(str(jobid), column)).strip()
+
+
+async def test_finished_view_keeps_a_failed_unit_with_its_hosts_and_reasons(
+    hk_service: ServiceFactory, script: Callable[[str], str]
+) -> None:
+    # node2's cleanup fails, the others succeed: unit 201 ends with one failed node.
+    fails_on_node2 = script('[ "$HK_HOSTNAME" = node2 ] && { echo dirty >&2; exit 3; }\nexit 0')
+    svc = hk_service(hostlist="node[0-3]", command=[fails_on_node2], release_after="0")
+    svc.call("housekeeping.start", {"jobid": 200, "ranks": "0"})
+    svc.wait_idle()
+    app = HkConsole(svc.endpoint)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.connected)
+        await pilot.press("3")
+        # Fetched when the console connects: what ended before it opened is there.
+        await until(pilot, lambda: finished_rows(app) == [200])
+        # A unit that ends while the console watches appears at once, newest first.
+        svc.call("housekeeping.start", {"jobid": 201, "ranks": "1-3"})
+        await until(pilot, lambda: finished_rows(app) == [201, 200])
+        assert cell(app, 201, "outcome") == "failed"
+        assert cell(app, 201, "failed") == "1"
+        assert cell(app, 201, "nnodes") == "3"
+        assert cell(app, 201, "failures") == "node2: exited 3"
+        assert cell(app, 200, "outcome") == "ok" and cell(app, 200, "failures") == ""
+        assert cell(app, 201, "duration").endswith("s")
+        assert ":" in cell(app, 201, "ended")
+        # The highlight stayed on its unit; on the newest, the bar below has it in full.
+        assert encode_jobid(200) in str(app.finished.bar.render())
+        await pilot.press("g")
+        bar = str(app.finished.bar.render())
+        assert encode_jobid(201) in bar and "failed" in bar and "node2: exited 3" in bar
+        counts = "2 units finished lately  1 ok  1 failed  1 failed rank"
+        await until(pilot, lambda: counts in header_lines(app)[1])
+        # The filter finds it by the host that failed, and says N of M.
+        await pilot.press("slash", *"node2", "enter")
+        await until(pilot, lambda: finished_rows(app) == [201])
+        assert "1 of 2" in header_lines(app)[2]
+
+
+async def test_finished_view_keys_help_and_empty_reason() -> None:
+    app = fixed_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("3")
+        assert "no unit has finished housekeeping yet" in str(app.finished.empty.render())
+        load_sample(app)
+        await pilot.pause()
+        # Newest first; JOBID sorts by jobid, and `<` past the first column goes back.
+        first = finished_rows(app)
+        assert first[0] == JOBID_BASE + 74 and first[-1] == JOBID_BASE + 12
+        await pilot.press("greater_than_sign")
+        assert finished_rows(app) == sorted(first)
+        await pilot.press("less_than_sign")
+        assert finished_rows(app) == first
+        await pilot.press("slash", *"nothing-like-it", "enter")
+        await pilot.pause()
+        assert "no finished units match 'nothing-like-it'" in str(app.finished.empty.render())
+        await pilot.press("escape", "question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        assert "3  Finished: units that finished recently" in help_text(app)
+
+
+def test_history_entries_the_console_cannot_read_are_left_out() -> None:
+    model = ConsoleModel()
+    good = {"jobid": 7, "userid": 1, "t_start": 1.0, "t_end": 2.0, "ranks": "0-1", "failed": "1"}
+    reasons = [{"ranks": "1", "reason": "exited 2"}, {"ranks": "x"}, "junk", {"reason": 3}]
+    changed = model.apply_history(
+        {
+            "units": [
+                {**good, "reasons": reasons},
+                {"jobid": "nan"},
+                None,
+                {**good, "jobid": 8, "ranks": "a"},
+            ]
+        }
+    )
+    assert changed and list(model.finished) == [7]
+    assert model.finished[7].reasons == ((frozenset({1}), "exited 2"),)
+    assert not model.apply_history({"units": [{**good, "reasons": reasons}]})
+    assert model.apply_history({"units": "not a list"}) and model.finished == {}
