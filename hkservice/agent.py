@@ -65,7 +65,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from hkservice.protocol import pack, unpack
+from hkservice.protocol import AGENT_MAX_MESSAGE_BYTES, pack, unpack
 from hkservice.statedir import (
     DIR_MODE,
     FILE_MODE,
@@ -112,6 +112,16 @@ def _start_time(pid: int) -> int | None:
             return int(fh.read().rsplit(b")", 1)[1].split()[19])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def agent_socket_options(sock: zmq.Socket[Any]) -> None:
+    """What every socket between the service and an agent sets, at either end."""
+    # Never block or drop for a high-water mark: a launch lost is a unit stuck.
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    # Dropped by libzmq before it is read: whoever sends a huge message (a local user
+    # with access to the socket, a stolen node key) costs neither end its memory.
+    sock.setsockopt(zmq.MAXMSGSIZE, AGENT_MAX_MESSAGE_BYTES)
 
 
 def install_signal_wakeup() -> None:
@@ -328,9 +338,7 @@ class Agent:
 
     def _open_socket(self) -> zmq.asyncio.Socket:
         sock = self._ctx.socket(zmq.ROUTER)
-        # Never drop a message for a high-water mark: a launch lost is a unit stuck.
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
+        agent_socket_options(sock)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.bind(self.endpoint)
         if self.endpoint.startswith("ipc://"):

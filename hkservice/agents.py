@@ -31,12 +31,19 @@ import zmq
 import zmq.asyncio
 
 from hkservice import auth, keys
+from hkservice.agent import agent_socket_options
 from hkservice.cluster import Cluster
 from hkservice.config import AgentsConfig
 from hkservice.core import Outcome
 from hkservice.fsd import format_duration_config, format_fsd
 from hkservice.protocol import pack, unpack
-from hkservice.runner import ExitCallback, LaunchSpec, RelaunchCallback, parse_status
+from hkservice.runner import (
+    ExitCallback,
+    LaunchSpec,
+    RelaunchCallback,
+    launch_messages,
+    parse_status,
+)
 from hkservice.text import visible
 
 log = logging.getLogger("hkservice.agents")
@@ -190,8 +197,7 @@ class AgentsRunner:
         self._expected = expected
         self._relaunch = relaunch
         sock = self._ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
+        agent_socket_options(sock)
         sock.setsockopt(zmq.LINGER, 0)
         # A reconnecting agent takes its routing id over rather than being refused.
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -208,19 +214,10 @@ class AgentsRunner:
 
     def launch(self, spec: LaunchSpec) -> None:
         for link, ranks in self._by_link(spec.ranks).items():
-            self._send(
-                link,
-                {
-                    "op": "launch",
-                    "jobid": spec.jobid,
-                    "userid": spec.userid,
-                    "ranks": ranks,
-                    "all_ranks": spec.all_ranks,
-                    "argv": self.command,
-                    "env": self.base_env,
-                    "hostnames": [self.cluster.hostname(r) for r in ranks],
-                },
-            )
+            for message in launch_messages(
+                spec, ranks, self.command, self.base_env, self.cluster.hostname
+            ):
+                self._send(link, message)
         # Ranks of offline nodes: held; their agent's hello reconciliation starts them.
 
     def signal(self, jobid: int, ranks: Iterable[int], signum: int) -> None:

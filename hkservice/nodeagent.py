@@ -38,7 +38,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from hkservice import keys, limits
-from hkservice.agent import Agent, UntrustedJournal
+from hkservice.agent import Agent, UntrustedJournal, agent_socket_options
 from hkservice.cluster import Cluster
 from hkservice.protocol import pack
 from hkservice.statedir import StateError, create_private, private_dir
@@ -46,6 +46,8 @@ from hkservice.statedir import StateError, create_private, private_dir
 log = logging.getLogger("hkservice.agent")
 
 RETRY_SECONDS = 5.0
+# After a connection ends: libzmq's own reconnect interval.
+RECONNECT_SECONDS = 0.1
 # libzmq's own heartbeats: a connection silent this long is dropped and made again, so a
 # service that went away without a word (kill -9, a partition) is found by the agent too.
 HEARTBEAT_MS = 1000
@@ -81,8 +83,7 @@ class NodeAgent(Agent):
 
     def _open_socket(self) -> zmq.asyncio.Socket:
         sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
+        agent_socket_options(sock)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.CURVE_SECRETKEY, self.key.secret or b"")
         sock.setsockopt(zmq.CURVE_PUBLICKEY, self.key.public)
@@ -123,11 +124,15 @@ class NodeAgent(Agent):
                 with contextlib.suppress(asyncio.CancelledError, zmq.ZMQError):
                     await self._receiving
             self._close_socket()
-            await asyncio.sleep(self.retry)
+            await asyncio.sleep(self.retry if self._refused else RECONNECT_SECONDS)
             self._sock = self._open_socket()
 
     async def _watch(self) -> None:
-        """Returns when the socket must be replaced (the service refused the handshake)."""
+        """Returns when the socket must be replaced: the service refused the handshake,
+        or the connection ended. libzmq reconnects by itself after a network error but
+        not after a protocol error (a message over MAXMSGSIZE, say): a new socket covers
+        both, and loses nothing, since the service's hello on the new connection asks
+        for every exit not acknowledged."""
         assert self._monitor is not None
         while True:
             event = parse_monitor_message(await self._monitor.recv_multipart())["event"]
@@ -141,6 +146,7 @@ class NodeAgent(Agent):
                 if self._connected:
                     log.warning("lost the connection to the service at %s", self.endpoint)
                 self._connected = False
+                return
             else:
                 if not self._refused:  # once, not at every retry
                     log.error(

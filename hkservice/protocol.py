@@ -11,6 +11,11 @@ from hkservice import PROTOCOL_VERSION
 from hkservice.errors import HkError
 
 MAX_MESSAGE_BYTES = 1 << 20
+# Between the service and its agents (local or node), in both directions: a launch names
+# each rank's host and carries the command's environment, a hello lists every command
+# running and every exit kept. Launches are cut into chunks (runner.launch_messages) so
+# none comes near this; libzmq drops a bigger message, and the connection, unread.
+AGENT_MAX_MESSAGE_BYTES = 16 << 20
 # Drain reasons: one line of printable text, short enough to read in a table.
 MAX_REASON = 256
 # No request needs more than a map of maps; anything deeper is malformed, and refused

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import zmq
 import zmq.asyncio
 
+from hkservice.agent import agent_socket_options
 from hkservice.config import DEFAULT_AGENT_SILENCE, Config
 from hkservice.core import Outcome
 from hkservice.protocol import pack, unpack
@@ -53,6 +54,33 @@ class LaunchSpec:
     userid: int
     ranks: tuple[int, ...]
     all_ranks: str
+
+
+# Ranks per launch message: with a hostname each, a launch stays far below the agents'
+# message limit (AGENT_MAX_MESSAGE_BYTES) however large the unit.
+LAUNCH_RANKS = 4096
+
+
+def launch_messages(
+    spec: LaunchSpec,
+    ranks: Sequence[int],
+    argv: list[str],
+    env: Mapping[str, str],
+    hostname: Callable[[int], str],
+) -> Iterator[dict[str, Any]]:
+    """The launch messages of `ranks` of a unit, for one agent."""
+    for first in range(0, len(ranks), LAUNCH_RANKS):
+        chunk = list(ranks[first : first + LAUNCH_RANKS])
+        yield {
+            "op": "launch",
+            "jobid": spec.jobid,
+            "userid": spec.userid,
+            "ranks": chunk,
+            "all_ranks": spec.all_ranks,
+            "argv": argv,
+            "env": env,
+            "hostnames": [hostname(r) for r in chunk],
+        }
 
 
 class Runner(Protocol):
@@ -111,6 +139,8 @@ class Runner(Protocol):
         accepted public key (z85), or None to refuse it."""
         ...
 
+    async def close(self) -> None: ...
+
 
 def make_runner(config: Config, ctx: zmq.asyncio.Context) -> Runner:
     """The node agents' runner with an [agents] section, else the local agent's."""
@@ -131,8 +161,6 @@ def make_runner(config: Config, ctx: zmq.asyncio.Context) -> Runner:
             "(hkservice keygen server --dir KEYS-DIR)"
         )
     return AgentsRunner(config.agents, config.cluster, config.command, ctx, secret)
-
-    async def close(self) -> None: ...
 
 
 DOOMED_PREFIX = ".deleting-"
@@ -330,9 +358,7 @@ class LocalRunner:
         while True:
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
-            # Never block or drop for a high-water mark: a launch lost is a unit stuck.
-            sock.setsockopt(zmq.SNDHWM, 0)
-            sock.setsockopt(zmq.RCVHWM, 0)
+            agent_socket_options(sock)
             sock.connect(self.endpoint)
             self._sock = sock
             # CLOCK_MONOTONIC is one clock for every process on the machine: the agent can
@@ -415,18 +441,10 @@ class LocalRunner:
     # -- commands -----------------------------------------------------------
 
     def launch(self, spec: LaunchSpec) -> None:
-        self._send(
-            {
-                "op": "launch",
-                "jobid": spec.jobid,
-                "userid": spec.userid,
-                "ranks": list(spec.ranks),
-                "all_ranks": spec.all_ranks,
-                "argv": self.command,
-                "env": self.base_env,
-                "hostnames": [self.hostname(r) for r in spec.ranks],
-            }
-        )
+        for message in launch_messages(
+            spec, spec.ranks, self.command, self.base_env, self.hostname
+        ):
+            self._send(message)
 
     def signal(self, jobid: int, ranks: Iterable[int], signum: int) -> None:
         self._send({"op": "signal", "jobid": jobid, "ranks": list(ranks), "signum": signum})

@@ -17,15 +17,52 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 
+from hkconsole.client import CurveKeys
 from hkservice import keys
+from hkservice.protocol import unpack
 from tests.conftest import RunningService, ServiceFactory
+from tests.test_trust import raw_dealer, status, wait_disconnected
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def start_agent(
+    port: int, secret: Path, server_key: Path, base: Path, name: str, *extra: str
+) -> subprocess.Popen[bytes]:
+    """`hkservice agent` NAME connecting to 127.0.0.1:PORT; its run directory and log
+    (agent-NAME.log) in `base`."""
+    log = open(base / f"agent-{name}.log", "ab")  # noqa: SIM115 - the child owns it
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hkservice",
+            "agent",
+            "--connect",
+            f"tcp://127.0.0.1:{port}",
+            "--key",
+            str(secret),
+            "--server-key",
+            str(server_key),
+            "--run-dir",
+            str(base / f"run-{name}"),
+            "--retry",
+            "0.3",
+            *extra,
+        ],
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log.close()
+    return proc
 
 
 @dataclass
@@ -53,31 +90,9 @@ class Cluster:
         return secret
 
     def start_agent(self, name: str, secret: Path, *extra: str) -> subprocess.Popen[bytes]:
-        log = open(self.base / f"agent-{name}.log", "ab")  # noqa: SIM115 - the child owns it
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hkservice",
-                "agent",
-                "--connect",
-                f"tcp://127.0.0.1:{self.port}",
-                "--key",
-                str(secret),
-                "--server-key",
-                str(self.base / "keys" / "server.key"),
-                "--run-dir",
-                str(self.base / f"run-{name}"),
-                "--retry",
-                "0.3",
-                *extra,
-            ],
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+        proc = start_agent(
+            self.port, secret, self.base / "keys" / "server.key", self.base, name, *extra
         )
-        log.close()
         self.agents[name] = proc
         return proc
 
@@ -417,3 +432,65 @@ def test_an_agent_stopped_past_lost_after_loses_its_ranks_and_its_late_exit_chan
     wait_until(lambda: "ended after it was reported lost" in cluster.svc.log())
     assert [(d["ranks"]) for d in cluster.status()["drained"]] == ["1"]
     assert len(runs(cluster, 1)) == 1
+
+
+def test_a_huge_message_from_an_agent_key_costs_the_service_nothing(
+    agents_cluster: Callable[..., Cluster],
+) -> None:
+    """A stolen node key sends 64 MiB: libzmq drops it with the connection, unread; the
+    service neither grows nor stops serving that node's real agent."""
+    cluster = agents_cluster(cleanup_script, hostlist="node[0-1]")
+    secret = cluster.key("node0", "node0")
+    assert cluster.svc.proc is not None
+    pid = cluster.svc.proc.pid
+    before = status(pid, "VmHWM")
+    mine = keys.load(secret, need_secret=True)
+    assert mine.secret is not None
+    server = keys.load(cluster.base / "keys" / "server.key")
+    thief = raw_dealer(
+        f"tcp://127.0.0.1:{cluster.port}", CurveKeys(mine.public, mine.secret, server.public)
+    )
+    thief.send(b"\x00" * (64 << 20))
+    wait_disconnected(thief)
+    cluster.start_agent("node0", secret)
+    cluster.start_agent("node1", cluster.key("node1", "node1"))
+    cluster.wait_status(lambda s: s["offline"] == "")
+    cluster.svc.call("housekeeping.start", {"jobid": 3, "ranks": "0-1"})
+    cluster.svc.wait_idle()
+    assert runs(cluster, 0) == [f"node0 {cluster.agents['node0'].pid}"]
+    assert status(pid, "VmHWM") - before < 16 * 1024
+
+
+def test_a_huge_message_from_the_service_end_costs_the_agent_nothing(tmp_path: Path) -> None:
+    """The other direction: whatever holds the service's key (here a bare ROUTER with it)
+    sends a node agent 64 MiB; the agent drops it unread, reconnects and says ready."""
+    keys.keygen(tmp_path, "server")
+    secret = keys.keygen(tmp_path, "node0", "node0")[1]
+    server = keys.load(tmp_path / "server.key_secret", need_secret=True)
+    assert server.secret is not None
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.setsockopt(zmq.CURVE_SERVER, 1)
+    router.setsockopt(zmq.CURVE_SECRETKEY, server.secret)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    agent = start_agent(port, secret, tmp_path / "server.key", tmp_path, "node0")
+
+    def ready() -> bytes:
+        assert router.poll(10_000), "the agent did not say ready"
+        routing_id, body = router.recv_multipart()
+        assert unpack(body)["op"] == "ready"
+        return routing_id
+
+    try:
+        routing_id = ready()
+        before = status(agent.pid, "VmHWM")
+        router.send_multipart([routing_id, b"\x00" * (64 << 20)])
+        ready()  # a new connection after libzmq dropped the old one
+        assert agent.poll() is None
+        assert status(agent.pid, "VmHWM") - before < 16 * 1024
+    finally:
+        agent.kill()
+        agent.wait()
+        router.close()
+        ctx.term()

@@ -44,6 +44,31 @@ def raw_call(endpoint: str, body: bytes, timeout_ms: int = 5000) -> dict[str, An
         sock.close()
 
 
+def raw_dealer(endpoint: str, curve: CurveKeys | None = None) -> zmq.Socket[Any]:
+    """A DEALER connected to `endpoint` (with CURVE keys if given), monitored: see
+    wait_disconnected."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public)
+        sock.setsockopt(zmq.CURVE_SERVERKEY, curve.server)
+    sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    sock.connect(endpoint)
+    return sock
+
+
+def wait_disconnected(sock: zmq.Socket[Any], timeout: float = 10.0) -> None:
+    """Until the peer closes the connection: how libzmq answers a message over the
+    peer's ZMQ_MAXMSGSIZE (without the limit it reads it whole and stays connected)."""
+    monitor = sock.get_monitor_socket()
+    try:
+        assert monitor.poll(int(timeout * 1000)), "the peer kept the connection"
+    finally:
+        sock.disable_monitor()
+        sock.close(linger=0)
+
+
 def status(pid: int, field: str) -> int:
     """A kB figure (VmHWM, VmSize) from /proc/PID/status."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -84,6 +109,23 @@ def test_a_request_too_big_for_memory_leaves_the_service_answering(
     for _ in range(3):
         assert svc.call("service.config")["size"] == 4
     assert svc.proc.poll() is None
+
+
+def test_a_huge_message_to_the_local_agent_is_dropped_unread(hk_service: ServiceFactory) -> None:
+    """Whoever may open the agent's socket (the service's user) sends it 64 MiB: libzmq
+    drops it (and that connection) unread; the agent neither grows nor dies, and the
+    service's own connection to it carries on."""
+    svc = hk_service()
+    agent = svc.agent_pid()
+    assert agent is not None
+    before = status(agent, "VmHWM")
+    sock = raw_dealer(f"ipc://{svc.state_dir}/run/agent.sock")
+    sock.send(b"\x00" * (64 << 20))
+    wait_disconnected(sock)
+    svc.call("housekeeping.start", {"jobid": 1, "ranks": "0-3"})
+    svc.wait_idle()
+    assert svc.agent_pid() == agent
+    assert status(agent, "VmHWM") - before < 16 * 1024
 
 
 def test_the_client_refuses_a_request_over_the_limit_itself(hk_service: ServiceFactory) -> None:
