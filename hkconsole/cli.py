@@ -441,7 +441,7 @@ def cmd_kill(args: argparse.Namespace, client: Client) -> int:
         ranks, units = result["ranks"], result["units"]
         print(
             f"signalled {plural(ranks, 'rank')} of {plural(units, 'unit')} "
-            f"with {signal_name(signum)}"
+            f"with {signal_name(signum)}{_by(result)}"
         )
         offline = result.get("offline")
         if isinstance(offline, str) and offline:
@@ -532,6 +532,8 @@ def cmd_drain(args: argparse.Namespace, client: Client) -> int:
     result = client.call(
         "resource.drain", {"ranks": format_idset(ranks), "reason": " ".join(args.reason)}
     )
+    if result.get("drained"):
+        _notice(f"drained {cluster.nodelist(parse_idset(result['drained']))}{_by(result)}")
     if result.get("already"):
         print(
             f"{visible(cluster.nodelist(parse_idset(result['already'])))} already drained: "
@@ -542,9 +544,22 @@ def cmd_drain(args: argparse.Namespace, client: Client) -> int:
 
 
 def cmd_undrain(args: argparse.Namespace, client: Client) -> int:
-    ranks = _cluster(client).parse_targets(args.targets, strict=True)
-    client.call("resource.undrain", {"ranks": format_idset(ranks)})
+    cluster = _cluster(client)
+    ranks = cluster.parse_targets(args.targets, strict=True)
+    result = client.call("resource.undrain", {"ranks": format_idset(ranks)})
+    _notice(f"undrained {cluster.nodelist(ranks)}{_by(result)}")
     return 0
+
+
+def _by(result: dict[str, Any]) -> str:
+    """` by alice (as root)`: who the service recorded as acting (older services: '')."""
+    by = result.get("by")
+    return f" by {visible(by)}" if isinstance(by, str) and by else ""
+
+
+def _notice(text: str) -> None:
+    """What an act did, on stderr: stdout stays as Flux's commands leave it (empty)."""
+    print(text, file=sys.stderr)
 
 
 def cmd_start(args: argparse.Namespace, client: Client) -> int:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from hkservice import core
-from hkservice.auth import Access, Caller, access_of
+from hkservice.auth import Access, Caller, Role, access_of
 from hkservice.cluster import Cluster
 from hkservice.idset import parse_idset
 from hkservice.store import Store
@@ -25,6 +26,7 @@ log = logging.getLogger("hkservice")
 # A record's parameters are cut to this (a request may carry up to 1 MiB of them).
 PARAMS_MAX = 2048
 DRAIN = "resource.drain"
+KILL = "housekeeping.kill"
 
 
 def audited(method: str) -> bool:
@@ -61,6 +63,29 @@ class AuditLog:
         )
         if ok and method == DRAIN:
             self._drained_by[t] = caller.by
+
+    def killer(self, t: float) -> Caller | None:
+        """Who asked for the kill recorded at `t`, if it is still in the log."""
+        entry = self.store.audit_at(KILL, t)
+        if entry is None:
+            return None
+        reported = entry["reported"]
+        return Caller(
+            Role(str(entry["role"])),
+            str(entry["who"]),
+            str(entry["how"]),
+            str(reported) if reported else None,
+        )
+
+    def record_kill_drain(
+        self, t: float, killer: Caller, killed_at: float, params: dict[str, str], nodes: str
+    ) -> None:
+        """A drain that follows from a kill is the killer's act (their kill cut the
+        cleanup short): recorded as theirs, saying so."""
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(killed_at))
+        self.record(
+            t, killer, DRAIN, params, True, f"drained {nodes}: its cleanup killed ({KILL} {when})"
+        )
 
     def drained_by(self, t: float) -> str | None:
         """Who drained the nodes drained at `t`: None for a drain the service made itself."""

@@ -140,6 +140,9 @@ class Drained:
     # What drained them: an outcome kind ("exit", "signal", ...) or "operator". Metrics
     # count drains by it; a reason is free text anyone can write.
     cause: str = field(default="operator", compare=False)
+    # For the drain of ranks whose command an operator killed: when that kill was asked
+    # (the adapters name who asked it from that).
+    killed_at: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,8 @@ class RankRecord:
     kill_cause: str | None = None
     kill_signal: int | None = None
     escalate_at: float | None = None
+    # When an operator last signalled it: its drain, if it fails, is that operator's.
+    killed_at: float | None = None
 
     @property
     def state(self) -> str:
@@ -376,7 +381,7 @@ class Housekeeping:
         if unit is None:
             return []
         actions: list[Action] = []
-        failed_now: dict[tuple[str, str], list[int]] = {}
+        failed_now: dict[tuple[str, str, float | None], list[int]] = {}
         for rank, raw in results:
             if rank not in unit.pending:
                 continue
@@ -391,12 +396,13 @@ class Housekeeping:
             if not outcome.ok:
                 unit.failed.add(rank)
                 if rank not in self.drains:
-                    key = (outcome.drain_reason(jobid), outcome.kind)
+                    killed_at = record.killed_at if record.kill_cause == "operator" else None
+                    key = (outcome.drain_reason(jobid), outcome.kind, killed_at)
                     failed_now.setdefault(key, []).append(rank)
-        for (reason, kind), ranks in failed_now.items():
+        for (reason, kind, killed_at), ranks in failed_now.items():
             for r in ranks:
                 self.drains[r] = (reason, now)
-            actions.append(Drained(tuple(ranks), reason, now, kind))
+            actions.append(Drained(tuple(ranks), reason, now, kind, killed_at))
         unit.touch()
         actions.extend(self._after_completion(unit, now))
         return actions
@@ -492,6 +498,8 @@ class Housekeeping:
         if record.kill_cause != "timeout":
             record.kill_cause = cause
         record.kill_signal = signum
+        if cause == "operator":
+            record.killed_at = now
         if signum == SIGKILL:
             # Nothing left to escalate to.
             record.escalate_at = None

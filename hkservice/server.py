@@ -410,12 +410,13 @@ class Service:
                 # A warning: the failure itself was logged as an error when it happened,
                 # and an operator's drain is no error at all.
                 body: dict[str, Any] = {"ranks": format_idset(ranks), "reason": reason, "t": t}
-                if self._caller is not None:
-                    body["by"] = self._caller.by
+                by = self._drainer(action)
+                if by is not None:
+                    body["by"] = by
                 log.warning(
                     "drained %s%s: %s",
                     self.cluster.nodelist(ranks),
-                    f" by {self._caller.by}" if self._caller else "",
+                    f" by {by}" if by is not None else "",
                     visible(reason),
                 )
                 self._publish(EVENT_DRAINED, body)
@@ -441,6 +442,25 @@ class Service:
                 self._publish(EVENT_ENDED, {"jobid": jobid})
             case _:
                 pass
+
+    def _drainer(self, drained: core.Drained) -> str | None:
+        """Who drained: the caller of a drain request; for the drain of ranks whose
+        command an operator killed, that operator (recorded in the audit log as theirs);
+        None for the service's own drains (failures, timeouts)."""
+        if self._caller is not None:
+            return self._caller.by
+        if drained.killed_at is None:
+            return None
+        killer = self.audit.killer(drained.killed_at)
+        if killer is None:
+            return None
+        nodes = self.cluster.nodelist(drained.ranks)
+        params = {"ranks": format_idset(drained.ranks), "reason": drained.reason}
+        try:
+            self.audit.record_kill_drain(drained.t, killer, drained.killed_at, params, nodes)
+        except Exception as exc:  # sqlite3.Error: as for any change that cannot be saved
+            self._fail(exc)
+        return killer.by
 
     def _on_exit(self, jobid: int, rank: int, outcome: core.Outcome, receipt: int | None) -> None:
         self._batch.setdefault(jobid, []).append((rank, outcome))
@@ -679,7 +699,9 @@ class Service:
                 f"{time.strftime('%H:%M:%S', time.localtime(down))}): no command can be "
                 "signalled until it does; try again",
             )
-        result = self.hk.kill(signum, self.clock(), jobid=jobid, ranks=ranks, all_units=all_units)
+        # At the request's time: the audit records the kill at that time, and a drain
+        # that follows from it finds the killer there.
+        result = self.hk.kill(signum, self._now, jobid=jobid, ranks=ranks, all_units=all_units)
         log.info(
             "kill request by %s: %s of %s, SIG%s",
             self._by(),
@@ -688,7 +710,12 @@ class Service:
             core.signal_name(signum),
         )
         self._apply(result.actions)
-        reply: dict[str, Any] = {"units": result.units, "ranks": result.ranks, "signum": signum}
+        reply: dict[str, Any] = {
+            "units": result.units,
+            "ranks": result.ranks,
+            "signum": signum,
+            "by": self._by(),
+        }
         # Node agents: a signal for a node whose agent is not connected waits for it.
         offline = set(self.runner.offline_nodes() or ()) & {
             rank for a in result.actions if isinstance(a, core.Signal) for rank in a.ranks
@@ -789,6 +816,7 @@ class Service:
         return {
             "drained": format_idset(ranks - already),
             "already": format_idset(already),
+            "by": self._by(),
         }
 
     def drain_ranks(self, ranks: set[int], reason: str, now: float | None = None) -> set[int]:
@@ -802,7 +830,7 @@ class Service:
         ranks = self._ranks(params)
         assert ranks is not None
         self._apply(self.hk.undrain(ranks))
-        return {"undrained": format_idset(ranks)}
+        return {"undrained": format_idset(ranks), "by": self._by()}
 
 
 def run_service(

@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS ranks (
     kill_cause TEXT,
     kill_signal INTEGER,
     escalate_at REAL,
+    killed_at REAL,
     PRIMARY KEY (jobid, rank)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS drains (
@@ -89,6 +90,7 @@ MIGRATIONS = [
     ("ranks", "kill_signal", "INTEGER"),
     ("ranks", "escalate_at", "REAL"),
     ("units", "stuck", "INTEGER NOT NULL DEFAULT 0"),
+    ("ranks", "killed_at", "REAL"),
 ]
 
 HISTORY_KEEP = 10_000
@@ -236,13 +238,14 @@ class Store:
                 held = hk.units[jobid]
                 records = held.records
                 db.executemany(
-                    "UPDATE ranks SET kill_cause=?, kill_signal=?, escalate_at=?"
+                    "UPDATE ranks SET kill_cause=?, kill_signal=?, escalate_at=?, killed_at=?"
                     " WHERE jobid=? AND rank=?",
                     (
                         (
                             records[r].kill_cause,
                             records[r].kill_signal,
                             records[r].escalate_at,
+                            records[r].killed_at,
                             _db(jobid),
                             r,
                         )
@@ -351,9 +354,10 @@ class Store:
                 kill_cause,
                 kill_signal,
                 escalate_at,
+                killed_at,
             ) in self.db.execute(
                 "SELECT rank, t_end, kind, code, signal, text, released, kill_cause,"
-                " kill_signal, escalate_at FROM ranks WHERE jobid=?",
+                " kill_signal, escalate_at, killed_at FROM ranks WHERE jobid=?",
                 (jobid_db,),
             ):
                 outcome = Outcome(kind, code, signal, text or "") if kind else None
@@ -366,6 +370,7 @@ class Store:
                     kill_cause,
                     kill_signal,
                     escalate_at if outcome is None else None,
+                    killed_at,
                 )
             for r in ranks:
                 records.setdefault(r, RankRecord(r, t_start))

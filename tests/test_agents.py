@@ -23,6 +23,7 @@ from hkconsole.client import CurveKeys
 from hkservice import keys
 from hkservice.protocol import unpack
 from tests.conftest import RunningService, ServiceFactory
+from tests.test_cli_commands import BY
 from tests.test_trust import raw_dealer, status, wait_disconnected
 
 
@@ -399,7 +400,7 @@ def test_a_kill_names_the_offline_nodes_and_reaches_them_when_their_agent_connec
     )
     assert kill.returncode == 0, kill.stderr
     assert kill.stdout.splitlines() == [
-        "signalled 3 ranks of 1 unit with SIGTERM",
+        f"signalled 3 ranks of 1 unit with SIGTERM{BY}",
         "node2 offline: not signalled yet (sent when its agent connects)",
     ]
     wait_until(lambda: cluster.svc.call("housekeeping.list")["units"][0]["pending"] == "2")

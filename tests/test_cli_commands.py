@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -24,13 +25,18 @@ from pathlib import Path
 import pytest
 
 from hkconsole.cli import main
+from hkconsole.client import reported_user
 from hkservice.jobid import encode_jobid
+from hkservice.text import acting
 from tests.conftest import RunningService, ServiceFactory
 
 # The transcript's jobids: ƒEL6aVGK, ƒESBRYLP, ƒEWuhFUB.
 J1, J2, J3 = 507426897920, 511419875328, 514523660288
 LAYOUT = ((J1, "0-1"), (J2, "2"), (J3, "3"))
 RUNTIME = re.compile(r" *\d+(\.\d+)?[smhd]")
+# Who the service names as acting in the notices of kill, drain and undrain: this
+# process's user, and the user it reports (SUDO_USER, USER).
+BY = f" by {acting(pwd.getpwuid(os.getuid()).pw_name, reported_user())}"
 
 Run = Callable[..., tuple[int, str, str]]
 
@@ -683,13 +689,13 @@ def test_kill_sequence_like_flux(
     """The transcript's section 4b: by host, by job and rank with KILL, INT, --all -t HUP."""
     run = runner(capsys, sleeping)
     status = "{id.f58} allocated={ranks} pending={pending.ranks}"
-    assert run("kill", "-t", "node2") == (0, "signalled 1 rank of 1 unit with SIGTERM\n", "")
+    assert run("kill", "-t", "node2") == (0, f"signalled 1 rank of 1 unit with SIGTERM{BY}\n", "")
     sleeping.wait_for(lambda r: len(r["units"]) == 2)
     assert run("list", "-no", status)[1] == (
         "fEL6aVGK allocated=0-1 pending=0-1\nfEWuhFUB allocated=3 pending=3\n"
     )
     code, out, _ = run("kill", "-j", "fEL6aVGK", "-t", "1", "-s", "9")
-    assert (code, out) == (0, "signalled 1 rank of 1 unit with SIGKILL\n")
+    assert (code, out) == (0, f"signalled 1 rank of 1 unit with SIGKILL{BY}\n")
     sleeping.wait_for(lambda r: r["units"][0]["pending"] == "0")
     fmt = "{id.f58} {nnodes} {ranks} {nodelist} {pending.nnodes} {pending.ranks} {pending.nodelist}"
     assert lines(run("list", "-o", fmt)[1]) == [
@@ -700,7 +706,7 @@ def test_kill_sequence_like_flux(
     assert run("kill", "-q", "-t", "0", "-s", "2") == (0, "", "")
     sleeping.wait_for(lambda r: len(r["units"]) == 1)
     assert run("kill", "--all", "-t", "3", "-s", "SIGHUP")[1] == (
-        "signalled 1 rank of 1 unit with SIGHUP\n"
+        f"signalled 1 rank of 1 unit with SIGHUP{BY}\n"
     )
     sleeping.wait_idle()
     assert run("list")[1] == "       JOBID NNODES #ACTIVE  RUNTIME NODELIST\n"
@@ -753,10 +759,13 @@ def test_kill_all_and_signal_names(
 ) -> None:
     run = runner(capsys, sleeping)
     assert (
-        run("kill", "-t", "1-2", "-s", "kill")[1] == "signalled 2 ranks of 2 units with SIGKILL\n"
+        run("kill", "-t", "1-2", "-s", "kill")[1]
+        == f"signalled 2 ranks of 2 units with SIGKILL{BY}\n"
     )
     sleeping.wait_for(lambda r: [u["pending"] for u in r["units"]] == ["0", "3"])
-    assert run("kill", "--all", "-s", "TERM")[1] == "signalled 2 ranks of 2 units with SIGTERM\n"
+    assert (
+        run("kill", "--all", "-s", "TERM")[1] == f"signalled 2 ranks of 2 units with SIGTERM{BY}\n"
+    )
     sleeping.wait_idle()
 
 
@@ -833,15 +842,19 @@ def test_nodes_drain_undrain_start(
     assert service.call("housekeeping.list")["units"][1]["userid"] == os.getuid()
     assert run("kill", "-q", "-j", "f1") == (0, "", "")
     service.wait_for(lambda r: len(r["units"]) == 1)
-    assert run("undrain", "4") == (0, "", "")
+    assert run("undrain", "4") == (0, "", f"undrained node4{BY}\n")
     assert lines(run("nodes")[1]) == [
         "       STATE NNODES RANKS NODELIST",
         "        idle      4 4-7   node[4-7]",
         "housekeeping      4 0-3   node[0-3]",
     ]
     # Drained while in housekeeping: draining (the transcript's section 8).
-    assert run("drain", "3", "admin", "reason while in housekeeping") == (0, "", "")
-    assert run("drain", "node6", "bad fan") == (0, "", "")
+    assert run("drain", "3", "admin", "reason while in housekeeping") == (
+        0,
+        "",
+        f"drained node3{BY}\n",
+    )
+    assert run("drain", "node6", "bad fan") == (0, "", f"drained node6{BY}\n")
     assert lines(run("nodes")[1]) == [
         "       STATE NNODES RANKS REASON                             NODELIST",
         "        idle      3 4-5,7                                    node[4-5,7]",
@@ -885,7 +898,7 @@ def test_nodes_drain_undrain_start(
         "       STATE NNODES\n        idle      3\n     drained      5\n"
     )
     assert run("nodes", "-s", "drained", "-no", "{state} {ranks}")[1] == "drained 0-3,6\n"
-    assert run("undrain", "node[0-3,6]") == (0, "", "")
+    assert run("undrain", "node[0-3,6]") == (0, "", f"undrained node[0-3,6]{BY}\n")
     assert run("drain", "-n")[1] == ""
     assert run("nodes", "-no", "{state} {nodelist}")[1] == "idle node[0-7]\n"
     history = run("history", "-no", "{id.f58} {nnodes} {failed.nnodes} {releases} {userid}")[1]

@@ -24,6 +24,7 @@ import zmq
 
 from hkconsole.client import Client, CurveKeys, ServiceError, curve_keys
 from hkservice import keys
+from hkservice.idset import parse_idset
 from hkservice.protocol import MAX_REASON, pack, unpack
 from tests.conftest import RunningService, ServiceFactory, missing_part
 
@@ -559,32 +560,39 @@ def test_every_act_is_audited_with_who_asked_over_ipc(
     assert [(e["method"], e["ok"], e["reported"]) for e in entries] == [
         ("resource.undrain", False, "mallory"),
         ("resource.undrain", True, "alice"),
+        ("resource.drain", True, "alice"),  # what the kill made: its cleanup cut short
         ("housekeeping.kill", True, "alice"),
         ("resource.drain", True, "alice"),
         ("housekeeping.start", True, "alice"),
     ]
     assert all(e["who"] == "root" and e["how"] == "uid 0" for e in entries)
-    assert [e["role"] for e in entries] == ["viewer"] + ["operator"] * 4
+    assert [e["role"] for e in entries] == ["viewer"] + ["operator"] * 5
     assert entries[0]["effect"].startswith("refused: EPERM: resource.undrain is an operator")
-    assert entries[2]["effect"] == "sent SIGKILL to 2 ranks of 1 units"
-    assert entries[3]["params"] == {"ranks": "3", "reason": "bad fan"}
-    assert entries[3]["effect"] == "drained node3"
+    killed_at = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(entries[3]["t"]))
+    assert entries[2]["effect"] == (
+        f"drained node[0-1]: its cleanup killed (housekeeping.kill {killed_at})"
+    )
+    assert entries[2]["params"]["reason"].endswith("signal: killed KILL")
+    assert entries[3]["effect"] == "sent SIGKILL to 2 ranks of 1 units"
+    assert entries[4]["params"] == {"ranks": "3", "reason": "bad fan"}
+    assert entries[4]["effect"] == "drained node3"
     assert entries[1]["effect"] == "undrained node0"
-    assert entries[4]["effect"].startswith("started ") and entries[4]["effect"].endswith(
+    assert entries[5]["effect"].startswith("started ") and entries[5]["effect"].endswith(
         "on node[0-1]"
     )
-    assert entries[4]["t"] <= entries[0]["t"]
+    assert entries[5]["t"] <= entries[0]["t"]
     table = run("audit", "-n")[1].splitlines()
-    assert len(table) == 5
-    assert "alice (as root)" in table[3] and "resource.drain" in table[3]
-    assert "drained node3" in table[3]
+    assert len(table) == 6
+    assert "alice (as root)" in table[4] and "resource.drain" in table[4]
+    assert "drained node3" in table[4]
     assert "refused" in run("audit", "-n", "-o", "long", "-l", "1")[1]
-    # The drain says who made it, over a restart too; the service's own drains do not.
+    # The drain says who made it, over a restart too; a drain that follows from a kill
+    # names the killer.
     svc.stop()
     svc.start()
     drained = {e["ranks"]: e for e in svc.call("resource.status")["drained"]}
     assert drained["3"]["by"] == "alice (as root)"
-    assert "by" not in drained["1"]  # the kill's failure drain is the service's
+    assert drained["1"]["by"] == "alice (as root)"
     out = run("drain", "-n", "-o", "long")[1]
     assert [line.split()[-2:] for line in out.splitlines() if "bad fan" in line] == [
         ["root)", "node3"]
@@ -592,6 +600,35 @@ def test_every_act_is_audited_with_who_asked_over_ipc(
     assert "alice (as root)" in out
     assert "drained node3 by alice (as root): bad fan" in svc.log()
     assert "kill request by alice (as root)" in svc.log()
+
+
+def test_a_drain_that_follows_a_kill_names_the_killer_across_a_restart(
+    hk_service: ServiceFactory, script: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command ignores SIGTERM, the service is killed -9 and restarted before the
+    command ends: the drain (a cleanup cut short by an operator's kill) still names who
+    killed, from the kill's time saved with the rank."""
+    go = Path(tempfile.mkdtemp(prefix="hk-go-", dir="/tmp")) / "go"
+    svc = hk_service(
+        command=[script(f'trap "" TERM\nwhile [ ! -e {go} ]; do sleep 0.05; done\nexit 0')]
+    )
+    svc.call("housekeeping.start", {"jobid": 5, "ranks": "0-1"})
+    monkeypatch.setenv("SUDO_USER", "alice")
+    assert Client(svc.endpoint, timeout=5).call("housekeeping.kill", {"jobid": 5})["by"] == (
+        "alice (as root)"
+    )
+    svc.kill9()
+    svc.start()
+    go.touch()
+    svc.wait_idle()
+    drained = svc.call("resource.status")["drained"]
+    # The two ranks may end in one batch or two: one drain each time.
+    assert set().union(*(parse_idset(d["ranks"]) for d in drained)) == {0, 1}
+    assert {d["by"] for d in drained} == {"alice (as root)"}
+    assert all("signal: killed TERM" in d["reason"] for d in drained)
+    assert "by alice (as root): housekeeping@" in svc.log()
+    go.unlink()
+    go.parent.rmdir()
 
 
 def test_audit_over_tcp_names_the_key(
