@@ -506,6 +506,53 @@ def test_curve_keys_give_each_client_its_role(hk_service: ServiceFactory) -> Non
     assert call("olivia", "housekeeping.kill", {"jobid": 5, "signum": 9})["ranks"] == 2
 
 
+def test_the_read_only_endpoint_over_tcp_serves_reads_and_refuses_every_act(
+    hk_service: ServiceFactory,
+) -> None:
+    """With CURVE, any known key on the read-only endpoint is a viewer, an operator's
+    too: reads are served, every act is EPERM naming the operator endpoint, and nothing
+    changes; an unknown key gets nothing at all."""
+    read, read_events = free_port(), free_port()
+    svc = tcp_service(
+        hk_service,
+        **{
+            "read-endpoint": f"tcp://127.0.0.1:{read}",
+            "read-events-endpoint": f"tcp://127.0.0.1:{read_events}",
+        },
+    )
+    made = make_keys(svc)
+    svc.keys = made["olivia"]
+    svc.start()
+    svc.call("housekeeping.start", {"jobid": 7, "ranks": "0-1"})
+    svc.call("resource.drain", {"ranks": "3", "reason": "fan"})
+    endpoint = f"tcp://127.0.0.1:{read}"
+    with Client(endpoint, timeout=5, keys=made["olivia"]) as client:
+        assert [u["jobid"] for u in client.call("housekeeping.list")["units"]] == [7]
+        assert client.call("resource.status")["drained"][0]["ranks"] == "3"
+        assert client.call("service.config")["events-endpoint"] == (
+            f"tcp://127.0.0.1:{read_events}"
+        )
+        for method, params in [
+            ("housekeeping.kill", {"jobid": 7, "signum": 9}),
+            ("resource.drain", {"ranks": "2", "reason": "x"}),
+            ("resource.undrain", {"ranks": "3"}),
+            ("housekeeping.start", {"jobid": 8, "ranks": "2"}),
+        ]:
+            with pytest.raises(ServiceError) as err:
+                client.call(method, params)
+            assert err.value.code == "EPERM", method
+            assert f"use the operator endpoint {svc.endpoint}" in err.value.message
+    with (
+        Client(endpoint, timeout=1, keys=made["mallory"]) as client,
+        pytest.raises(ServiceError, match="did not answer"),
+    ):
+        client.call("housekeeping.list")
+    assert [u["pending"] for u in svc.call("housekeeping.list")["units"]] == ["0-1"]
+    assert [d["ranks"] for d in svc.call("resource.status")["drained"]] == ["3"]
+    refused = [e for e in svc.call("housekeeping.audit")["entries"] if not e["ok"]]
+    assert [(e["who"], e["role"]) for e in refused] == [("olivia", "viewer")] * 4
+
+
 def test_a_key_copied_into_viewers_works_at_the_next_connection(
     hk_service: ServiceFactory,
 ) -> None:
