@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -17,9 +18,13 @@ from typing import Any
 
 import pytest
 
-from hkconsole.client import Client, CurveKeys, wait_for_service
+from hkconsole.client import Client, CurveKeys, reported_user, wait_for_service
+from hkservice.text import acting
 
 START_TIMEOUT = 15.0
+# Who the service records as acting for this process's requests (`by` in the replies of
+# kill, drain and undrain): its user, and the user it reports (SUDO_USER, USER).
+ME = acting(pwd.getpwuid(os.getuid()).pw_name, reported_user())
 
 
 def missing_part(reason: str) -> None:

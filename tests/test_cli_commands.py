@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -25,18 +24,14 @@ from pathlib import Path
 import pytest
 
 from hkconsole.cli import main
-from hkconsole.client import reported_user
 from hkservice.jobid import encode_jobid
-from hkservice.text import acting
-from tests.conftest import RunningService, ServiceFactory
+from tests.conftest import ME, RunningService, ServiceFactory
 
 # The transcript's jobids: ƒEL6aVGK, ƒESBRYLP, ƒEWuhFUB.
 J1, J2, J3 = 507426897920, 511419875328, 514523660288
 LAYOUT = ((J1, "0-1"), (J2, "2"), (J3, "3"))
 RUNTIME = re.compile(r" *\d+(\.\d+)?[smhd]")
-# Who the service names as acting in the notices of kill, drain and undrain: this
-# process's user, and the user it reports (SUDO_USER, USER).
-BY = f" by {acting(pwd.getpwuid(os.getuid()).pw_name, reported_user())}"
+BY = f" by {ME}"  # in the notices of kill, drain and undrain
 
 Run = Callable[..., tuple[int, str, str]]
 

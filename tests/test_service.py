@@ -24,7 +24,7 @@ from hkconsole.client import ServiceError
 from hkservice.idset import parse_idset
 from hkservice.jobid import encode_jobid
 from hkservice.protocol import pack, unpack
-from tests.conftest import RunningService, ServiceFactory
+from tests.conftest import ME, RunningService, ServiceFactory
 
 Script = Callable[[str], str]
 
@@ -211,11 +211,16 @@ def test_kill_by_job_by_targets_and_all(hk_service: ServiceFactory) -> None:
     for jobid, ranks in ((1, "0-1"), (2, "2-3"), (3, "4-5")):
         svc.call("housekeeping.start", {"jobid": jobid, "ranks": ranks})
     result = svc.call("housekeeping.kill", {"ranks": "1,2", "signum": 15})
-    assert result == {"units": 2, "ranks": 2, "signum": 15}
+    assert result == {"units": 2, "ranks": 2, "signum": 15, "by": ME}
     svc.wait_for(lambda r: [u["allocated"] for u in r["units"]] == ["0", "3", "4-5"])
     assert svc.call("housekeeping.kill", {"jobid": 3, "signum": 9})["ranks"] == 2
     svc.wait_for(lambda r: [u["jobid"] for u in r["units"]] == [1, 2])
-    assert svc.call("housekeeping.kill", {"all": True}) == {"units": 2, "ranks": 2, "signum": 15}
+    assert svc.call("housekeeping.kill", {"all": True}) == {
+        "units": 2,
+        "ranks": 2,
+        "signum": 15,
+        "by": ME,
+    }
     svc.wait_idle()
     assert drains(svc)[5].endswith("signal: killed KILL")
     with pytest.raises(ServiceError, match="no housekeeping running for job") as err:
