@@ -30,11 +30,12 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from hkservice import auth, keys
+from hkservice import auth, enrol, keys
 from hkservice.agent import agent_socket_options
 from hkservice.cluster import Cluster
 from hkservice.config import AgentsConfig
 from hkservice.core import Outcome
+from hkservice.enrol import KeyDirs
 from hkservice.fsd import format_duration_config, format_fsd
 from hkservice.protocol import pack, unpack
 from hkservice.runner import (
@@ -53,28 +54,97 @@ PING_SECONDS = 1.0
 SILENCE_SECONDS = 10.0
 
 
-class AgentKeys:
-    """The public keys in `[agents] keys`, re-read when the directory changes; answers
-    the ZAP requests of the agents endpoint (each refusal logged once per key)."""
+# The User-Id of a connection whose key is unknown: this, then the key (z85). A key's
+# name starts with a letter or digit, so the two never meet.
+PENDING = "?"
 
-    def __init__(self, directory: Path, cluster: Cluster) -> None:
+
+class _KeyDir:
+    """The public keys of one directory, re-read when the directory changes."""
+
+    def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.cluster = cluster
         self._stamp: float | None = None
-        self._keys: dict[bytes, keys.Certificate] = {}
-        self._refused: set[tuple[bytes, str]] = set()
-        # key name -> the ranks its metadata names
-        self.ranks: dict[str, set[int]] = {}
+        self.keys: dict[bytes, keys.Certificate] = {}
 
-    def _reload(self) -> None:
+    def reload(self) -> bool:
+        """True if the directory changed since the last look."""
         try:
             stamp = self.directory.stat().st_mtime
         except OSError:
             stamp = -1.0
         if stamp == self._stamp:
-            return
+            return False
         self._stamp = stamp
-        self._keys = keys.load_public_keys(self.directory)
+        self.keys = keys.load_public_keys(self.directory)
+        return True
+
+
+class AgentKeys:
+    """The agents' keys: `[agents] keys` (accepted), and those enrolment keeps pending or
+    rejected (hkservice.enrol); answers the ZAP requests of the agents endpoint (each
+    refusal logged once per key). An unknown key gets in as pending: it may only say
+    which hosts it claims, and is kept for an operator to accept."""
+
+    def __init__(self, dirs: KeyDirs, cluster: Cluster) -> None:
+        self.dirs = dirs
+        self.directory = dirs.accepted
+        self.cluster = cluster
+        self._accepted = _KeyDir(dirs.accepted)
+        self._rejected = _KeyDir(dirs.rejected)
+        self._refused: set[tuple[bytes, str]] = set()
+        self._pending_logged: set[bytes] = set()
+        # key name -> the ranks its metadata names
+        self.ranks: dict[str, set[int]] = {}
+        # unknown key -> the address it last knocked from
+        self.knocking: dict[bytes, str] = {}
+
+    def _reload(self) -> None:
+        self._rejected.reload()
+        if self._accepted.reload():
+            names = {cert.name for cert in self._accepted.keys.values()}
+            # A revoked key's name serves nothing from now on.
+            self.ranks = {name: r for name, r in self.ranks.items() if name in names}
+
+    def accepted(self, public: bytes) -> keys.Certificate | None:
+        self._reload()
+        return self._accepted.keys.get(public)
+
+    def rejected(self, public: bytes) -> bool:
+        self._reload()
+        return public in self._rejected.keys
+
+    def revoked_names(self, names: Iterable[str]) -> set[str]:
+        """Those of `names` no accepted key has any more."""
+        self._reload()
+        return {name for name in names if name not in self.ranks}
+
+    def allow(self, cert: keys.Certificate, peer: str) -> set[int] | None:
+        """The ranks an accepted key serves, or None (logged) if its hosts are wrong."""
+        ranks, problem = self.hosts_problem(cert)
+        if problem is not None:
+            self._refuse(cert.public, peer, f"key {cert.name!r} ({cert.path}): {problem}")
+            return None
+        self.ranks[cert.name] = ranks
+        return ranks
+
+    def keep_pending(self, public: bytes, name: str, hosts: list[str], peer: str) -> None:
+        """An unknown key's agent said who it is: kept for an operator (logged once)."""
+        ranks = sorted({r for h in hosts if (r := self.cluster.rank_of(h)) is not None})
+        claimed = self.cluster.nodelist(ranks) if ranks else ""
+        path = enrol.record_pending(self.dirs, public, name, claimed, peer, time.time())
+        if public not in self._pending_logged:
+            self._pending_logged.add(public)
+            log.warning(
+                "agent key %s (%s) from %s claiming %s is pending: `hkservice keys accept "
+                "%s` trusts it%s",
+                public.decode(),
+                visible(name) or "no name",
+                peer,
+                claimed or "no host of the cluster",
+                visible(name) or public.decode(),
+                f" (kept in {path})" if path is not None else "",
+            )
 
     def hosts_problem(self, cert: keys.Certificate) -> tuple[set[int], str | None]:
         text = cert.metadata.get("hosts")
@@ -98,18 +168,26 @@ class AgentKeys:
         return ranks, None
 
     def answer(self, public: bytes, peer: str) -> bytes | None:
-        """The User-Id (the key's name) of an accepted key, None for a refused one."""
-        self._reload()
-        cert = self._keys.get(public)
-        if cert is None:
-            self._refuse(public, peer, f"key {public.decode()} is not in {self.directory}")
+        """The User-Id of an accepted key (its name) or of an unknown one (PENDING and
+        the key); None for a refused one."""
+        cert = self.accepted(public)
+        if cert is not None:
+            return cert.name.encode() if self.allow(cert, peer) is not None else None
+        rejected = self._rejected.keys.get(public)
+        if rejected is not None:
+            self._refuse(public, peer, f"key {public.decode()} was rejected ({rejected.path})")
             return None
-        ranks, problem = self.hosts_problem(cert)
-        if problem is not None:
-            self._refuse(public, peer, f"key {cert.name!r} ({cert.path}): {problem}")
+        if public not in self.knocking and enrol.pending_count(self.dirs) >= enrol.MAX_PENDING:
+            self._refuse(
+                public,
+                peer,
+                f"key {public.decode()} is not in {self.directory}, and "
+                f"{enrol.MAX_PENDING} keys are pending already (hkservice keys list)",
+            )
             return None
-        self.ranks[cert.name] = ranks
-        return cert.name.encode()
+        if len(self.knocking) < 4 * enrol.MAX_PENDING:
+            self.knocking[public] = peer
+        return (PENDING + public.decode()).encode()
 
     def _refuse(self, public: bytes, peer: str, why: str) -> None:
         # An agent retries every few seconds: one line per key and reason, not a storm.
@@ -125,6 +203,7 @@ class Link:
     routing_id: bytes
     name: str  # its key's name
     ranks: set[int]
+    user_id: str = ""  # the connection's, from the handshake (PENDING... when it began so)
     pid: int = 0
     session: int = 0
     greeted: bool = False
@@ -142,6 +221,7 @@ class AgentsRunner:
         command: list[str],
         ctx: zmq.asyncio.Context,
         secret_key: bytes,
+        state_dir: Path,
         base_env: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
@@ -150,7 +230,7 @@ class AgentsRunner:
         self.base_env = dict(os.environ if base_env is None else base_env)
         self._ctx = ctx
         self._secret_key = secret_key
-        self.keys = AgentKeys(config.keys, cluster)
+        self.keys = AgentKeys(KeyDirs.of(config.keys, state_dir), cluster)
         self._callback: ExitCallback = lambda jobid, rank, outcome, receipt: None
         self._expected: Callable[[], Iterable[tuple[int, int]]] = lambda: ()
         self._relaunch: RelaunchCallback = lambda keys: None
@@ -280,10 +360,14 @@ class AgentsRunner:
         return grouped
 
     def _send(self, link: Link, message: dict[str, Any]) -> None:
+        message["session"] = link.session
+        self._send_raw(link.routing_id, message)
+
+    def _send_raw(self, routing_id: bytes, message: dict[str, Any]) -> None:
+        """To a connection, whether or not it is a link."""
         if self._sock is None:
             return
-        message["session"] = link.session
-        task = asyncio.ensure_future(self._sock.send_multipart([link.routing_id, pack(message)]))
+        task = asyncio.ensure_future(self._sock.send_multipart([routing_id, pack(message)]))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -310,20 +394,18 @@ class AgentsRunner:
             return
         op = message.get("op")
         link = self.links.get(routing_id)
-        if link is not None and link.name != name:
+        if link is not None and link.user_id != name:
             return  # a routing id is the client's choice: only its authenticated key counts
         if op == "ready":
             self._ready(routing_id, name, message)
             return
+        if link is None and name.startswith(PENDING):
+            return  # an unknown key may say who it is, nothing more
         if link is None:
             # A connection the service dropped (silent too long, a SIGSTOP) that is still
             # up on the agent's side: it would never say ready again by itself.
-            if self._sock is not None and op != "leaving":
-                task = asyncio.ensure_future(
-                    self._sock.send_multipart([routing_id, pack({"op": "again"})])
-                )
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+            if op != "leaving":
+                self._send_raw(routing_id, {"op": "again"})
             return
         link.last_heard = asyncio.get_running_loop().time()
         if op == "hello" and not link.greeted:
@@ -334,7 +416,30 @@ class AgentsRunner:
             log.info("agent %s (pid %d) is stopping", name, link.pid)
             self._drop(link)
 
-    def _ready(self, routing_id: bytes, name: str, message: dict[str, Any]) -> None:
+    def _ready(self, routing_id: bytes, user_id: str, message: dict[str, Any]) -> None:
+        name = user_id
+        if user_id.startswith(PENDING):
+            # Unknown at its handshake: accepted since (`hkservice keys accept`, or copied
+            # in by hand), or still pending.
+            public = user_id[len(PENDING) :].encode()
+            cert = self.keys.accepted(public)
+            peer = self.keys.knocking.get(public, "an unknown address")
+            if cert is None and self.keys.rejected(public):
+                self._send_raw(routing_id, {"op": "revoked"})  # it goes; refused from now on
+                return
+            if cert is None or self.keys.allow(cert, peer) is None:
+                if cert is None:
+                    claimed_name = message.get("name")
+                    hosts = message.get("hosts")
+                    self.keys.keep_pending(
+                        public,
+                        claimed_name if isinstance(claimed_name, str) else "",
+                        [h for h in hosts if isinstance(h, str)] if isinstance(hosts, list) else [],
+                        peer,
+                    )
+                self._send_raw(routing_id, {"op": "pending"})
+                return
+            name = cert.name
         allowed = self.keys.ranks.get(name, set())
         claimed = message.get("hosts")
         ranks: set[int] = set()
@@ -362,7 +467,7 @@ class AgentsRunner:
                 # connection serves it.
                 self._drop(previous, quiet=True)
         pid = message.get("pid")
-        link = Link(routing_id, name, ranks, pid=pid if isinstance(pid, int) else 0)
+        link = Link(routing_id, name, ranks, user_id, pid=pid if isinstance(pid, int) else 0)
         link.session = time.time_ns()
         link.last_heard = asyncio.get_running_loop().time()
         self.links[routing_id] = link
@@ -479,6 +584,7 @@ class AgentsRunner:
         while True:
             await asyncio.sleep(PING_SECONDS)
             now = loop.time()
+            self._disconnect_revoked()
             # Never silent longer than lost-after allows: its ranks are lost by then.
             silence = min(SILENCE_SECONDS, self.config.lost_after)
             for link in list(self.links.values()):
@@ -491,6 +597,20 @@ class AgentsRunner:
                 elif link.greeted:
                     self._send(link, {"op": "ping"})
             self._declare_lost()
+
+    def _disconnect_revoked(self) -> None:
+        """Links whose key is no longer accepted (`hkservice keys revoke`, or its file
+        removed) are dropped at once and told so: the agent closes its connection."""
+        revoked = self.keys.revoked_names({link.name for link in self.links.values()})
+        for link in [link for link in self.links.values() if link.name in revoked]:
+            log.warning(
+                "agent %s (pid %d): its key is no longer accepted: disconnected, %s offline",
+                link.name,
+                link.pid,
+                self.cluster.nodelist(sorted(link.ranks)),
+            )
+            self._send_raw(link.routing_id, {"op": "revoked"})
+            self._drop(link, quiet=True)
 
     def _declare_lost(self) -> None:
         lost_after = self.config.lost_after

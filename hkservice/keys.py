@@ -83,6 +83,14 @@ def _write_new(path: Path, text: str, mode: int) -> None:
     os.chmod(path, mode)  # the umask may have taken bits the public file needs
 
 
+def write_public(path: Path, public: bytes, metadata: dict[str, str]) -> None:
+    """A public certificate (0644) for a key known only by its public half (enrolment);
+    never over an existing file. Metadata values must be one line each."""
+    if any("\n" in v or "\r" in v for v in metadata.values()):
+        raise KeyFileError(f"{path}: metadata must be one line per value")
+    _write_new(path, _cert_text("public", public.decode(), None, metadata), 0o644)
+
+
 def keygen(directory: Path, name: str, hosts: str | None = None) -> tuple[Path, Path]:
     """Write NAME.key (0644) and NAME.key_secret (0600) in `directory`; returns both paths."""
     import zmq

@@ -16,6 +16,10 @@ def main(argv: list[str] | None = None) -> int:
         from hkservice.keys import keygen_main
 
         return keygen_main(args_list[1:])
+    if args_list[:1] == ["keys"]:
+        from hkservice.enrol import keys_main
+
+        return keys_main(args_list[1:])
     if args_list[:1] == ["agent"]:
         from hkservice.nodeagent import main as agent_main
 

@@ -80,6 +80,10 @@ class NodeAgent(Agent):
         self._receiving: asyncio.Task[None] | None = None
         self._refused = False
         self._connected = False
+        self._pending = False
+        # Set to replace the socket (the service revoked this agent's key).
+        self._restart = asyncio.Event()
+        self._asking: asyncio.Task[None] | None = None
 
     def _open_socket(self) -> zmq.asyncio.Socket:
         sock = self._ctx.socket(zmq.DEALER)
@@ -133,15 +137,16 @@ class NodeAgent(Agent):
         not after a protocol error (a message over MAXMSGSIZE, say): a new socket covers
         both, and loses nothing, since the service's hello on the new connection asks
         for every exit not acknowledged."""
-        assert self._monitor is not None
         while True:
-            event = parse_monitor_message(await self._monitor.recv_multipart())["event"]
+            event = await self._next_event()
+            if event is None:
+                return
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 if self._refused or not self._connected:
                     log.info("connected to the service at %s", self.endpoint)
                 self._refused = False
                 self._connected = True
-                await self._send({"op": "ready", "hosts": self.hosts, "pid": os.getpid()})
+                await self._send(self._ready_message())
             elif event == zmq.EVENT_DISCONNECTED:
                 if self._connected:
                     log.warning("lost the connection to the service at %s", self.endpoint)
@@ -164,15 +169,69 @@ class NodeAgent(Agent):
                 self._connected = False
                 return
 
+    def _ready_message(self) -> dict[str, object]:
+        return {"op": "ready", "hosts": self.hosts, "pid": os.getpid(), "name": self.key.name}
+
+    async def _next_event(self) -> int | None:
+        """The next monitor event, or None when the socket must be replaced at once."""
+        assert self._monitor is not None
+        received = asyncio.ensure_future(self._monitor.recv_multipart())
+        restart = asyncio.ensure_future(self._restart.wait())
+        done, _ = await asyncio.wait({received, restart}, return_when=asyncio.FIRST_COMPLETED)
+        if restart in done:
+            received.cancel()
+            self._restart.clear()
+            return None
+        restart.cancel()
+        return int(parse_monitor_message(received.result())["event"])
+
+    async def _ask_again(self) -> None:
+        """While the key is pending, say ready again now and then: once an operator
+        accepts it, the next one gets in."""
+        while self._pending:
+            await asyncio.sleep(self.retry)
+            if self._pending:
+                await self._send(self._ready_message())
+
     async def _leaving(self) -> None:
         if self._connected:
             await self._send({"op": "leaving"})
             await asyncio.sleep(0.1)  # sent, not just queued, before the socket closes
 
     async def _handle(self, identity: bytes, message: dict[str, Any]) -> None:
-        if message.get("op") == "again":  # the service dropped this connection: start over
-            await self._send({"op": "ready", "hosts": self.hosts, "pid": os.getpid()})
+        op = message.get("op")
+        if op == "again":  # the service dropped this connection: start over
+            await self._send(self._ready_message())
             return
+        if op == "pending":
+            if not self._pending:
+                log.warning(
+                    "the service at %s does not know this agent's key %s yet: it keeps it "
+                    "pending until an operator runs `hkservice keys accept %s` there; "
+                    "asking again every %g s",
+                    self.endpoint,
+                    self.key.path,
+                    self.key.name,
+                    self.retry,
+                )
+                self._pending = True
+                self._asking = asyncio.create_task(self._ask_again())
+            return
+        if op == "revoked":
+            log.error(
+                "the service at %s does not accept this agent's key %s (rejected or "
+                "revoked): disconnected; trying again every %g s",
+                self.endpoint,
+                self.key.path,
+                self.retry,
+            )
+            self._pending = False
+            self._refused = True
+            self._restart.set()
+            return
+        if op == "hello" and self._pending:
+            log.info("the service accepted this agent's key %s", self.key.path)
+            self._pending = False
         await super()._handle(identity, message)
 
     def _maybe_exit_after_bye(self) -> None:

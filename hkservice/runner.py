@@ -160,7 +160,9 @@ def make_runner(config: Config, ctx: zmq.asyncio.Context) -> Runner:
             f"[agents] needs the service's key {config.key_dir}/server.key_secret "
             "(hkservice keygen server --dir KEYS-DIR)"
         )
-    return AgentsRunner(config.agents, config.cluster, config.command, ctx, secret)
+    return AgentsRunner(
+        config.agents, config.cluster, config.command, ctx, secret, config.state_dir
+    )
 
 
 DOOMED_PREFIX = ".deleting-"

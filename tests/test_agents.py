@@ -21,7 +21,7 @@ import zmq
 
 from hkconsole.client import CurveKeys
 from hkservice import keys
-from hkservice.protocol import unpack
+from hkservice.protocol import pack, unpack
 from tests.conftest import RunningService, ServiceFactory
 from tests.test_cli_commands import BY
 from tests.test_trust import raw_dealer, status, wait_disconnected
@@ -263,18 +263,18 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     raise AssertionError("condition not met")
 
 
-def test_an_unknown_key_is_refused_once_then_connects_by_itself_once_authorised(
+def test_an_unknown_key_is_pending_once_then_connects_by_itself_once_authorised(
     agents_cluster: Callable[..., Cluster],
 ) -> None:
-    """Refused, the agent retries quietly; its key copied in later, it connects without
-    being restarted (libzmq alone would never retry: spec/agents.md pitfall 3)."""
+    """Unknown, the key is kept pending and the agent asks again quietly; its key copied
+    in by hand later (a site provisioning keys itself), it gets in without a restart."""
     cluster = agents_cluster(cleanup_script, hostlist="node0")
     secret = cluster.key("node0", "node0", authorise=False)
     cluster.start_agent("node0", secret)
-    wait_until(lambda: "refused this agent's key" in cluster.agent_log("node0"))
-    time.sleep(1.5)  # several retries (every 0.3 s)
-    assert cluster.svc.log().count("refused an agent") == 1
-    assert cluster.agent_log("node0").count("refused this agent's key") == 1
+    wait_until(lambda: "does not know this agent's key" in cluster.agent_log("node0"))
+    time.sleep(1.5)  # several tries (every 0.3 s)
+    assert cluster.svc.log().count("is pending: `hkservice keys accept node0` trusts it") == 1
+    assert cluster.agent_log("node0").count("does not know this agent's key") == 1
     assert cluster.status()["offline"] == "0"
     public = cluster.base / "nodekeys" / "node0.key"
     public.rename(cluster.authorised / "node0.key")
@@ -495,3 +495,86 @@ def test_a_huge_message_from_the_service_end_costs_the_agent_nothing(tmp_path: P
         agent.wait()
         router.close()
         ctx.term()
+
+
+def keys_command(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hkservice",
+            "keys",
+            "--config",
+            str(cluster.svc.config_path),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_enrolment_accept_reject_and_revoke(agents_cluster: Callable[..., Cluster]) -> None:
+    """`hkservice keys`: two unknown agents are listed pending with the hosts they claim;
+    one accepted gets in by itself and runs its node's cleanup, the other rejected is
+    refused from then on; the accepted one revoked is disconnected at once."""
+    cluster = agents_cluster(cleanup_script, hostlist="node[0-1]")
+    for i in range(2):
+        cluster.start_agent(f"node{i}", cluster.key(f"node{i}", f"node{i}", authorise=False))
+    wait_until(lambda: cluster.svc.log().count("is pending") == 2)
+    listed = keys_command(cluster, "list")
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split() for line in listed.stdout.splitlines()[1:]]
+    assert [row[:3] for row in rows] == [
+        ["pending", "node0", "node0"],
+        ["pending", "node1", "node1"],
+    ]
+    assert all(row[4].startswith("127.0.0.1") for row in rows), listed.stdout
+    accepted = keys_command(cluster, "accept", "node0")
+    assert accepted.returncode == 0, accepted.stderr
+    cluster.wait_status(lambda s: s["offline"] == "1")
+    cluster.svc.call("housekeeping.start", {"jobid": 5, "ranks": "0"})
+    cluster.svc.wait_idle()
+    assert runs(cluster, 0) == [f"node0 {cluster.agents['node0'].pid}"]
+    assert keys_command(cluster, "reject", "node1").returncode == 0
+    told = "(rejected or revoked): disconnected"
+    wait_until(lambda: told in cluster.agent_log("node1"))
+    wait_until(lambda: "was rejected" in cluster.svc.log())
+    revoked = keys_command(cluster, "revoke", "node0")
+    assert revoked.returncode == 0, revoked.stderr
+    cluster.wait_status(lambda s: s["offline"] == "0-1", timeout=5)
+    wait_until(lambda: told in cluster.agent_log("node0"))
+    wait_until(lambda: cluster.svc.log().count("was rejected") == 2)
+    states = [line.split()[:2] for line in keys_command(cluster, "list").stdout.splitlines()]
+    assert states[1:] == [["rejected", "node0"], ["rejected", "node1"]]
+    again = keys_command(cluster, "accept", "node0")
+    assert again.returncode == 1 and "no key named 'node0'" in again.stderr
+    assert [cluster.agents[f"node{i}"].poll() for i in range(2)] == [None, None]
+
+
+def test_a_pending_key_claiming_hostile_things_is_kept_harmless(
+    agents_cluster: Callable[..., Cluster],
+) -> None:
+    """An unknown key's `ready` is outside input: a name that would forge lines of the
+    key file and hosts outside the cluster are not kept; nothing else it says is read."""
+    cluster = agents_cluster(cleanup_script, hostlist="node[0-1]")
+    secret = cluster.key("mallory", "node0", authorise=False)
+    mine = keys.load(secret, need_secret=True)
+    assert mine.secret is not None
+    server = keys.load(cluster.base / "keys" / "server.key")
+    sock = raw_dealer(
+        f"tcp://127.0.0.1:{cluster.port}", CurveKeys(mine.public, mine.secret, server.public)
+    )
+    forged = 'x"\ncurve\n    public-key = "' + "A" * 40
+    sock.send(pack({"op": "ready", "hosts": ["node9", 5, "node1"], "pid": 1, "name": forged}))
+    sock.send(pack({"op": "hello", "running": [[1, 0]], "exits": []}))
+    assert sock.poll(10_000)
+    assert unpack(sock.recv()) == {"op": "pending"}
+    sock.close(linger=0)
+    (pending,) = (cluster.base / "state" / "agents" / "pending").iterdir()
+    cert = keys.load(pending)
+    assert cert.public == mine.public
+    assert (cert.metadata["name"], cert.metadata["hosts"]) == ("", "node1")
+    listed = keys_command(cluster, "list")
+    assert listed.returncode == 0 and "pending" in listed.stdout
+    assert cluster.status()["offline"] == "0-1"
