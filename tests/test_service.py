@@ -1018,7 +1018,8 @@ def test_stopping_with_launches_queued_skips_them_and_loses_no_exit(
     log = svc.log()
     assert "did not confirm" not in log and "Traceback" not in log
     wait_until(lambda: svc.agent_pid() is None)  # it left only with every exit acked
-    launched = len(runs.read_text().split())
+    # On a loaded machine the stop can come before the first launch: no file at all.
+    launched = len(runs.read_text().split()) if runs.exists() else 0
     assert launched < 64 * len(jobids)  # the shutdown overtook queued launches
     svc.start()
     assert svc.call("housekeeping.list")["units"] == []
