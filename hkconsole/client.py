@@ -10,8 +10,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import zmq
 
@@ -100,9 +99,11 @@ def reported_user() -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class CurveKeys:
-    """A tcp client's CURVE keys: its own pair and the service's public key (z85)."""
+class CurveKeys(NamedTuple):
+    """A tcp client's CURVE keys: its own pair and the service's public key (z85).
+
+    A NamedTuple, not a dataclass: importing dataclasses (and inspect, ast behind it)
+    cost every command line 10 ms of start-up."""
 
     public: bytes
     secret: bytes

@@ -91,17 +91,8 @@ def stats_formats(what: str, config: Mapping[str, Any] | None = None) -> FormatR
     return registry
 
 
-_PLAIN_NODE_FIELDS = (
-    "rank",
-    "runs",
-    "failures",
-    "p50",
-    "p95",
-    "max",
-    "last_failure",
-    "last_reason",
-    "streak",
-)
+# The fields a node without runs (stuck or flapping only) or without failures has none of.
+_NODE_FIELDS_OR_NONE = ("p50", "p95", "max", "last_failure")
 
 
 def _blank(value: Any) -> Any:
@@ -117,22 +108,20 @@ class NodeStatsRow(Row):
     def __init__(self, node: Mapping[str, Any], cluster: Cluster) -> None:
         super().__init__()
         self.node = node
-        self.cluster = cluster
-        # The plain fields at once: a table of 16,384 nodes formats 180,000 of them, and a
-        # compute() call each would be a third of its time.
-        values = self._values
-        for name in _PLAIN_NODE_FIELDS:
-            value = node[name]
-            values[name] = "" if value is None else value
+        # The service's fields at once, a dict copy: a table of 16,384 nodes formats
+        # 200,000 of them, and a compute() call or a loop step each was a third of its time.
+        values = self._values = dict(node)
+        if None in values.values():
+            for name in _NODE_FIELDS_OR_NONE:
+                if values[name] is None:
+                    values[name] = ""
         values["flapping"] = "flapping" if node["flapping"] else ""
         values["stuck"] = "stuck" if node["stuck"] else ""
         values["failrate"] = _rate(node["failures"], node["runs"])
+        values["hostname"] = cluster.hostname(node["rank"])
 
     def compute(self, name: str) -> Any:
-        node = self.node
-        if name == "hostname":
-            return self.cluster.hostname(node["rank"])
-        jobid = node["last_jobid"]  # last_id, last_id.KIND
+        jobid = self.node["last_jobid"]  # last_id, last_id.KIND
         return "" if jobid is None else encode_jobid(jobid, name[8:] or "f58")
 
     def sort_value(self, name: str) -> Any:

@@ -484,3 +484,38 @@ def test_help_shows_config_text_with_controls_escaped() -> None:
     assert registry.help_text().splitlines()[-1] == (
         "  x\\x1b[2J     title\\x1b]0;pwned\\x07\\x0aforged"
     )
+
+
+def test_repeated_values_keep_their_own_text() -> None:
+    # A column formats each distinct value once: values that are equal keys (-0.0 and
+    # 0.0, True, 1 and 1.0) still show as themselves, and unhashable ones format too.
+    values: list[Any] = [0.0, -0.0, 1, True, 1.0] * 3
+    lines = render("{f}", rows(*({"f": v} for v in values)), header=False)
+    assert lines == ["0.0", "-0.0", "1", "True", "1.0"] * 3
+    assert render("{x}|", rows({"x": [1, 2]}, {"x": [1, 2]}), header=False) == ["[1, 2]|"] * 2
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("<3", ["a      |", "bbbbbbb|"]),
+        ("*>3", ["******a|", "bbbbbbb|"]),
+        ("<03", ["a000000|", "bbbbbbb|"]),
+        ("^3", ["   a   |", "bbbbbbb|"]),
+        ("<3.2+", ["a      |", "bbbbbbb|"]),
+        (">3h", ["      a|", "bbbbbbb|", "      -|"]),
+    ],
+)
+def test_fitted_columns_padded_like_formatted(spec: str, expected: list[str]) -> None:
+    # A fitted column is padded on to its new width where that is the same as formatting
+    # it anew (a fill to one side, nothing cut), and formatted anew otherwise.
+    items = rows({"s": "a"}, {"s": "bbbbbbb"}, {"s": ""})
+    assert render(f"+:{{s:{spec}}}|", items, header=False)[: len(expected)] == expected
+
+
+def test_first_bad_row_is_reported_when_several_are_bad() -> None:
+    # Formatted a column at a time, but the error is the one met row by row: the first
+    # bad row's first bad field.
+    items = rows({"i": 1, "t": "soon"}, {"i": None, "t": 0})
+    with pytest.raises(FormatError, match="field t: !d needs a number, not 'soon'"):
+        render("{i:d} {t!d}", items)
