@@ -30,6 +30,16 @@ import zmq
 from hkconsole.client import Client, wait_for_service
 from hkservice.protocol import pack, unpack
 
+PROFILED = """
+import cProfile, sys, time
+from hkservice.main import main
+profile = cProfile.Profile(time.process_time)
+try:
+    profile.runcall(main, sys.argv[2:])
+finally:
+    profile.dump_stats(sys.argv[1])
+"""
+
 
 def start_service(base: Path, nodes: int) -> tuple[subprocess.Popen[bytes], str]:
     endpoint = f"ipc://{base}/hk.sock"
@@ -42,21 +52,16 @@ def start_service(base: Path, nodes: int) -> tuple[subprocess.Popen[bytes], str]
         '"if [ $HK_RANK -lt 1024 ]; then exec sleep 3600; fi"]\n'
         f'[service]\nendpoint = "{endpoint}"\nstate-dir = "{base}/state"\n'
     )
-    # HK_PROFILE=FILE: the service runs under cProfile, its stats written to FILE.
-    profile = (
-        ["-m", "cProfile", "-o", os.environ["HK_PROFILE"]] if "HK_PROFILE" in os.environ else []
-    )
+    # HK_PROFILE=FILE: the service runs under cProfile, its stats written to FILE; timed
+    # in CPU time, so that waiting for the CPU on a busy machine does not show as cost.
+    argv = ["--config", str(config), "--stop-commands-on-exit"]
+    if "HK_PROFILE" in os.environ:
+        command = [sys.executable, "-c", PROFILED, os.environ["HK_PROFILE"], *argv]
+    else:
+        command = [sys.executable, "-m", "hkservice", *argv]
     log = open(base / "service.log", "wb")  # noqa: SIM115 - the child owns it
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            *profile,
-            "-m",
-            "hkservice",
-            "--config",
-            str(config),
-            "--stop-commands-on-exit",
-        ],
+        command,
         stdout=log,
         stderr=log,
     )
@@ -65,7 +70,14 @@ def start_service(base: Path, nodes: int) -> tuple[subprocess.Popen[bytes], str]
     return proc, endpoint
 
 
-def run(endpoint: str, rate: float, seconds: float, listers: int, first_job: int) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used: unlike latencies, not inflated by
+    other work on a shared machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(endpoint: str, rate: float, seconds: float, listers: int, first_job: int, pid: int) -> None:
     ctx = zmq.Context.instance()
     poller = zmq.Poller()
     scheduler = ctx.socket(zmq.DEALER)
@@ -84,6 +96,7 @@ def run(endpoint: str, rate: float, seconds: float, listers: int, first_job: int
     errors: list[str] = []
     lists = 0
     total = int(rate * seconds)
+    cpu_before = cpu_seconds(pid)
     start = time.perf_counter()
     next_id = 0
     while len(latencies) + len(errors) < total:
@@ -111,6 +124,7 @@ def run(endpoint: str, rate: float, seconds: float, listers: int, first_job: int
                 lists += 1
                 sock.send(list_body)
     elapsed = time.perf_counter() - start
+    cpu = cpu_seconds(pid) - cpu_before
     for sock in (scheduler, *clients):
         sock.close(linger=0)
     latencies.sort()
@@ -119,7 +133,8 @@ def run(endpoint: str, rate: float, seconds: float, listers: int, first_job: int
         f"starts: {len(latencies)} at {rate:g}/s beside {listers} listing clients; "
         f"latency p50 {statistics.median(latencies) * 1000:.1f} ms, "
         f"p99 {p99 * 1000:.1f} ms (target < 50 ms), max {latencies[-1] * 1000:.1f} ms; "
-        f"{lists} lists served ({lists / elapsed:.0f}/s)"
+        f"{lists} lists served ({lists / elapsed:.0f}/s); service CPU {cpu:.2f} s "
+        f"({cpu / elapsed * 100:.0f}% of a core); load average {os.getloadavg()[0]:.1f}"
         + (f"; {len(errors)} errors, first: {errors[0]}" if errors else "")
     )
 
@@ -139,8 +154,8 @@ def main() -> None:
         with Client(endpoint, timeout=10) as client:
             for i in range(args.units):
                 client.call("housekeeping.start", {"jobid": 1_000_000 + i, "ranks": str(i)})
-        run(endpoint, args.rate, args.seconds, 0, 1)
-        run(endpoint, args.rate, args.seconds, args.listers, 100_001)
+        run(endpoint, args.rate, args.seconds, 0, 1, proc.pid)
+        run(endpoint, args.rate, args.seconds, args.listers, 100_001, proc.pid)
     finally:
         proc.terminate()
         proc.wait(60)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -119,7 +120,11 @@ class Caller:
         return acting(self.name, self.reported)
 
 
+@functools.lru_cache(maxsize=1024)
 def _user_name(uid: int) -> str:
+    """Asked at every request on ipc, where getpwuid read /etc/passwd each time (about
+    50 us a request). A user renamed while the service runs keeps the old name in the
+    audit until it restarts; the uid is recorded beside it."""
     import pwd
 
     try:

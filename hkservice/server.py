@@ -198,6 +198,7 @@ class Service:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, self.stop)
         self._bind()
+        self.store.start_checkpoints()
         await self.metrics.listen()
         await self._recover()
         if self.bridge is not None:

@@ -305,3 +305,29 @@ def test_finished_ranks_carry_their_start_and_user_and_drains_their_cause() -> N
     assert causes == {(1,): "exit", (2,): "core"}
     operator, _ = hk.drain({5}, "maintenance", 131)
     assert [a.cause for a in operator if isinstance(a, core.Drained)] == ["operator"]
+
+
+def test_the_next_deadline_follows_units_as_they_come_and_go() -> None:
+    """Deadlines are kept in a heap whose entries go stale as units end or their timers
+    fire: the next one is always a live unit's, however many stale ones there are."""
+    hk = Housekeeping(4000, Policy(release_after=50, timeout=1000, warn_after=300))
+    ok = Outcome("exit", code=0)
+    for jobid in range(1000):
+        hk.start(jobid, 0, [jobid * 2, jobid * 2 + 1], float(jobid))
+    assert hk.next_deadline() == 300  # job 0's warn-after
+    for jobid in range(999):
+        hk.finished(jobid, [(jobid * 2, ok), (jobid * 2 + 1, ok)], 1000.0)
+    assert list(hk.units) == [999]
+    assert hk.next_deadline() == 999 + 300
+    hk.finished(999, [(1998, ok)], 1100.0)  # rank 1999 still runs: the release timer
+    assert hk.next_deadline() == 1150
+    hk.tick(1150)
+    assert hk.next_deadline() == 1299  # the timer fired; warn-after is next
+    hk.tick(1299)
+    assert hk.next_deadline() == 1999  # the timeout
+    # Starts and ends of many more units keep the heap bounded by the units in progress.
+    for jobid in range(1000, 3000):
+        hk.start(jobid, 0, [jobid], 2000.0)
+        hk.finished(jobid, [(jobid, ok)], 2000.0)
+    assert len(hk._deadlines) <= 4 * len(hk.units) + 64 + 3
+    assert hk.next_deadline() == 1999

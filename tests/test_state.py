@@ -547,3 +547,31 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_commits_never_checkpoint_the_wal_a_thread_does(tmp_path: Path) -> None:
+    """SQLite checkpoints inside the commit that crosses 1,000 WAL pages, fsync and all,
+    on the event loop (a request then waited for the disk). The service's connection
+    never does; a thread of its own moves the WAL into the database."""
+    from hkservice.store import Store
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    store = Store(state)
+    try:
+        store.start_checkpoints()
+        entry = {"t": 0.0, "method": "m", "params": "x" * 4000, "ok": 1, "effect": "e"}
+        entry |= {"role": "operator", "who": "w", "how": "h", "reported": None}
+        for _ in range(1500):  # about 1,500 pages: past the automatic checkpoint
+            store.add_audit(entry)
+        assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        wal = state / "hk.db-wal"
+        deadline = time.monotonic() + 10
+        while (state / "hk.db").stat().st_size < 4 << 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # Checkpointed (the database has the rows) while the WAL was never reset by a
+        # commit of ours: it holds every page written.
+        assert (state / "hk.db").stat().st_size >= 4 << 20
+        assert wal.stat().st_size >= 4 << 20
+    finally:
+        store.close()
