@@ -68,6 +68,8 @@ class RunningService:
     # More hkservice options for the next start (e.g. --recover), and its umask.
     args: list[str] = field(default_factory=list)
     umask: int = -1
+    # A command the service runs under (`ip netns exec NS`): it must exec the rest.
+    prefix: list[str] = field(default_factory=list)
 
     @property
     def endpoint(self) -> str:
@@ -108,7 +110,7 @@ class RunningService:
 
     def start(self) -> RunningService:
         self.write_config()
-        argv = [sys.executable, "-m", "hkservice", "--config", str(self.config_path)]
+        argv = [*self.prefix, sys.executable, "-m", "hkservice", "--config", str(self.config_path)]
         if self.stop_commands_on_exit:
             argv.append("--stop-commands-on-exit")
         argv.extend(self.args)

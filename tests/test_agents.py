@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +23,7 @@ import zmq
 from hkconsole.client import CurveKeys
 from hkservice import keys
 from hkservice.protocol import pack, unpack
-from tests.conftest import RunningService, ServiceFactory
+from tests.conftest import RunningService, ServiceFactory, missing_part
 from tests.test_cli_commands import BY
 from tests.test_trust import raw_dealer, status, wait_disconnected
 
@@ -34,19 +35,27 @@ def free_port() -> int:
 
 
 def start_agent(
-    port: int, secret: Path, server_key: Path, base: Path, name: str, *extra: str
+    port: int,
+    secret: Path,
+    server_key: Path,
+    base: Path,
+    name: str,
+    *extra: str,
+    host: str = "127.0.0.1",
+    netns: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """`hkservice agent` NAME connecting to 127.0.0.1:PORT; its run directory and log
-    (agent-NAME.log) in `base`."""
+    """`hkservice agent` NAME connecting to HOST:PORT (from network namespace `netns`);
+    its run directory and log (agent-NAME.log) in `base`."""
     log = open(base / f"agent-{name}.log", "ab")  # noqa: SIM115 - the child owns it
     proc = subprocess.Popen(
         [
+            *(["ip", "netns", "exec", netns] if netns else []),
             sys.executable,
             "-m",
             "hkservice",
             "agent",
             "--connect",
-            f"tcp://127.0.0.1:{port}",
+            f"tcp://{host}:{port}",
             "--key",
             str(secret),
             "--server-key",
@@ -67,12 +76,70 @@ def start_agent(
 
 
 @dataclass
+class Namespaces:
+    """Network namespaces made by the test: `head` for the service, and one per node,
+    each joined to the head by a veth pair (10.200.I.1 on the head's side, 10.200.I.2 on
+    node I's); only these addresses are used."""
+
+    head: str
+    nodes: list[str]
+
+    @property
+    def head_address(self) -> str:
+        return "10.200.0.1"
+
+    def address_for(self, i: int) -> str:
+        """The head's address on node i's link."""
+        return f"10.200.{i}.1"
+
+    def head_side(self, i: int) -> str:
+        return f"{self.head}-{i}"
+
+    def link(self, i: int, state: str) -> None:
+        """Node i's link up or down (on the head's side): a partition, or its end."""
+        ip("-n", self.head, "link", "set", self.head_side(i), state)
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=20)
+
+
+@pytest.fixture
+def namespaces() -> Iterator[Namespaces]:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        missing_part("network namespaces need root and ip (iproute2)")
+    tag = f"hk{os.getpid() % 100000}"
+    made = Namespaces(f"{tag}h", [f"{tag}n0", f"{tag}n1"])
+    try:
+        ip("netns", "add", made.head)
+    except subprocess.CalledProcessError as exc:
+        missing_part(f"ip netns add failed: {exc.stderr.decode(errors='replace').strip()}")
+    try:
+        ip("-n", made.head, "link", "set", "lo", "up")
+        for i, node in enumerate(made.nodes):
+            ip("netns", "add", node)
+            ip("link", "add", made.head_side(i), "type", "veth", "peer", "name", f"{node}x")
+            ip("link", "set", made.head_side(i), "netns", made.head)
+            ip("link", "set", f"{node}x", "netns", node)
+            ip("-n", made.head, "addr", "add", f"10.200.{i}.1/24", "dev", made.head_side(i))
+            ip("-n", node, "addr", "add", f"10.200.{i}.2/24", "dev", f"{node}x")
+            ip("-n", made.head, "link", "set", made.head_side(i), "up")
+            ip("-n", node, "link", "set", f"{node}x", "up")
+            ip("-n", node, "link", "set", "lo", "up")
+        yield made
+    finally:
+        for name in (made.head, *made.nodes):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20)
+
+
+@dataclass
 class Cluster:
     """A service with [agents], and the node agents' keys and processes."""
 
     svc: RunningService
     port: int
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    host: str = "127.0.0.1"  # the service's address, as the agents reach it
 
     @property
     def base(self) -> Path:
@@ -90,9 +157,23 @@ class Cluster:
             public.rename(self.authorised / public.name)
         return secret
 
-    def start_agent(self, name: str, secret: Path, *extra: str) -> subprocess.Popen[bytes]:
+    def start_agent(
+        self,
+        name: str,
+        secret: Path,
+        *extra: str,
+        netns: str | None = None,
+        host: str | None = None,
+    ) -> subprocess.Popen[bytes]:
         proc = start_agent(
-            self.port, secret, self.base / "keys" / "server.key", self.base, name, *extra
+            self.port,
+            secret,
+            self.base / "keys" / "server.key",
+            self.base,
+            name,
+            *extra,
+            host=host or self.host,
+            netns=netns,
         )
         self.agents[name] = proc
         return proc
@@ -127,20 +208,26 @@ def agents_cluster(hk_service: ServiceFactory) -> Iterator[Callable[..., Cluster
     made: list[Cluster] = []
 
     def make(
-        command: Callable[[Path], list[str]], hostlist: str = "node[0-3]", **agents: Any
+        command: Callable[[Path], list[str]],
+        hostlist: str = "node[0-3]",
+        netns: Namespaces | None = None,
+        **agents: Any,
     ) -> Cluster:
+        """netns: the service runs in netns.head, bound to every address there."""
         svc = hk_service(start=False, hostlist=hostlist)
         svc.command = command(svc.base)
         port = free_port()
         keys.keygen(svc.base / "keys", "server")
         svc.service_options["keys-dir"] = str(svc.base / "keys")
         svc.tables["agents"] = {
-            "endpoint": f"tcp://127.0.0.1:{port}",
+            "endpoint": f"tcp://{'*' if netns else '127.0.0.1'}:{port}",
             "keys": str(svc.base / "agents"),
             **agents,
         }
+        if netns is not None:
+            svc.prefix = ["ip", "netns", "exec", netns.head]
         (svc.base / "agents").mkdir()
-        cluster = Cluster(svc, port)
+        cluster = Cluster(svc, port, host=netns.head_address if netns else "127.0.0.1")
         made.append(cluster)
         svc.start()
         return cluster
@@ -364,23 +451,27 @@ def test_an_agent_killed_mid_cleanup_and_restarted_never_runs_a_rank_twice(
     assert [d["ranks"] for d in drained] == ["1"] and "lost" in drained[0]["reason"]
 
 
-def test_a_service_killed_with_agents_connected_adopts_their_commands(
+def test_a_service_killed_with_8_agents_connected_adopts_their_commands(
     agents_cluster: Callable[..., Cluster],
 ) -> None:
-    cluster = agents_cluster(sleeper, hostlist="node[0-3]")
-    for i in range(4):
+    cluster = agents_cluster(sleeper, hostlist="node[0-7]")
+    for i in range(8):
         cluster.start_agent(f"node{i}", cluster.key(f"node{i}", f"node{i}"))
-    cluster.wait_status(lambda s: s["offline"] == "")
-    cluster.svc.call("housekeeping.start", {"jobid": 17, "ranks": "0-3"})
-    wait_until(lambda: all(runs(cluster, i) for i in range(4)))
+    cluster.wait_status(lambda s: s["offline"] == "", timeout=20)
+    cluster.svc.call("housekeeping.start", {"jobid": 17, "ranks": "0-7"})
+    wait_until(lambda: all(runs(cluster, i) for i in range(8)))
     cluster.svc.kill9()
     cluster.svc.start()
     cluster.wait_status(lambda s: s["offline"] == "", timeout=15)
     (cluster.base / "go").touch()
     cluster.svc.wait_idle(timeout=15)
-    assert all(len(runs(cluster, i)) == 1 for i in range(4))
+    # Each command ran once, by its own agent; every one adopted, none relaunched.
+    for i in range(8):
+        assert runs(cluster, i) == [f"node{i} {cluster.agents[f'node{i}'].pid}"]
     assert cluster.status()["drained"] == []
-    assert "adopted job 17 rank 3 (still running)" in cluster.svc.log()
+    log = cluster.svc.log()
+    assert all(f"adopted job 17 rank {i} (still running)" in log for i in range(8))
+    assert "launched again" not in log
 
 
 def test_a_kill_names_the_offline_nodes_and_reaches_them_when_their_agent_connects(
@@ -578,3 +669,60 @@ def test_a_pending_key_claiming_hostile_things_is_kept_harmless(
     listed = keys_command(cluster, "list")
     assert listed.returncode == 0 and "pending" in listed.stdout
     assert cluster.status()["offline"] == "0-1"
+
+
+def test_a_partitioned_node_is_lost_and_drained_then_comes_back(
+    namespaces: Namespaces, agents_cluster: Callable[..., Cluster]
+) -> None:
+    """Real separate hosts: the service in one network namespace, each node's agent in
+    its own, joined by veth pairs. node1's link goes down past lost-after: its rank ends
+    lost and the node is drained; node0 carries on. The link back up, the agent
+    reconnects by itself and reports the exit it kept: recorded, nothing changes, nothing
+    runs twice."""
+    cluster = agents_cluster(
+        sleeper, hostlist="node[0-1]", netns=namespaces, **{"lost-after": "2s"}
+    )
+    for i in range(2):
+        cluster.start_agent(
+            f"node{i}",
+            cluster.key(f"node{i}", f"node{i}"),
+            netns=namespaces.nodes[i],
+            host=namespaces.address_for(i),
+        )
+    cluster.wait_status(lambda s: s["offline"] == "", timeout=15)
+    cluster.svc.call("housekeeping.start", {"jobid": 29, "ranks": "0-1"})
+    wait_until(lambda: runs(cluster, 0) != [] and runs(cluster, 1) != [])
+    namespaces.link(1, "down")
+    try:
+        (cluster.base / "go").touch()  # both commands end; node1's agent cannot say so
+        cluster.svc.wait_idle(timeout=20)
+        drained = cluster.status()["drained"]
+        assert [(d["ranks"], d["reason"]) for d in drained] == [
+            ("1", "housekeeping@fW lost: no agent on node1 for 2s")
+        ]
+        assert cluster.status()["offline"] == "1"
+    finally:
+        namespaces.link(1, "up")
+    cluster.wait_status(lambda s: s["offline"] == "", timeout=20)
+    wait_until(lambda: "ended after it was reported lost" in cluster.svc.log(), timeout=15)
+    assert [d["ranks"] for d in cluster.status()["drained"]] == ["1"]
+    assert len(runs(cluster, 0)) == 1 and len(runs(cluster, 1)) == 1
+
+
+def test_one_key_shared_by_every_node(agents_cluster: Callable[..., Cluster]) -> None:
+    """Flux's model: all nodes hold one key naming every host; each agent says which
+    host it is (--hosts) and runs that node's command, and only that node's."""
+    cluster = agents_cluster(cleanup_script)
+    shared = cluster.key("nodes", "node[0-3]")
+    for i in range(4):
+        cluster.start_agent(f"node{i}", shared, "--hosts", f"node{i}")
+    cluster.wait_status(lambda s: s["offline"] == "")
+    cluster.svc.call("housekeeping.start", {"jobid": 31, "ranks": "0-3"})
+    cluster.svc.wait_idle()
+    for i in range(4):
+        assert runs(cluster, i) == [f"node{i} {cluster.agents[f'node{i}'].pid}"]
+    assert [d["ranks"] for d in cluster.status()["drained"]] == ["2"]
+    # One of them stopped: only its node goes offline, the others keep the shared key.
+    cluster.agents["node1"].send_signal(signal.SIGTERM)
+    cluster.agents["node1"].wait(10)
+    cluster.wait_status(lambda s: s["offline"] == "1", timeout=5)
