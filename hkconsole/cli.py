@@ -243,6 +243,11 @@ def build_parser() -> Parser:
     p = sub.add_parser("undrain", help="return drained nodes to service", allow_abbrev=False)
     p.add_argument("targets", metavar="TARGETS")
 
+    p = sub.add_parser("output", help="the last lines a unit's commands wrote", allow_abbrev=False)
+    p.add_argument("-j", "--jobid", type=jobid_arg, required=True)
+    p.add_argument("-r", "--rank", type=int, help="only this rank")
+    p.add_argument("-n", "--lines", type=int, default=20, help="per rank and stream (20)")
+
     p = sub.add_parser("start", help="hand a finished job's nodes to housekeeping")
     p.add_argument("-j", "--jobid", type=jobid_arg, required=True)
     p.add_argument("-t", "--targets", required=True, metavar="TARGETS")
@@ -562,6 +567,23 @@ def _notice(text: str) -> None:
     print(text, file=sys.stderr)
 
 
+def cmd_output(args: argparse.Namespace, client: Client) -> int:
+    params: dict[str, Any] = {"jobid": args.jobid, "tail": args.lines}
+    if args.rank is not None:
+        params["rank"] = args.rank
+    result = client.call("housekeeping.output", params)
+    cluster = _cluster(client)
+    for rank, stream, text in result["lines"]:
+        print(f"{cluster.hostname(rank)} {stream}: {visible(text)}")
+    elsewhere = result.get("kept_on_nodes")
+    if isinstance(elsewhere, str):
+        # Node agents: the output is on the nodes, and nothing above says otherwise.
+        print(visible(elsewhere), file=sys.stderr)
+    if result.get("truncated"):
+        print("(more ranks than one reply holds: use -r RANK)", file=sys.stderr)
+    return 0
+
+
 def cmd_start(args: argparse.Namespace, client: Client) -> int:
     ranks = _cluster(client).parse_targets(args.targets, strict=True)
     # The caller's uid by default (the service's own would be a guess about someone else).
@@ -629,6 +651,7 @@ COMMANDS = {
     "nodes": cmd_nodes,
     "drain": cmd_drain,
     "undrain": cmd_undrain,
+    "output": cmd_output,
     "start": cmd_start,
     "history": cmd_history,
     "stats": cmd_stats,

@@ -85,8 +85,6 @@ IDLE_EXIT_SECONDS = 30.0
 KILL_REAP_SECONDS = 5.0
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 NOT_STARTED = "launch not started as the service stopped"
-DIED = "lost the local agent died"
-DIED_STARTING = "lost the local agent died as it started the command"
 REBOOTED = "lost the machine restarted"
 _IDSET = re.compile(r"[0-9][0-9,-]*")
 
@@ -276,6 +274,10 @@ class Journal:
 
 
 class Agent:
+    # Who it is in what it reports: a command it left running when it died ends
+    # "lost <what> died" (the node agent says so for its nodes).
+    what = "the local agent"
+
     def __init__(self, run_dir: Path, endpoint: str, idle_exit: float = IDLE_EXIT_SECONDS) -> None:
         self.run_dir = run_dir
         self.endpoint = endpoint
@@ -384,9 +386,9 @@ class Agent:
             if not same_boot:
                 status = REBOOTED
             elif spawned is None:
-                status = DIED_STARTING
+                status = f"lost {self.what} died as it started the command"
             else:
-                status = DIED
+                status = f"lost {self.what} died"
                 pid, started = spawned
                 # The pid is ours if it still has the start time we saw, or if it is no
                 # process at all (the group may outlive its leader, and a pid is not

@@ -34,8 +34,9 @@ from hkservice import auth, enrol, keys
 from hkservice.agent import agent_socket_options
 from hkservice.cluster import Cluster
 from hkservice.config import AgentsConfig
-from hkservice.core import Outcome
+from hkservice.core import Outcome, job_label
 from hkservice.enrol import KeyDirs
+from hkservice.errors import HkError
 from hkservice.fsd import format_duration_config, format_fsd
 from hkservice.protocol import pack, unpack
 from hkservice.runner import (
@@ -204,6 +205,7 @@ class Link:
     name: str  # its key's name
     ranks: set[int]
     user_id: str = ""  # the connection's, from the handshake (PENDING... when it began so)
+    run_dir: str = ""  # where the agent keeps its commands' output, as it says
     pid: int = 0
     session: int = 0
     greeted: bool = False
@@ -321,11 +323,39 @@ class AgentsRunner:
         for routing_id, seqs in per_link.items():
             self._send(self.links[routing_id], {"op": "ack", "seqs": seqs})
 
-    def output(self, jobid: int, ranks: Iterable[int], tail: int) -> list[list[object]]:
-        return []  # kept on the nodes (not fetched yet)
+    def output(self, jobid: int, ranks: Iterable[int], tail: int) -> dict[str, object]:
+        """Not fetched from the nodes: the reply says where it is instead (no lines alone
+        looked like commands that wrote nothing)."""
+        return {
+            "lines": [],
+            "truncated": False,
+            "kept_on_nodes": self._output_elsewhere(jobid, sorted(ranks)),
+        }
 
     def has_output(self, jobid: int) -> list[int] | None:
-        return None
+        raise HkError(
+            "ENOENT",
+            f"no output of job {job_label(jobid)} here: "
+            + self._output_elsewhere(jobid, []).partition(": ")[2],
+        )
+
+    def _output_elsewhere(self, jobid: int, ranks: list[int]) -> str:
+        where: dict[str, list[int]] = {}
+        for rank in ranks:
+            link = self.link_of.get(rank)
+            run_dir = link.run_dir if link is not None and link.run_dir else "RUN-DIR"
+            where.setdefault(run_dir, []).append(rank)
+        places = "; ".join(
+            f"on {self.cluster.nodelist(r)}: {d}/{jobid}/"
+            + (f"{r[0]}.out and .err" if len(r) == 1 else "RANK.out and .err")
+            for d, r in where.items()
+        )
+        return (
+            f"the output of job {job_label(jobid)} stays on its nodes, where their node "
+            "agents wrote it: "
+            + (places or "RUN-DIR/JOBID/RANK.out and .err of each agent")
+            + " (hk does not fetch it)"
+        )
 
     def forget(self, jobid: int) -> None:
         pass
@@ -468,6 +498,9 @@ class AgentsRunner:
                 self._drop(previous, quiet=True)
         pid = message.get("pid")
         link = Link(routing_id, name, ranks, user_id, pid=pid if isinstance(pid, int) else 0)
+        run_dir = message.get("run_dir")
+        if isinstance(run_dir, str) and len(run_dir) <= 1024:
+            link.run_dir = visible(run_dir)
         link.session = time.time_ns()
         link.last_heard = asyncio.get_running_loop().time()
         self.links[routing_id] = link

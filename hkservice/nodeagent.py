@@ -61,6 +61,8 @@ MONITOR_EVENTS = (
 
 
 class NodeAgent(Agent):
+    what = "the node agent"
+
     def __init__(
         self,
         run_dir: Path,
@@ -170,7 +172,14 @@ class NodeAgent(Agent):
                 return
 
     def _ready_message(self) -> dict[str, object]:
-        return {"op": "ready", "hosts": self.hosts, "pid": os.getpid(), "name": self.key.name}
+        return {
+            "op": "ready",
+            "hosts": self.hosts,
+            "pid": os.getpid(),
+            "name": self.key.name,
+            # Where the commands' output stays (`hkconsole output` says so).
+            "run_dir": str(self.run_dir),
+        }
 
     async def _next_event(self) -> int | None:
         """The next monitor event, or None when the socket must be replaced at once."""

@@ -448,7 +448,9 @@ def test_an_agent_killed_mid_cleanup_and_restarted_never_runs_a_rank_twice(
     assert len(runs(cluster, 0)) == 1 and len(runs(cluster, 1)) == 1
     drained = cluster.status()["drained"]
     # node1's command outlived its agent: the new agent cannot know how it ended.
-    assert [d["ranks"] for d in drained] == ["1"] and "lost" in drained[0]["reason"]
+    assert [(d["ranks"], d["reason"]) for d in drained] == [
+        ("1", "housekeeping@fE lost: the node agent died")
+    ]
 
 
 def test_a_service_killed_with_8_agents_connected_adopts_their_commands(
@@ -495,6 +497,22 @@ def test_a_kill_names_the_offline_nodes_and_reaches_them_when_their_agent_connec
         "node2 offline: not signalled yet (sent when its agent connects)",
     ]
     wait_until(lambda: cluster.svc.call("housekeeping.list")["units"][0]["pending"] == "2")
+    # The output stays on the nodes: said where, rather than nothing at all.
+    hkconsole = [sys.executable, "-m", "hkconsole", "--endpoint", cluster.svc.endpoint]
+    output = subprocess.run(
+        [*hkconsole, "output", "-j", "19"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (output.returncode, output.stdout) == (0, "")
+    base = cluster.base
+    assert output.stderr == (
+        "the output of job fL stays on its nodes, where their node agents wrote it: "
+        f"on node0: {base}/run-node0/19/0.out and .err; "
+        f"on node1: {base}/run-node1/19/1.out and .err; "
+        "on node2: RUN-DIR/19/2.out and .err (hk does not fetch it)\n"
+    )
     cluster.start_agent("node2", cluster.key("node2", "node2"))
     cluster.svc.wait_idle()
     assert len(runs(cluster, 2)) <= 1

@@ -1134,3 +1134,23 @@ def test_pipe_closed_early_is_not_an_error(flux3: RunningService) -> None:
         text=True,
     )
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "     ", "")
+
+
+def test_output_shows_each_ranks_last_lines(
+    capsys: pytest.CaptureFixture[str], hk_service: ServiceFactory, script: Callable[[str], str]
+) -> None:
+    service = hk_service(
+        hostlist="node[0-1]",
+        command=[script('echo "one $HK_RANK"\necho two\nprintf "\\033[2J" >&2')],
+    )
+    run = runner(capsys, service)
+    assert run("start", "-j", "7", "-t", "node[0-1]")[0] == 0
+    service.wait_idle()
+    assert run("output", "-j", "7", "-r", "1") == (
+        0,
+        "node1 out: one 1\nnode1 out: two\nnode1 err: \\x1b[2J\n",
+        "",
+    )
+    assert run("output", "-j", "7", "-n", "1")[1] == (
+        "node0 out: two\nnode0 err: \\x1b[2J\nnode1 out: two\nnode1 err: \\x1b[2J\n"
+    )
