@@ -17,7 +17,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from hkservice.metrics import node_state_counts
+from hkservice.metrics import NodeState, node_state_counts, state_exposition
 from tests.conftest import RunningService, ServiceFactory, missing_part
 from tests.test_agents import Cluster as AgentsCluster
 from tests.test_agents import agents_cluster, cleanup_script  # noqa: F401 - the fixture
@@ -285,3 +285,32 @@ def test_node_agents_are_counted_and_their_nodes_offline_until_they_connect(
         if k[0] == "hk_agent_last_seen_timestamp_seconds"
         and k != ("hk_agent_last_seen_timestamp_seconds", (("node", "node0"),))
     ]
+
+
+def test_gauges_read_back_whatever_the_agent_names() -> None:
+    # The gauges are written by hk, not prometheus_client: Prometheus's own parser reads
+    # them back, agent names with quotes, backslashes and newlines included.
+    names = ['node"1', "node\\2", "node\n3", "node4"]
+    state = NodeState(
+        size=6,
+        housekeeping={0, 1, 2},
+        drained={2, 5},
+        offline={4},
+        units=2,
+        running=3,
+        stuck=1,
+        agents={name: 1_700_000_000.25 + i for i, name in enumerate(names)},
+    )
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(state_exposition(state).decode())
+        for s in family.samples
+    }
+    assert value(samples, "hk_nodes", state="housekeeping") == 2
+    assert value(samples, "hk_nodes", state="offline") == 1
+    assert value(samples, "hk_nodes", state="idle") == 1
+    assert (value(samples, "hk_units"), value(samples, "hk_ranks_stuck")) == (2, 1)
+    assert value(samples, "hk_agents_connected") == 4
+    for i, name in enumerate(names):
+        seen = value(samples, "hk_agent_last_seen_timestamp_seconds", node=name)
+        assert seen == 1_700_000_000.25 + i
