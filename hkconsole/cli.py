@@ -6,6 +6,7 @@ The `list` path must start fast: it imports neither Textual nor anything it does
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -175,12 +176,15 @@ def limit_arg(text: str) -> int:
 
 
 def since_arg(text: str) -> float:
+    # Not parse_duration's message: its examples (0, inf) are no window.
     try:
         seconds = parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if not 0 < seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"{quoted(text)}: give a duration above 0, e.g. 7d")
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(
+            f"{quoted(text)} is not a window: give a duration above 0, e.g. 30m, 12h or 7d"
+        )
     return seconds
 
 

@@ -209,8 +209,11 @@ def _me() -> str:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("stats", "nodes", "--since", "yesterday"), "invalid duration 'yesterday'"),
-        (("stats", "nodes", "--since", "0"), "give a duration above 0"),
+        (("stats", "nodes", "--since", "yesterday"), "'yesterday' is not a window"),
+        (("stats", "nodes", "--since", "0"), "'0' is not a window: give a duration above 0"),
+        (("stats", "users", "--since", "inf"), "'inf' is not a window"),
+        (("stats", "nodes", "--since=-5d"), "'-5d' is not a window"),
+        (("stats", "nodes", "--since", "1e400"), "'1e400' is not a window"),
         (("stats", "users", "--flapping"), "unrecognized arguments: --flapping"),
         (("stats",), "the following arguments are required: nodes|users"),
     ],
@@ -224,6 +227,23 @@ def test_stats_usage_errors(
     svc = hk_service(start=False)
     code, _, err = hkconsole(capsys, svc, *args)
     assert code == 2 and message in err
+    assert "e.g. 0" not in err  # the examples of a duration in general are no window
+
+
+@pytest.mark.parametrize("what", ["nodes", "users"])
+def test_stats_of_a_service_that_is_down_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], what: str
+) -> None:
+    stale = tmp_path / "stale.sock"
+    stale.touch()  # left behind by a service that died
+    for endpoint, message in (
+        (f"ipc://{tmp_path}/none.sock", "(is hkservice running?"),
+        (f"ipc://{stale}", "nothing listens on its socket"),
+    ):
+        assert main(["--endpoint", endpoint, "stats", what, "--since", "7d"]) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith(f"hkconsole: ERROR: no hk service at {endpoint}")
+        assert message in err and len(err.splitlines()) == 1
 
 
 def test_bad_stats_requests_are_refused(hk_service: ServiceFactory) -> None:
