@@ -31,6 +31,7 @@ from typing import Any
 from textual.pilot import Pilot
 
 from hkconsole.tui.app import HkConsole
+from hkconsole.tui.fixed import load
 from hkconsole.tui.sample import T0
 from hkconsole.tui.table import LiveTable
 from hkservice.idset import format_idset
@@ -115,7 +116,7 @@ async def main() -> int:
         figures.append((name, f"{seconds * 1000:.0f} ms", target))
 
     async with app.run_test(size=(160, 50)) as pilot:
-        record("first load", await timed(pilot, lambda: app.load(config, units, status)), "2 s")
+        record("first load", await timed(pilot, lambda: load(app, config, units, status)), "2 s")
 
         async def updates(label: str) -> None:
             applies, repaints = [], []

@@ -16,7 +16,7 @@ from textual.widgets import DataTable, RichLog, Static
 
 from hkconsole.tui.app import HkConsole
 from hkconsole.tui.cells import hosts_text
-from hkconsole.tui.fixed import fixed_app, load_sample
+from hkconsole.tui.fixed import fixed_app, load, load_sample
 from hkconsole.tui.sample import T0
 from hkconsole.tui.screens import ConfirmScreen, OutputScreen, PromptScreen
 from hkconsole.tui.views.base import TableView
@@ -102,7 +102,7 @@ async def test_3_jobid_sorts_by_jobid_and_the_natural_order_comes_back() -> None
     # Job 5 started before job 3: start order is 5, 3, 4.
     units = [unit_wire(5, 10.0, "0"), unit_wire(3, 20.0, "1"), unit_wire(4, 30.0, "2")]
     async with app.run_test(size=SIZE) as pilot:
-        app.load(config, {"units": units}, {"drained": []})
+        load(app, config, {"units": units}, {"drained": []})
         await pilot.pause()
         assert rows(app) == [5, 3, 4]
         await pilot.press("greater_than_sign")
@@ -226,7 +226,7 @@ async def test_9_every_runtime_on_screen_is_taken_at_one_moment() -> None:
     config = {"hostlist": "n[0-199]", "events-endpoint": ""}
     units = [unit_wire(1000 + i, T0 - 1000 + i, str(i)) for i in range(200)]
     async with app.run_test(size=(100, 30)) as pilot:
-        app.load(config, {"units": units}, {"drained": []})
+        load(app, config, {"units": units}, {"drained": []})
         await pilot.pause()
         now[0] += 600
         app.tick()
@@ -275,6 +275,7 @@ async def test_13_a_kill_typed_fast_aims_at_the_row_under_the_cursor() -> None:
         app.post_message(events.Key("down", None))
         app.post_message(events.Key("k", "k"))
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await until(pilot, lambda: bool(app.screen.query("#dialog-body")))
         body = str(app.screen.query_one("#dialog-body", Static).render())
         assert encode_jobid(second) in body and encode_jobid(first) not in body
 

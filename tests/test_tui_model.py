@@ -52,7 +52,7 @@ def test_events_update_units_and_detect_gaps() -> None:
     model.apply_event("housekeeping.ended", {"seq": 6, "jobid": 5})
     model.apply_event("resource.undrained", {"seq": 7, "ranks": "1"})
     assert model.units == {} and model.drains == {}
-    assert model.counts() == {"units": 0, "housekeeping": 0, "drained": 0, "failed": 0}
+    assert model.counts() == {"units": 0, "housekeeping": 0, "drained": 0, "failed": 0, "stuck": 0}
 
 
 def test_dirty_ranks_name_exactly_the_node_rows_that_changed() -> None:

@@ -6,15 +6,18 @@ import io
 from collections.abc import Callable
 
 from rich.console import Console
+from textual.widgets import RichLog
+from textual.widgets._footer import FooterKey
 
 from hkconsole.tui.app import HkConsole
 from hkconsole.tui.fixed import fixed_app, load_sample
 from hkconsole.tui.help import HelpScreen
 from hkconsole.tui.model import ConsoleModel
 from hkconsole.tui.sample import JOBID_BASE
+from hkconsole.tui.screens import OutputScreen
 from hkservice.jobid import encode_jobid
 from tests.conftest import ServiceFactory
-from tests.test_tui import SIZE, header_lines, until
+from tests.test_tui import SIZE, header_lines, rows, until
 
 
 def help_text(app: HkConsole) -> str:
@@ -67,6 +70,12 @@ async def test_finished_view_keeps_a_failed_unit_with_its_hosts_and_reasons(
         await pilot.press("slash", *"node2", "enter")
         await until(pilot, lambda: finished_rows(app) == [201])
         assert "1 of 2" in header_lines(app)[2]
+        # Its output, kept by the service after the unit ended: why node2 failed.
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, OutputScreen))
+        await until(pilot, lambda: bool(app.screen.query("#output-log")))
+        log = app.screen.query_one("#output-log", RichLog)
+        await until(pilot, lambda: "dirty" in "\n".join(str(x.text) for x in log.lines))
 
 
 async def test_finished_view_keys_help_and_empty_reason() -> None:
@@ -109,3 +118,74 @@ def test_history_entries_the_console_cannot_read_are_left_out() -> None:
     assert model.finished[7].reasons == ((frozenset({1}), "exited 2"),)
     assert not model.apply_history({"units": [{**good, "reasons": reasons}]})
     assert model.apply_history({"units": "not a list"}) and model.finished == {}
+
+
+async def test_stuck_only_filter_shows_units_running_past_warn_after(
+    hk_service: ServiceFactory,
+) -> None:
+    svc = hk_service(command=["sleep", "600"], release_after="0", warn_after="3s")
+    svc.call("housekeeping.start", {"jobid": 301, "ranks": "0-1"})
+    svc.wait_for(lambda r: r["units"][0]["stuck"] == "0-1")
+    # 302 starts as 301 becomes stuck: it is stuck 3 s later, not now.
+    svc.call("housekeeping.start", {"jobid": 302, "ranks": "2-3"})
+    app = HkConsole(svc.endpoint)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: rows(app) == [301, 302])
+        footer = lambda: {key.description: key.key for key in app.query(FooterKey)}  # noqa: E731
+        await until(pilot, lambda: footer().get("Stuck") == "f")
+        await pilot.press("f")
+        await until(pilot, lambda: rows(app) == [301])
+        # The header says the filter is on, how many units show of how many, and how
+        # many ranks are stuck.
+        await until(pilot, lambda: "only stuck" in header_lines(app)[2])
+        assert "1 of 2" in header_lines(app)[2]
+        assert "2 stuck" in header_lines(app)[1]
+        # 302 becomes stuck (its event): it joins the filtered rows.
+        await until(pilot, lambda: rows(app) == [301, 302])
+        await until(pilot, lambda: "2 of 2" in header_lines(app)[2])
+        await pilot.press("f")
+        await until(pilot, lambda: "only stuck" not in header_lines(app)[2])
+        assert " of " not in header_lines(app)[2]
+
+
+async def test_stuck_filter_empty_reason_help_and_flapping_mark() -> None:
+    app = fixed_app()
+    async with app.run_test(size=SIZE) as pilot:
+        load_sample(app)
+        await pilot.pause()
+        await pilot.press("f")
+        await pilot.pause()
+        assert rows(app) == []
+        assert "no stuck units: no rank runs past warn-after" in str(app.units.empty.render())
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        assert "f  Stuck: units view: only units with a rank running past warn-after" in (
+            help_text(app)
+        )
+        await pilot.press("escape", "f", "2")
+        # sim22 fails run after run: marked beside its state, counted in the header,
+        # said in the bar, and found by the filter.
+        await pilot.pause()
+        assert str(app.nodes.table.get_cell("22", "state")) == "drained flapping"
+        assert str(app.nodes.table.get_cell("21", "state")) == "idle"
+        assert "1 flapping" in header_lines(app)[1]
+        await pilot.press("slash", *"flap", "enter")
+        await until(pilot, lambda: app.nodes.table.row_count == 1)
+        assert "flapping: its cleanup failed run after run" in str(app.nodes.bar.render())
+
+
+async def test_nodes_view_marks_a_node_the_service_finds_flapping(
+    hk_service: ServiceFactory, script: Callable[[str], str]
+) -> None:
+    fails_on_node1 = script('[ "$HK_HOSTNAME" = node1 ] && exit 4\nexit 0')
+    svc = hk_service(
+        command=[fails_on_node1], release_after="0", tables={"history": {"flapping-after": 1}}
+    )
+    svc.call("housekeeping.start", {"jobid": 401, "ranks": "0-1"})
+    svc.wait_idle()
+    app = HkConsole(svc.endpoint)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        await until(pilot, lambda: app.nodes.table.row_count == 4)
+        await until(pilot, lambda: "flapping" in str(app.nodes.table.get_cell("1", "state")))
+        assert str(app.nodes.table.get_cell("0", "state")) == "idle"

@@ -13,14 +13,13 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from rich.text import Text
 from textual import on
 from textual.app import App, ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical
+from textual.dom import DOMNode
 from textual.notifications import Notification, Notify
 from textual.reactive import reactive
-from textual.widgets import ContentSwitcher, DataTable
+from textual.widgets import ContentSwitcher
 
 from hkconsole.client import AsyncClient, CurveKeys
 from hkconsole.tui import flows
@@ -31,15 +30,9 @@ from hkconsole.tui.detail import Detail, DetailPane
 from hkconsole.tui.feed import Feed
 from hkconsole.tui.filterbar import FilterBar
 from hkconsole.tui.footer import OperatorFooter
-from hkconsole.tui.header import HeaderState, StatusHeader, header_text
+from hkconsole.tui.header import HeaderState, StatusHeader
 from hkconsole.tui.help import HelpScreen
-from hkconsole.tui.keys import (
-    NEEDS_SERVICE,
-    NODES_ONLY,
-    READ_ONLY_HIDDEN,
-    REFRESH_CHOICES,
-    UNITS_ONLY,
-)
+from hkconsole.tui.keys import NEEDS_SERVICE, all_bindings
 from hkconsole.tui.model import ConsoleModel
 from hkconsole.tui.views.base import TableView
 from hkconsole.tui.views.finished import FinishedView
@@ -84,12 +77,10 @@ class HkConsole(App[int]):
         self.label = label
         self._queries = Queries()
         self._rate_notice: Notification | None = None
-        self._header_dirty = False
-        self._header_text: Text | None = None
         # Kept by reference: a query would look in whichever screen is on top, and a
         # dialog or the app's shutdown must not make a live update fail.
         self.feed = Feed(self.client, self.model)
-        self.header_pane = StatusHeader(id="header")
+        self.header_pane = StatusHeader()
         self.units = UnitsView(self.model, clock, long_running)
         self.nodes = NodesView(self.model, clock)
         self.finished = FinishedView(self.model, clock)
@@ -99,7 +90,7 @@ class HkConsole(App[int]):
             "finished": self.finished,
         }
         sample = None if live else self.detail_sample
-        self.detail = DetailPane(self.model, clock, self.fetch_detail, sample)
+        self.detail = DetailPane(self.model, clock, self.client, sample)
         self.filter_box = FilterBar()
         self.switcher = ContentSwitcher(initial="units-pane", id="views")
 
@@ -122,7 +113,6 @@ class HkConsole(App[int]):
         self.units.table.focus()
         self.render_header()
         self.set_interval(1.0, self.tick)
-        self.set_interval(0.25, self.flush_header)
         if self.live:
             self.feed.run()
 
@@ -131,11 +121,6 @@ class HkConsole(App[int]):
     @property
     def current(self) -> TableView:
         return self.views[self.view]
-
-    async def fetch_detail(self, jobid: int) -> Detail:
-        unit = await self.client.call("housekeeping.unit", {"jobid": jobid})
-        output = await self.client.call("housekeeping.output", {"jobid": jobid, "tail": 3})
-        return dict(unit), list(output["lines"])
 
     def detail_sample(self, jobid: int) -> Detail | None:
         return None
@@ -174,37 +159,13 @@ class HkConsole(App[int]):
         self.feed.changes_taken()
         self.apply_changes(self.model.take_changes())
 
-    def load(
-        self,
-        config: dict[str, Any],
-        units: dict[str, Any],
-        status: dict[str, Any],
-        history: dict[str, Any] | None = None,
-    ) -> None:
-        """Show fixed data without a service (snapshots, screenshots, benchmarks)."""
-        self.model.set_config(config)
-        self.model.apply_list(units)
-        self.model.apply_status(status)
-        self.model.apply_history(history or {"units": []})
-        self.connected = True
-        self.status_line = "connected"
-        self.apply_changes(self.model.take_changes(), full=True)
-        self.render_header()
-
     def apply_changes(self, changed: set[int], full: bool = False) -> None:
         query = self._queries.get(self.filter_text, self.model.cluster)
         for view in self.views.values():
             view.set_query(query)
             view.apply(set(changed), full)
         self.detail.gone()
-        # The header sums over every unit: redrawn a few times a second, not per event.
-        self._header_dirty = True
-
-    @on(DataTable.RowSelected, "#units")
-    def unit_selected(self) -> None:
-        """Enter on a unit: its output."""
-        if self.check_action("output", ()):
-            self.action_output()
+        self.header_pane.soon()
 
     @on(TableView.Highlighted)
     def highlighted(self, message: TableView.Highlighted) -> None:
@@ -219,63 +180,37 @@ class HkConsole(App[int]):
         # Stale data does not tick: a RUNTIME that kept counting would look live.
         if self.paused_at is not None or not self.connected:
             return
-        if self.view == "nodes":
-            self.nodes.tick()
-            return
-        if self.view == "finished":
-            return  # nothing there ticks: finished units show when they ended
-        self.units.now = self.clock()
-        self.units.tick()
-        self.detail.tick(self.units.now)
-
-    def flush_header(self) -> None:
-        if self._header_dirty:
-            self._header_dirty = False
-            self.render_header()
+        self.current.clock_tick(self.clock())
+        if self.current is self.units:
+            self.detail.tick(self.units.now)
 
     def render_header(self) -> None:
-        text = header_text(HeaderState.of(self))
-        # Three lines always: no layout, and nothing at all when nothing changed (the
-        # tick redraws it every second).
-        if text != self._header_text:
-            self._header_text = text
-            self.header_pane.update(text, layout=False)
+        self.header_pane.show(HeaderState.of(self))
         self.set_class(not self.connected, "stale")
 
     # -- keys --------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """False hides a key (not for this view, or read-only); None greys it out."""
+        """False hides a key (read-only); None greys it out (it waits for the service).
+        The keys of a view's rows are that view's (views/), and its to check."""
         if action == "view":
-            return parameters[0] != self.view  # the footer offers the other view
-        if action in UNITS_ONLY and self.view != "units":
-            return False
-        if action in NODES_ONLY and self.view != "nodes":
-            return False
-        if action in READ_ONLY_HIDDEN and self.read_only:
-            return False
-        if action in NEEDS_SERVICE and not self.connected:
-            return None
-        return True
+            return parameters[0] != self.view  # the footer offers the other views
+        return TableView.check_action(self.current, action, parameters)
 
-    async def run_action(self, action: str, *args: Any, **kwargs: Any) -> bool:
+    async def run_action(
+        self, action: str | Any, default_namespace: DOMNode | None = None, *args: Any
+    ) -> bool:
         # A key greyed out for want of the service says why instead of doing nothing.
-        name = action.partition("(")[0].rpartition(".")[2]
-        if name in NEEDS_SERVICE and self.check_action(name, ()) is None:
-            description = next(
-                (
-                    b.description
-                    for b in self.BINDINGS
-                    if isinstance(b, Binding) and b.action == name
-                ),
-                name,
-            )
+        name = str(action).partition("(")[0].rpartition(".")[2]
+        target = default_namespace or self
+        if name in NEEDS_SERVICE and target.check_action(name, ()) is None:
+            description = next((b.description for b in all_bindings() if b.action == name), name)
             self.notify(
                 f"not connected to the service: {description} waits for it ({self.status_line})",
                 severity="warning",
             )
             return True
-        return await super().run_action(action, *args, **kwargs)
+        return await super().run_action(action, default_namespace, *args)
 
     def watch_view(self, old: str, view: str) -> None:
         self.switcher.current = "units-pane" if view == "units" else self.current.id
@@ -293,12 +228,9 @@ class HkConsole(App[int]):
         # already being sent.
         self.run_worker(flow, group="flow", exit_on_error=False)
 
-    def action_kill_unit(self) -> None:
-        target = self.units.kill_target(self.signal_name, self.filter_text)
-        if target is None:
-            self.notify("no unit selected", severity="warning")
-        else:
-            self.run_flow(flows.kill_units(self, target))
+    @on(UnitsView.KillRequested)
+    def kill_units(self, message: UnitsView.KillRequested) -> None:
+        self.run_flow(flows.kill_units(self, message.target))
 
     def action_kill_targets(self) -> None:
         self.run_flow(flows.kill_targets(self, self.signal_name))
@@ -309,23 +241,18 @@ class HkConsole(App[int]):
     def action_choose_signal(self) -> None:
         self.run_flow(flows.choose_signal(self))
 
-    def action_drain(self) -> None:
-        rank = self.nodes.key_at_cursor()
-        if rank is not None:
-            self.run_flow(flows.drain(self, rank))
+    @on(NodesView.DrainRequested)
+    def drain(self, message: NodesView.DrainRequested) -> None:
+        flow = flows.undrain if message.undrain else flows.drain
+        self.run_flow(flow(self, message.rank))
 
-    def action_undrain(self) -> None:
-        rank = self.nodes.key_at_cursor()
-        if rank is not None:
-            self.run_flow(flows.undrain(self, rank))
+    @on(TableView.OutputRequested)
+    def output(self, message: TableView.OutputRequested) -> None:
+        self.run_flow(flows.output(self, message.jobid))
 
-    def action_output(self) -> None:
-        jobid = self.units.key_at_cursor()
-        if jobid is not None:
-            self.run_flow(flows.output(self, jobid))
-
-    def action_mark(self) -> None:
-        self.units.toggle_mark()
+    @on(TableView.Reshaped)
+    def reshaped(self) -> None:
+        self.render_header()
 
     def action_filter(self) -> None:
         self.filter_box.open()
@@ -364,10 +291,6 @@ class HkConsole(App[int]):
         self.current.invert()
         self.render_header()
 
-    def action_state_filter(self) -> None:
-        self.nodes.cycle_state()
-        self.render_header()
-
     def action_pause(self) -> None:
         if self.paused_at is None:
             self.paused_at = self.clock()
@@ -381,11 +304,7 @@ class HkConsole(App[int]):
         self.render_header()
 
     def action_refresh_rate(self) -> None:
-        interval = self.feed.interval
-        index = REFRESH_CHOICES.index(interval) if interval in REFRESH_CHOICES else 0
-        self.feed.interval = REFRESH_CHOICES[(index + 1) % len(REFRESH_CHOICES)]
-        # Resync now: the next one then comes at the new interval, not the old one.
-        self.feed.resync_soon()
+        self.feed.next_interval()
         # One toast, the latest rate: pressing `r` four times must not stack four.
         # (Textual's notify() gives no handle to take a toast back: built here.)
         if self._rate_notice is not None:

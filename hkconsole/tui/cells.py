@@ -35,6 +35,8 @@ STATE_STYLES = {
     "idle": "green",
     "offline": "magenta",
 }
+# A node failing run after run (`resource.status` flapping), beside its state.
+FLAPPING_STYLE = "bold magenta"
 
 # The f58 prefix is read from the locale on every call: fixed for the console's life.
 jobid_text = functools.lru_cache(maxsize=1 << 16)(encode_jobid)

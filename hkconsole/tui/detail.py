@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from rich.text import Text
@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from hkconsole.client import ServiceError
+from hkconsole.client import AsyncClient, ServiceError
 from hkconsole.tui.cells import STATE_STYLES, jobid_text
 from hkconsole.tui.model import ConsoleModel
 from hkservice.fsd import format_fsd
@@ -23,8 +23,6 @@ DETAIL_OUTPUT_LINES = 12
 SETTLE = 0.15
 
 Detail = tuple[dict[str, Any], list[list[Any]]]
-# What the pane shows for a jobid: the service's reply, or None where it has none.
-Source = Callable[[int], Awaitable[Detail | None]]
 
 
 class DetailPane(VerticalScroll):
@@ -34,13 +32,13 @@ class DetailPane(VerticalScroll):
         self,
         model: ConsoleModel,
         clock: Callable[[], float],
-        source: Source,
+        client: AsyncClient,
         sample: Callable[[int], Detail | None] | None = None,
     ) -> None:
         super().__init__(id="detail-scroll")
         self.model = model
         self.clock = clock
-        self.source = source
+        self.client = client
         # Fixed data (snapshots, benchmarks): no wait, no task, drawn at once.
         self.sample = sample
         self.body = Static(id="detail")
@@ -84,7 +82,7 @@ class DetailPane(VerticalScroll):
         if delay:
             await asyncio.sleep(delay)
         try:
-            detail = await self.source(jobid)
+            detail = await self.fetch(jobid)
         except ServiceError:
             detail = None
         # Still wanted? The operator may have moved on, or the unit ended, meanwhile.
@@ -93,6 +91,11 @@ class DetailPane(VerticalScroll):
         if detail is not None and jobid in self.model.units:
             self.detail = detail
         self.render_detail()
+
+    async def fetch(self, jobid: int) -> Detail:
+        unit = await self.client.call("housekeeping.unit", {"jobid": jobid})
+        output = await self.client.call("housekeeping.output", {"jobid": jobid, "tail": 3})
+        return dict(unit), list(output["lines"])
 
     def gone(self) -> None:
         """The data changed: a unit that left housekeeping is shown as such at once."""

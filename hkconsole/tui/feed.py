@@ -18,6 +18,7 @@ from textual.message import Message
 from textual.widget import Widget
 
 from hkconsole.client import AsyncClient, ServiceError, apply_curve
+from hkconsole.tui.keys import REFRESH_CHOICES
 from hkconsole.tui.model import ConsoleModel
 from hkservice.protocol import EVENT_ENDED, unpack
 
@@ -57,6 +58,13 @@ class Feed(Widget):
 
     def resync_soon(self) -> None:
         self._resync_now.set()
+
+    def next_interval(self) -> None:
+        """`r`: the next refresh interval (REFRESH_CHOICES, round), and a resync now, so
+        the next one comes at the new interval, not the old one."""
+        index = REFRESH_CHOICES.index(self.interval) if self.interval in REFRESH_CHOICES else 0
+        self.interval = REFRESH_CHOICES[(index + 1) % len(REFRESH_CHOICES)]
+        self.resync_soon()
 
     def changes_taken(self) -> None:
         """Called by whoever handled `Changed`: the next change posts a new one."""

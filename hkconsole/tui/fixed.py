@@ -41,9 +41,27 @@ def fixed_app(read_only: bool = False) -> FixedConsole:
     return FixedConsole(read_only)
 
 
+def load(
+    app: HkConsole,
+    config: dict[str, Any],
+    units: dict[str, Any],
+    status: dict[str, Any],
+    history: dict[str, Any] | None = None,
+) -> None:
+    """Show fixed data without a service (snapshots, screenshots, benchmarks)."""
+    app.model.set_config(config)
+    app.model.apply_list(units)
+    app.model.apply_status(status)
+    app.model.apply_history(history or {"units": []})
+    app.connected = True
+    app.status_line = "connected"
+    app.apply_changes(app.model.take_changes(), full=True)
+    app.render_header()
+
+
 def load_sample(app: FixedConsole) -> None:
     config, units, status = app.sample
-    app.load(config, units, status, sample_history())
+    load(app, config, units, status, sample_history())
 
 
 def disconnect(app: HkConsole) -> None:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.events import Resize
+from textual.widget import Widget
 from textual.widgets import Footer
 from textual.widgets._footer import FooterKey
 
+from hkconsole.tui.keys import FOOTER_ORDER
+
 # Actions whose keys the footer leaves to `?` help when the terminal is too narrow for
 # all of them, so the keys an operator needs first (kill, filter, help, quit) always fit.
-SECONDARY_ACTIONS = frozenset({"kill_targets", "kill_all", "choose_signal"})
-# The narrowest terminal on which the full footer of either view fits.
-FULL_WIDTH = 116
+# (`output` is also what enter does.)
+SECONDARY_ACTIONS = frozenset({"kill_targets", "kill_all", "choose_signal", "output"})
+# The narrowest terminal on which the full footer of every view fits.
+FULL_WIDTH = 120
 
 
 class OperatorFooter(Footer):
@@ -22,18 +26,23 @@ class OperatorFooter(Footer):
 
     def compose(self) -> ComposeResult:
         self._narrow = self.app.size.width < FULL_WIDTH
-        shown = 0
-        for widget in super().compose():
-            if (
+        keys = [
+            widget
+            for widget in super().compose()
+            if not (
                 self._narrow
                 and isinstance(widget, FooterKey)
                 and widget.action in SECONDARY_ACTIONS
-            ):
-                continue
-            shown += 1
-            yield widget
-        self.styles.grid_size_columns = max(shown, 1)
+            )
+        ]
+        yield from sorted(keys, key=footer_place)
 
     async def on_resize(self, event: Resize) -> None:
         if (self.app.size.width < FULL_WIDTH) != self._narrow:
             await self.recompose()
+
+
+def footer_place(widget: Widget) -> int:
+    """Where a key goes in the footer (FOOTER_ORDER; others last, in their order)."""
+    action = getattr(widget, "action", "").partition("(")[0]
+    return FOOTER_ORDER.index(action) if action in FOOTER_ORDER else len(FOOTER_ORDER)

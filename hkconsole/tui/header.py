@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from rich.text import Text
 from textual.widgets import Static
 
-from hkconsole.tui.cells import STATE_STYLES, Sort
+from hkconsole.tui.cells import FLAPPING_STYLE, STATE_STYLES, Sort
 from hkservice.fsd import format_duration_config
 from hkservice.text import visible
 
@@ -33,7 +33,9 @@ class HeaderState:
     filter_text: str = ""
     shown: tuple[int, int] | None = None  # rows shown of rows there, while filtered
     state_filter: str | None = None
+    stuck_only: bool = False  # on the units view: only units with stuck ranks
     node_counts: dict[str, int] | None = None  # on the nodes view: nodes per state
+    flapping: int = 0  # on the nodes view: nodes failing run after run
     # On the finished view: (finished units, of which failed, failed ranks).
     finished_counts: tuple[int, int, int] | None = None
     signal_name: str = "TERM"
@@ -44,7 +46,9 @@ class HeaderState:
         """What the header shows of the console now."""
         view = app.current
         nodes = view is app.nodes
-        filtered = bool(app.filter_text) or (nodes and app.nodes.state_filter is not None)
+        stuck_only = view is app.units and app.units.stuck_only
+        state_filter = app.nodes.state_filter if nodes else None
+        filtered = bool(app.filter_text) or stuck_only or state_filter is not None
         cluster = app.model.cluster
         return cls(
             endpoint=app.client.endpoint,
@@ -57,9 +61,11 @@ class HeaderState:
             config=app.model.config,
             sort=view.sort,
             filter_text=app.filter_text,
-            state_filter=app.nodes.state_filter if nodes else None,
+            state_filter=state_filter,
+            stuck_only=stuck_only,
             shown=(view.table.row_count, view.total()) if filtered else None,
             node_counts=app.model.node_counts(cluster.size) if nodes and cluster else None,
+            flapping=len(app.model.flapping) if nodes else 0,
             finished_counts=app.finished.counts() if view is app.finished else None,
             signal_name=app.signal_name,
             refresh=app.feed.interval,
@@ -95,6 +101,8 @@ def header_text(h: HeaderState) -> Text:
         for state, number in h.node_counts.items():
             style = f"bold {STATE_STYLES.get(state, '')}" if number else "dim"
             parts += ["  ", (f"{number}", style), f" {state}"]
+        if h.flapping:
+            parts += ["  ", (f"{h.flapping}", FLAPPING_STYLE), " flapping"]
     elif h.finished_counts is not None:
         units, failed_units, failed_ranks = h.finished_counts
         parts += [
@@ -122,6 +130,9 @@ def header_text(h: HeaderState) -> Text:
             (f"{failed}", "bold red" if failed else "bold"),
             " failed rank" if failed == 1 else " failed ranks",
         ]
+        stuck = c.get("stuck", 0)
+        if stuck:
+            parts += ["  ", (f"{stuck}", "bold yellow"), " stuck"]
     if h.paused_at is not None:
         # The counts keep following the service while the rows hold still.
         parts += [("  (counts live)", "yellow")]
@@ -134,6 +145,8 @@ def header_text(h: HeaderState) -> Text:
     if h.state_filter:
         state_style = f"bold {STATE_STYLES.get(h.state_filter, '')}"
         shaping += [("state ", "dim"), (h.state_filter, state_style), "  "]
+    if h.stuck_only:
+        shaping += [("only ", "dim"), ("stuck", "bold yellow"), "  "]
     if h.shown is not None:
         shaping += [(f"{h.shown[0]} of {h.shown[1]}", "bold"), "  "]
     cfg = h.config
@@ -160,5 +173,31 @@ def header_text(h: HeaderState) -> Text:
 
 
 class StatusHeader(Static):
+    """Redrawn only when its text changed (the tick asks every second), and without a
+    layout pass: three lines always."""
+
+    def __init__(self) -> None:
+        super().__init__(id="header")
+        self._text: Text | None = None
+        self._dirty = False
+
+    def on_mount(self) -> None:
+        # Data changes ask for a redraw a few times a second, not per event: the
+        # header sums over every unit.
+        self.set_interval(0.25, self._flush)
+
     def show(self, state: HeaderState) -> None:
-        self.update(header_text(state))
+        text = header_text(state)
+        if text != self._text:
+            self._text = text
+            self.update(text, layout=False)
+
+    def soon(self) -> None:
+        self._dirty = True
+
+    def _flush(self) -> None:
+        if self._dirty:
+            self._dirty = False
+            render = getattr(self.app, "render_header", None)
+            if render is not None:
+                render()

@@ -24,12 +24,14 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "kill.all",
         "signal",
         "output",
+        "finished.output",
         "drain",
         "undrain",
     ),
     "Filter and sort": (
         "filter",
         "clear",
+        "units.stuck",
         "nodes.state",
         "sort.next",
         "sort.prev",
@@ -51,6 +53,8 @@ MORE = {
     "filter": "show rows containing the text (jobid, user, host, reason…)",
     "clear": "clear the filter; with none, clear the marks",
     "nodes.state": "nodes view: show one state at a time",
+    "units.stuck": "units view: only units with a rank running past warn-after",
+    "finished.output": "the highlighted finished unit's output, while the service keeps it",
     "sort.next": "sort by the next column; past the last, the natural order",
     "sort.prev": "sort by the previous column",
     "sort.invert": "reverse the sort",
@@ -138,8 +142,7 @@ class HelpScreen(ModalScreen[None]):
     @classmethod
     def of(cls, screen: Screen[Any], configured: Mapping[str, str]) -> HelpScreen:
         """The help for what `screen` shows now; `configured`: binding id -> keys."""
-        from hkconsole.tui.keys import BINDINGS
-        from hkconsole.tui.table import LiveTable
+        from hkconsole.tui.keys import all_bindings
 
         active: dict[str, bool | None] = {}
         keys: dict[str, list[str]] = {}
@@ -149,5 +152,4 @@ class HelpScreen(ModalScreen[None]):
                 active[binding_id] = True if found.enabled else None
                 keys.setdefault(binding_id, []).append(key)
         bound = {**configured, **{i: ",".join(k) for i, k in keys.items()}}
-        bindings = [b for b in (*BINDINGS, *LiveTable.BINDINGS) if isinstance(b, Binding)]
-        return cls(help_lines(bindings, active, bound))
+        return cls(help_lines(all_bindings(), active, bound))

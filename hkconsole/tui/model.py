@@ -32,6 +32,8 @@ class ConsoleModel:
     units: dict[int, Unit] = field(default_factory=dict)
     drains: dict[int, Drain] = field(default_factory=dict)
     offline: set[int] = field(default_factory=set)
+    # Nodes failing run after run (`resource.status` flapping).
+    flapping: set[int] = field(default_factory=set)
     last_seq: int | None = None
     _wire_forms: dict[int, tuple[Any, ...]] = field(default_factory=dict)
     # rank -> jobids of the units holding it, kept up to date by every change.
@@ -64,7 +66,7 @@ class ConsoleModel:
         changed: set[int] = set()
         for wire in result["units"]:
             jobid = int(wire["jobid"])
-            form = (wire["allocated"], wire["pending"], wire.get("failed", ""))
+            form = (wire["allocated"], wire["pending"], wire.get("failed", ""), wire.get("stuck"))
             wire_forms[jobid] = form
             known = self.units.get(jobid)
             if known is not None and self._wire_forms.get(jobid) == form:
@@ -93,11 +95,13 @@ class ConsoleModel:
             for rank in parse_idset(entry["ranks"]):
                 drains[rank] = Drain(entry["reason"], float(entry["t"]))
         offline = parse_idset(status.get("offline", ""))
+        flapping = parse_idset(status.get("flapping") or "")
         old = self.drains
         self._dirty_ranks |= {r for r in old.keys() | drains.keys() if old.get(r) != drains.get(r)}
-        self._dirty_ranks |= offline ^ self.offline
+        self._dirty_ranks |= (offline ^ self.offline) | (flapping ^ self.flapping)
         self.drains = drains
         self.offline = offline
+        self.flapping = flapping
 
     def apply_history(self, result: Mapping[str, Any]) -> bool:
         """Replace the finished units; whether any came or went."""
@@ -149,7 +153,16 @@ class ConsoleModel:
                 outcome = body.get("outcome") or {}
                 if not (outcome.get("kind") == "exit" and outcome.get("code") == 0):
                     unit.failed.add(rank)
+                if rank in unit.stuck:
+                    # A rank that ended is no longer stuck.
+                    self.units[unit.jobid] = unit._replace(stuck=unit.stuck - {rank})
                 changed.add(unit.jobid)
+        elif topic == "housekeeping.stuck":
+            stuck = self.units.get(int(body["jobid"]))
+            if stuck is not None:
+                ranks = frozenset(parse_idset(body["ranks"]) & stuck.pending)
+                self.units[stuck.jobid] = stuck._replace(stuck=stuck.stuck | ranks)
+                changed.add(stuck.jobid)
         elif topic == "housekeeping.released":
             releasing = self.units.get(int(body["jobid"]))
             if releasing is not None:
@@ -244,4 +257,5 @@ class ConsoleModel:
             "housekeeping": len(self._holders),
             "drained": len(self.drains),
             "failed": sum(len(u.failed) for u in self.units.values()),
+            "stuck": sum(len(u.stuck) for u in self.units.values()),
         }

@@ -20,6 +20,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
 from hkconsole.tui.cells import NO_QUERY, Query, Sort, natural_key, sort_key
+from hkconsole.tui.keys import NEEDS_SERVICE, READ_ONLY_HIDDEN
 from hkconsole.tui.model import ConsoleModel
 from hkconsole.tui.table import LiveTable
 from hkservice.text import visible
@@ -38,11 +39,21 @@ class TableView(Widget):
     # Columns the sort keys cycle through (all but marks).
     SORTABLE: ClassVar[tuple[str, ...]] = ()
 
+    class Reshaped(Message):
+        """The view's own filter or sort changed: what the header says of it."""
+
     class Highlighted(Message):
         def __init__(self, view: TableView, key: int | None) -> None:
             super().__init__()
             self.view = view
             self.key = key
+
+    class OutputRequested(Message):
+        """`o` or enter: the output of this unit (in housekeeping, or finished)."""
+
+        def __init__(self, jobid: int) -> None:
+            super().__init__()
+            self.jobid = jobid
 
     def __init__(self, model: ConsoleModel, table_id: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -81,6 +92,29 @@ class TableView(Widget):
         for key, label in self.COLUMNS:
             # Room for the ▲/▼ a sorted column gets, so sorting does not shift columns.
             self.table.add_column(label if key == "mark" else label + "  ", key=key)
+
+    # -- keys ----------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """False hides a key (read-only); None greys it out (it waits for the service)."""
+        if action in READ_ONLY_HIDDEN and getattr(self.app, "read_only", False):
+            return False
+        if action in NEEDS_SERVICE and not getattr(self.app, "connected", True):
+            return None
+        return True
+
+    def action_output(self) -> None:
+        jobid = self.key_at_cursor()
+        if jobid is not None:
+            self.post_message(self.OutputRequested(jobid))
+
+    @on(DataTable.RowSelected)
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on a unit: its output, where the view has the key for it."""
+        event.stop()
+        offered = any(getattr(b, "action", "") == "output" for b in self.BINDINGS)
+        if offered and self.check_action("output", ()):
+            self.action_output()
 
     # -- the cursor, by key --------------------------------------------------
 
@@ -187,3 +221,6 @@ class TableView(Widget):
 
     def refresh_rows(self, changed: set[int], full: bool) -> None:
         raise NotImplementedError
+
+    def clock_tick(self, now: float) -> None:
+        """A second passed (not paused, connected): what on screen shows time moves on."""

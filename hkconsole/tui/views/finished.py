@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import BindingType
 from textual.widgets import Static
 
 from hkconsole.tables import Finished
 from hkconsole.tui.cells import STATE_STYLES, Cell, Query, age_text, fold, jobid_text
+from hkconsole.tui.keys import FINISHED_BINDINGS
 from hkconsole.tui.model import ConsoleModel
 from hkconsole.tui.views.base import TableView
 from hkservice.cluster import Cluster
@@ -64,6 +67,7 @@ def outcome(entry: Finished) -> tuple[str, str]:
 class FinishedView(TableView):
     COLUMNS = FINISHED_COLUMNS
     SORTABLE = tuple(key for key, _ in FINISHED_COLUMNS)
+    BINDINGS: ClassVar[list[BindingType]] = FINISHED_BINDINGS
 
     def __init__(self, model: ConsoleModel, clock: Callable[[], float]) -> None:
         super().__init__(model, "finished", id="finished-view")

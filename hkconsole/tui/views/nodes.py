@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import BindingType
+from textual.message import Message
 from textual.widgets import Static
 
 from hkconsole.tui.cells import (
+    FLAPPING_STYLE,
     NO_TEXT,
     NO_TIME,
     STATE_STYLES,
@@ -20,6 +24,7 @@ from hkconsole.tui.cells import (
     jobid_text,
     settle_heap,
 )
+from hkconsole.tui.keys import NODES_BINDINGS
 from hkconsole.tui.model import NODE_STATES, ConsoleModel
 from hkconsole.tui.views.base import TableView
 from hkservice.text import visible
@@ -37,6 +42,15 @@ NODE_COLUMNS = (
 class NodesView(TableView):
     COLUMNS = NODE_COLUMNS
     SORTABLE = tuple(key for key, _ in NODE_COLUMNS)
+    BINDINGS: ClassVar[list[BindingType]] = NODES_BINDINGS
+
+    class DrainRequested(Message):
+        """`d` (or `u`: undrain) on the highlighted node."""
+
+        def __init__(self, rank: int, undrain: bool) -> None:
+            super().__init__()
+            self.rank = rank
+            self.undrain = undrain
 
     def __init__(self, model: ConsoleModel, clock: Callable[[], float]) -> None:
         super().__init__(model, "nodes", id="nodes-view")
@@ -79,6 +93,9 @@ class NodesView(TableView):
         if holders:
             out.append("  units ", style="dim")
             out.append(" ".join(jobid_text(j) for j in sorted(holders)))
+        if rank in self.model.flapping:
+            out.append("  flapping", style=FLAPPING_STYLE)
+            out.append(": its cleanup failed run after run", style="dim")
         if drain is not None:
             out.append("\nreason ", style="dim")
             out.append(visible(drain.reason))
@@ -95,6 +112,9 @@ class NodesView(TableView):
 
     def since_cell(self, t: float) -> Cell:
         return Cell(age_text(self.now - t), t, right=True)
+
+    def clock_tick(self, now: float) -> None:
+        self.tick()
 
     def tick(self) -> None:
         """SINCE ages of the rows on screen, all taken at one moment (`now`)."""
@@ -117,12 +137,23 @@ class NodesView(TableView):
         table.update_cells(changed)
         self.show_node()
 
-    def cycle_state(self) -> None:
+    def action_state_filter(self) -> None:
         """Cycle through all → idle → housekeeping → … → offline → all."""
         cycle = (None, *NODE_STATES)
         self.state_filter = cycle[(cycle.index(self.state_filter) + 1) % len(cycle)]
         self.refiltered = True
         self.apply(set())
+        self.post_message(self.Reshaped())
+
+    def action_drain(self) -> None:
+        rank = self.key_at_cursor()
+        if rank is not None:
+            self.post_message(self.DrainRequested(rank, undrain=False))
+
+    def action_undrain(self) -> None:
+        rank = self.key_at_cursor()
+        if rank is not None:
+            self.post_message(self.DrainRequested(rank, undrain=True))
 
     def node_cells(self, rank: int) -> list[Cell]:
         cluster = self.model.cluster
@@ -133,12 +164,22 @@ class NodesView(TableView):
         return [
             Cell(str(rank), rank, natural=rank),
             Cell(cluster.hostname(rank), rank),
-            Cell(state, state, style=STATE_STYLES.get(state, "")),
+            self.state_cell(rank, state),
             Cell(" ".join(jobid_text(j) for j in sorted(holders))) if holders else NO_TEXT,
             Cell(drain.reason) if drain else NO_TEXT,
             # An age reads at a glance (the timestamp is in the bar below the table).
             self.since_cell(drain.t) if drain else NO_TIME,
         ]
+
+    def state_cell(self, rank: int, state: str) -> Cell:
+        """The state, and `flapping` beside it (its cleanups fail run after run)."""
+        if rank not in self.model.flapping:
+            return Cell(state, state, style=STATE_STYLES.get(state, ""))
+        cell = Cell(f"{state} flapping", state)
+        cell.stylize(STATE_STYLES.get(state, ""), 0, len(state))
+        # A badge: it must not read as part of a red `drained`.
+        cell.stylize(f"{FLAPPING_STYLE} reverse", len(state) + 1)
+        return cell
 
     def matches(self, rank: int, cells: list[Cell], query: Query) -> bool:
         if self.state_filter is not None and cells[2].sort_value != self.state_filter:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ClassVar
 
+from textual.binding import BindingType
+from textual.message import Message
 from textual.widgets.data_table import CellDoesNotExist
 
 from hkconsole.tables import Unit
@@ -18,6 +20,7 @@ from hkconsole.tui.cells import (
     settle_heap,
 )
 from hkconsole.tui.flows import KillTarget
+from hkconsole.tui.keys import UNITS_BINDINGS
 from hkconsole.tui.model import ConsoleModel
 from hkconsole.tui.views.base import TableView
 
@@ -37,6 +40,14 @@ RUNTIME_INDEX = [key for key, _ in UNIT_COLUMNS].index("runtime")
 class UnitsView(TableView):
     COLUMNS = UNIT_COLUMNS
     SORTABLE = tuple(key for key, _ in UNIT_COLUMNS if key != "mark")
+    BINDINGS: ClassVar[list[BindingType]] = UNITS_BINDINGS
+
+    class KillRequested(Message):
+        """`k`: kill these units (captured when the key was pressed)."""
+
+        def __init__(self, target: KillTarget) -> None:
+            super().__init__()
+            self.target = target
 
     def __init__(
         self, model: ConsoleModel, clock: Callable[[], float], long_running: float
@@ -53,6 +64,8 @@ class UnitsView(TableView):
         self.clock = clock
         self.long_running = long_running
         self.marked: set[int] = set()
+        # Only units with a rank running past warn-after (`f`).
+        self.stuck_only = False
         # The one moment every RUNTIME on screen is taken at (`tick`).
         self.now = clock()
         self._hay: dict[int, str] = {}
@@ -101,6 +114,8 @@ class UnitsView(TableView):
     def matches(self, unit: Unit, query: Query) -> bool:
         """Whether the filter shows `unit`: its cells contain the text, or it holds one of
         the hosts the text names (a nodelist like sim[0,3,28-29] contains no `sim28`)."""
+        if self.stuck_only and not unit.stuck:
+            return False
         if not query.text:
             return True
         if not query.ranks.isdisjoint(unit.allocated):
@@ -114,6 +129,17 @@ class UnitsView(TableView):
         return query.folded in hay
 
     # -- marks ---------------------------------------------------------------
+
+    def action_kill_unit(self) -> None:
+        app = self.app
+        target = self.kill_target(getattr(app, "signal_name", "TERM"), self.filter_query.text)
+        if target is None:
+            app.notify("no unit selected", severity="warning")
+        else:
+            self.post_message(self.KillRequested(target))
+
+    def action_mark(self) -> None:
+        self.toggle_mark()
 
     def toggle_mark(self) -> None:
         """Space: mark or unmark the unit under the cursor, then move down."""
@@ -170,7 +196,7 @@ class UnitsView(TableView):
         self.marked &= units.keys()
         self.now = self.clock()
         query = self.filter_query
-        if query.text:
+        if query.text or self.stuck_only:
             wanted = {j for j, u in units.items() if self.matches(u, query)}
         else:
             wanted = set(units)
@@ -220,7 +246,21 @@ class UnitsView(TableView):
     def empty_reason(self) -> str:
         if not self.model.units:
             return "no units in housekeeping"
-        return f"no units match '{self.filter_query.text}'"
+        what = "stuck units" if self.stuck_only else "units"
+        if not self.filter_query.text:
+            return f"no {what}: no rank runs past warn-after"
+        return f"no {what} match '{self.filter_query.text}'"
+
+    def action_stuck_only(self) -> None:
+        """Show only the units with a rank running past warn-after, or all again."""
+        self.stuck_only = not self.stuck_only
+        self.refiltered = True
+        self.apply(set())
+        self.post_message(self.Reshaped())
+
+    def clock_tick(self, now: float) -> None:
+        self.now = now
+        self.tick()
 
     def tick(self) -> None:
         """RUNTIME of the rows on screen, all taken at one moment (`now`)."""
