@@ -767,6 +767,8 @@ class Service:
             ],
             "offline": self._offline(),
             "offline_since": self._offline_since(),
+            # Node agents (each node its own, offline while it is away), or one local one.
+            "agents": self.runner.offline_nodes() is not None,
             "flapping": format_idset(self.history.flapping()),
         }
 

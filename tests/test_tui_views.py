@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable
 
 from rich.console import Console
@@ -16,7 +17,8 @@ from hkconsole.tui.model import ConsoleModel
 from hkconsole.tui.sample import JOBID_BASE
 from hkconsole.tui.screens import OutputScreen
 from hkservice.jobid import encode_jobid
-from tests.conftest import ServiceFactory
+from tests.conftest import RunningService, ServiceFactory
+from tests.test_agents import Cluster, agents_cluster, cleanup_script  # noqa: F401 - a fixture
 from tests.test_tui import SIZE, header_lines, rows, until
 
 
@@ -189,3 +191,37 @@ async def test_nodes_view_marks_a_node_the_service_finds_flapping(
         await until(pilot, lambda: app.nodes.table.row_count == 4)
         await until(pilot, lambda: "flapping" in str(app.nodes.table.get_cell("1", "state")))
         assert str(app.nodes.table.get_cell("0", "state")) == "idle"
+
+
+async def test_nodes_view_shows_each_nodes_agent_connected_or_offline_since_when(
+    agents_cluster: Callable[..., Cluster],  # noqa: F811 - test_agents' fixture
+) -> None:
+    cluster = agents_cluster(cleanup_script, hostlist="node[0-1]")
+    cluster.start_agent("node0", cluster.key("node0", "node0"))
+    status = cluster.wait_status(lambda s: s["offline"] == "1")
+    assert status["agents"] is True
+    away = time.strftime("%b %d %H:%M:%S", time.localtime(status["offline_since"][0]["t"]))
+    app = HkConsole(cluster.svc.endpoint)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        await until(pilot, lambda: app.nodes.table.row_count == 2)
+        await until(pilot, lambda: str(app.nodes.table.get_cell("1", "state")) == "offline")
+        assert str(app.nodes.table.get_cell("1", "reason")) == "no agent"
+        assert str(app.nodes.table.get_cell("1", "since")).endswith("s ago")
+        assert "agent connected" in str(app.nodes.bar.render())  # node0's
+        await pilot.press("down")
+        bar = str(app.nodes.bar.render())
+        assert f"agent offline since {away} (" in bar
+        # node1's agent connects: its node is idle, its agent connected.
+        cluster.start_agent("node1", cluster.key("node1", "node1"))
+        await until(pilot, lambda: str(app.nodes.table.get_cell("1", "state")) == "idle", 15)
+        assert str(app.nodes.table.get_cell("1", "reason")) == ""
+        await until(pilot, lambda: "agent connected" in str(app.nodes.bar.render()))
+
+
+async def test_nodes_view_says_nothing_of_agents_without_node_agents(busy: RunningService) -> None:
+    app = HkConsole(busy.endpoint)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        await until(pilot, lambda: app.nodes.table.row_count == 8)
+        assert "agent" not in str(app.nodes.bar.render())

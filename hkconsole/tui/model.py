@@ -19,6 +19,19 @@ from hkservice.idset import parse_idset
 NODE_STATES = ("idle", "housekeeping", "draining", "drained", "offline")
 
 
+def offline_since(entries: Any) -> dict[int, float]:
+    """rank -> since when its node agent is away, from `resource.status` (entries that
+    do not read as {ranks, t} are left out)."""
+    since: dict[int, float] = {}
+    for entry in entries if isinstance(entries, list) else ():
+        try:
+            ranks, t = parse_idset(entry["ranks"]), float(entry["t"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        since.update(dict.fromkeys(ranks, t))
+    return since
+
+
 @dataclass
 class Drain:
     reason: str
@@ -34,6 +47,9 @@ class ConsoleModel:
     offline: set[int] = field(default_factory=set)
     # Nodes failing run after run (`resource.status` flapping).
     flapping: set[int] = field(default_factory=set)
+    # Node agents: whether each node has its own, and since when the away ones are.
+    agents: bool = False
+    offline_since: dict[int, float] = field(default_factory=dict)
     last_seq: int | None = None
     _wire_forms: dict[int, tuple[Any, ...]] = field(default_factory=dict)
     # rank -> jobids of the units holding it, kept up to date by every change.
@@ -96,12 +112,17 @@ class ConsoleModel:
                 drains[rank] = Drain(entry["reason"], float(entry["t"]))
         offline = parse_idset(status.get("offline", ""))
         flapping = parse_idset(status.get("flapping") or "")
+        since = offline_since(status.get("offline_since"))
         old = self.drains
         self._dirty_ranks |= {r for r in old.keys() | drains.keys() if old.get(r) != drains.get(r)}
         self._dirty_ranks |= (offline ^ self.offline) | (flapping ^ self.flapping)
+        was = self.offline_since
+        self._dirty_ranks |= {r for r in was.keys() | since.keys() if was.get(r) != since.get(r)}
         self.drains = drains
         self.offline = offline
         self.flapping = flapping
+        self.agents = status.get("agents") is True
+        self.offline_since = since
 
     def apply_history(self, result: Mapping[str, Any]) -> bool:
         """Replace the finished units; whether any came or went."""

@@ -96,6 +96,17 @@ class NodesView(TableView):
         if rank in self.model.flapping:
             out.append("  flapping", style=FLAPPING_STYLE)
             out.append(": its cleanup failed run after run", style="dim")
+        if self.model.agents:
+            # Node agents: is this node's connected, and if not, since when.
+            away = self.model.offline_since.get(rank)
+            if rank not in self.model.offline:
+                out.append("  agent connected", style=STATE_STYLES["idle"])
+            elif away is None:
+                out.append("  agent offline", style=STATE_STYLES["offline"])
+            else:
+                stamp = time.strftime("%b %d %H:%M:%S", time.localtime(away))
+                out.append("  agent offline", style=STATE_STYLES["offline"])
+                out.append(f" since {stamp} ({age_text(self.now - away)})")
         if drain is not None:
             out.append("\nreason ", style="dim")
             out.append(visible(drain.reason))
@@ -113,6 +124,15 @@ class NodesView(TableView):
     def since_cell(self, t: float) -> Cell:
         return Cell(age_text(self.now - t), t, right=True)
 
+    def since(self, rank: int) -> float | None:
+        """Since when the node is as it is: drained, or without its node agent."""
+        drain = self.model.drains.get(rank)
+        if drain is not None:
+            return drain.t
+        if rank in self.model.offline:
+            return self.model.offline_since.get(rank)
+        return None
+
     def clock_tick(self, now: float) -> None:
         self.tick()
 
@@ -121,16 +141,15 @@ class NodesView(TableView):
         self.now = self.clock()
         table = self.table
         top = int(table.scroll_offset.y)
-        drains = self.model.drains
         changed = []
         # A table just shown may not be laid out yet (height 0): a screenful, then.
         for row in table.ordered_rows[top : top + max(table.size.height, self.app.size.height)]:
             rank = int(row.key.value or 0)
-            drain = drains.get(rank)
+            since = self.since(rank)
             cells = self._cells.get(rank)
-            if drain is None or cells is None:
+            if since is None or cells is None:
                 continue
-            cell = self.since_cell(drain.t)
+            cell = self.since_cell(since)
             if str(cells[5]) != str(cell):
                 cells[5] = cell
                 changed.append((row.key, "since", cell))
@@ -161,14 +180,21 @@ class NodesView(TableView):
         state = self.model.node_state(rank)
         drain = self.model.drains.get(rank)
         holders = self.model.holders().get(rank)
+        since = self.since(rank)
+        if drain is not None:
+            reason = Cell(drain.reason)
+        elif state == "offline" and self.model.agents:
+            reason = Cell("no agent", style=STATE_STYLES["offline"])
+        else:
+            reason = NO_TEXT
         return [
             Cell(str(rank), rank, natural=rank),
             Cell(cluster.hostname(rank), rank),
             self.state_cell(rank, state),
             Cell(" ".join(jobid_text(j) for j in sorted(holders))) if holders else NO_TEXT,
-            Cell(drain.reason) if drain else NO_TEXT,
+            reason,
             # An age reads at a glance (the timestamp is in the bar below the table).
-            self.since_cell(drain.t) if drain else NO_TIME,
+            self.since_cell(since) if since is not None else NO_TIME,
         ]
 
     def state_cell(self, rank: int, state: str) -> Cell:
