@@ -50,8 +50,8 @@ RETRY_SECONDS = 5.0
 RECONNECT_SECONDS = 0.1
 # libzmq's own heartbeats: a connection silent this long is dropped and made again, so a
 # service that went away without a word (kill -9, a partition) is found by the agent too.
-HEARTBEAT_MS = 1000
-HEARTBEAT_TIMEOUT_MS = 5000
+HEARTBEAT_MS = 5000
+HEARTBEAT_TIMEOUT_MS = 15000
 MONITOR_EVENTS = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
