@@ -33,10 +33,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 from hkconsole.client import Client, ServiceError, wait_for_service
@@ -136,17 +134,14 @@ def service_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def request_waits(endpoint: str, meanwhile: Callable[[], object]) -> tuple[float, float]:
+def request_waits(endpoint: str, meanwhile: str | None) -> tuple[float, float]:
     """Median and worst round trip (ms) of service.config, asked for 3 s while another
-    thread does `meanwhile` over and over."""
-    stop = threading.Event()
-
-    def keep_doing() -> None:
-        while not stop.is_set():
-            meanwhile()
-
-    other = threading.Thread(target=keep_doing)
-    other.start()
+    process runs the Python code `meanwhile` (a loop of scrapes; its own process, not a
+    thread here, whose share of this one's GIL would count as the service's)."""
+    other = None
+    if meanwhile is not None:
+        other = subprocess.Popen([sys.executable, "-c", meanwhile], env=ENV)
+        time.sleep(0.5)  # started and scraping
     waits = []
     try:
         with Client(endpoint, timeout=30) as client:
@@ -156,8 +151,9 @@ def request_waits(endpoint: str, meanwhile: Callable[[], object]) -> tuple[float
                 client.call("service.config")
                 waits.append((time.perf_counter() - start) * 1000)
     finally:
-        stop.set()
-        other.join()
+        if other is not None:
+            other.kill()
+            other.wait()
     return statistics.median(waits), max(waits)
 
 
@@ -270,8 +266,9 @@ def main() -> int:
             f" service CPU each, {len(body):,} bytes; {load()}; "
             + ", ".join(line.split("state=")[1] for line in housekeeping)
         )
-        quiet = request_waits(endpoint, lambda: time.sleep(0.01))
-        busy = request_waits(endpoint, lambda: urllib.request.urlopen(url, timeout=10).read())
+        quiet = request_waits(endpoint, None)
+        scraping = f"import urllib.request\nwhile True: urllib.request.urlopen({url!r}).read()"
+        busy = request_waits(endpoint, scraping)
         print(
             f"requests while nothing else runs: median {quiet[0]:.1f} ms, worst {quiet[1]:.1f} ms;"
             f" while /metrics is scraped back to back: median {busy[0]:.1f} ms, worst"
