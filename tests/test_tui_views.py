@@ -5,8 +5,12 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable
+from typing import Any
 
 from rich.console import Console
+from textual import events
+from textual.binding import Binding
+from textual.pilot import Pilot
 from textual.widgets import RichLog
 from textual.widgets._footer import FooterKey
 
@@ -27,6 +31,10 @@ def help_text(app: HkConsole) -> str:
     console = Console(width=100, record=True, file=io.StringIO())
     console.print(app.screen.table())
     return console.export_text()
+
+
+def node_rows(app: HkConsole) -> list[int]:
+    return [int(row.key.value or 0) for row in app.nodes.table.ordered_rows]
 
 
 def finished_rows(app: HkConsole) -> list[int]:
@@ -225,3 +233,59 @@ async def test_nodes_view_says_nothing_of_agents_without_node_agents(busy: Runni
         await pilot.press("2")
         await until(pilot, lambda: app.nodes.table.row_count == 8)
         assert "agent" not in str(app.nodes.bar.render())
+
+
+async def typed(pilot: Pilot[Any], text: str) -> None:
+    """Type `text` as a terminal delivers it: a key event per character (Pilot.press
+    loses emoji: it looks each up by a key name)."""
+    for character in text:
+        pilot.app.post_message(events.Key(character, character))
+    await pilot.pause()
+
+
+async def test_filter_finds_a_jobid_typed_in_emoji_whole_or_in_part() -> None:
+    app = fixed_app()
+    async with app.run_test(size=SIZE) as pilot:
+        load_sample(app)
+        await pilot.pause()
+        jobid = rows(app)[3]
+        emoji = encode_jobid(jobid, "emoji")
+        others = [j for j in rows(app) if j != jobid]
+        # Its last two emoji are its own among the sample's units (they differ there).
+        tail = emoji[-2:]
+        assert all(tail not in encode_jobid(j, "emoji") for j in others)
+        await pilot.press("slash")
+        await typed(pilot, emoji)
+        await until(pilot, lambda: rows(app) == [jobid])
+        # A part of it, each emoji followed by the presentation selector some
+        # keyboards add: the same unit.
+        await pilot.press("escape", "slash")
+        await typed(pilot, "".join(c + "\ufe0f" for c in tail))
+        await until(pilot, lambda: rows(app) == [jobid])
+        # The nodes holding it, on the nodes view; a finished unit by its emoji.
+        await pilot.press("enter", "2")
+        held = sorted(app.model.units[jobid].allocated)
+        await until(pilot, lambda: node_rows(app) == held)
+        ended = next(iter(app.model.finished))
+        await pilot.press("escape", "3", "slash")
+        await typed(pilot, encode_jobid(ended, "emoji"))
+        await until(pilot, lambda: finished_rows(app) == [ended])
+
+
+async def test_the_keys_of_a_views_rows_are_that_views_and_shown_in_the_footer() -> None:
+    app = fixed_app()
+    async with app.run_test(size=SIZE) as pilot:
+        load_sample(app)
+        await pilot.pause()
+        for view, keys in (("1", "k space o f"), ("2", "d u f"), ("3", "o")):
+            await pilot.press(view)
+            await pilot.pause()
+            shown = app.current
+            active = app.screen.active_bindings
+            for key in keys.split():
+                assert active[key].node is shown, (view, key)
+            footer = {key.key for key in app.query(FooterKey)}
+            assert set(keys.split()) <= footer
+        # None of them is the App's: on another view they do not exist.
+        view_actions = {"kill_unit", "mark", "output", "drain", "undrain", "state_filter"}
+        assert not view_actions & {b.action for b in app.BINDINGS if isinstance(b, Binding)}

@@ -48,12 +48,20 @@ def visible_lines(text: str) -> str:
 
 
 def fold(text: str) -> str:
-    """Text as the filter compares it: case folded, and ƒ spelled f.
+    """Text as the filter compares it: case folded, ƒ spelled f, no emoji presentation
+    selector (U+FE0F, which some keyboards add after an emoji).
 
     Tables show jobids as ƒ283AqxTPzKB, drain reasons as housekeeping@f283AqxTPzKB, and
     nobody types ƒ at 3 a.m.: either spelling finds both.
     """
-    return text.lower().replace("ƒ", "f")
+    return text.lower().replace("ƒ", "f").replace("\ufe0f", "")
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def jobid_names(jobid: int) -> str:
+    """Every name a filter finds a jobid by, one a line: f58 (as shown), decimal, and
+    emoji (`{id.emoji}`, as `hkconsole list` or `flux jobs` may have shown it)."""
+    return "\n".join((jobid_text(jobid), str(jobid), encode_jobid(jobid, "emoji")))
 
 
 def hosts_text(cluster: Cluster, ranks: Iterable[int], width: int = HOSTS_WIDTH) -> str:

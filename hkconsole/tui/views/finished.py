@@ -17,7 +17,15 @@ from textual.binding import BindingType
 from textual.widgets import Static
 
 from hkconsole.tables import Finished
-from hkconsole.tui.cells import STATE_STYLES, Cell, Query, age_text, fold, jobid_text
+from hkconsole.tui.cells import (
+    STATE_STYLES,
+    Cell,
+    Query,
+    age_text,
+    fold,
+    jobid_names,
+    jobid_text,
+)
 from hkconsole.tui.keys import FINISHED_BINDINGS
 from hkconsole.tui.model import ConsoleModel
 from hkconsole.tui.views.base import TableView
@@ -117,7 +125,7 @@ class FinishedView(TableView):
             return True
         hay = self._hay.get(entry.jobid)
         if hay is None:
-            fields = (jobid_text(entry.jobid), str(entry.jobid), str(entry.userid))
+            fields = (jobid_names(entry.jobid), str(entry.userid))
             words = (outcome(entry)[0], failures_text(entry, self.model.cluster))
             hay = self._hay[entry.jobid] = fold("\n".join((*fields, *words)))
         return query.folded in hay

@@ -21,6 +21,7 @@ from hkconsole.tui.cells import (
     Query,
     age_text,
     fold,
+    jobid_names,
     jobid_text,
     settle_heap,
 )
@@ -214,7 +215,10 @@ class NodesView(TableView):
             return True
         hay = self._hay.get(rank)
         if hay is None:
-            hay = self._hay[rank] = fold("\n".join(str(c) for c in cells[:5]))
+            # The units holding it by every name of their jobids, emoji too.
+            held = sorted(self.model.holders().get(rank, ()))
+            text = "\n".join((*(str(c) for c in cells[:5]), *map(jobid_names, held)))
+            hay = self._hay[rank] = fold(text)
         return query.folded in hay
 
     def refresh_rows(self, changed: set[int], full: bool) -> None:

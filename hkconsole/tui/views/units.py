@@ -15,6 +15,7 @@ from hkconsole.tui.cells import (
     Cell,
     Query,
     fold,
+    jobid_names,
     jobid_text,
     runtime_cell,
     settle_heap,
@@ -124,8 +125,8 @@ class UnitsView(TableView):
         if hay is None:
             # Kept until the unit changes: typing a filter over 10,000 units must not
             # format 10,000 jobids and nodelists per key stroke.
-            fields = (jobid_text(unit.jobid), str(unit.jobid), str(unit.userid))
-            hay = self._hay[unit.jobid] = fold("\n".join((*fields, self.nodelist(unit))))
+            fields = (jobid_names(unit.jobid), str(unit.userid), self.nodelist(unit))
+            hay = self._hay[unit.jobid] = fold("\n".join(fields))
         return query.folded in hay
 
     # -- marks ---------------------------------------------------------------
