@@ -1154,3 +1154,32 @@ def test_output_shows_each_ranks_last_lines(
     assert run("output", "-j", "7", "-n", "1")[1] == (
         "node0 out: two\nnode0 err: \\x1b[2J\nnode1 out: two\nnode1 err: \\x1b[2J\n"
     )
+
+
+def test_list_default_aligns_the_widest_ids_under_their_header(
+    hk_service: ServiceFactory,
+) -> None:
+    """Issue 13, defect 10: each row's id ends where its header does, for the widest
+    ids there are (2**64-1 is 12 characters in f58, its prefix included: the column's
+    width) and the demo's, in each prefix the default shows (ƒ in a UTF-8 locale, f
+    otherwise or when forced)."""
+    demo = 9_183_742_615 << 24 | 2_731 << 10 | 77  # hkconsole/tui/sample.py's JOBID_BASE + 77
+    ids = (0, 1, 2**63 - 1, 2**64 - 1, demo)
+    svc = hk_service(hostlist="node[0-4]", command=["sleep", "600"])
+    for rank, jobid in enumerate(ids):
+        svc.call("housekeeping.start", {"jobid": jobid, "ranks": str(rank)})
+    for env, prefix in (
+        ({"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}, "ƒ"),
+        ({"LANG": "C", "LC_ALL": "C"}, "f"),
+        ({"LC_ALL": "C.UTF-8", "FLUX_F58_FORCE_ASCII": "1"}, "f"),
+    ):
+        header, *rows = hkconsole(svc, "list", **env).stdout.splitlines()
+        end = header.index("JOBID") + len("JOBID")
+        assert len(rows) == len(ids)
+        for row in rows:
+            assert row[end - 1] != " " and row[end] == " ", (env, header, row)
+        shown = sorted(row[:end].strip() for row in rows)
+        assert shown == sorted(prefix + f58(jobid)[1:] for jobid in ids)
+        # The columns after it line up too: NNODES ends where its header does.
+        nnodes = header.index("NNODES") + len("NNODES")
+        assert all(row[nnodes - 1] == "1" and row[nnodes] == " " for row in rows)
