@@ -250,15 +250,15 @@ async def test_11_the_detail_pane_lets_go_of_a_unit_that_ended() -> None:
     app = clocked(now)
     async with app.run_test(size=SIZE) as pilot:
         load_sample(app)
-        await pilot.pause()
+        await until(pilot, lambda: bool(rows(app)))
         jobid = rows(app)[0]
-        assert str(app.detail.body.render()).startswith(encode_jobid(jobid))
+        # The pane follows the highlight a moment later (on a loaded machine, later still).
+        await until(pilot, lambda: str(app.detail.body.render()).startswith(encode_jobid(jobid)))
         await pilot.press("p")  # the row stays (paused); the unit ends meanwhile
         ended(app, jobid)
-        await pilot.pause()
+        text = f"{encode_jobid(jobid)}: housekeeping ended"
+        await until(pilot, lambda: str(app.detail.body.render()) == text)
         assert jobid in rows(app)
-        text = str(app.detail.body.render())
-        assert text == f"{encode_jobid(jobid)}: housekeeping ended"
         now[0] += 60
         app.tick()
         assert str(app.detail.body.render()) == text
