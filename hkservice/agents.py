@@ -352,11 +352,9 @@ class AgentsRunner:
         }
 
     def has_output(self, jobid: int) -> list[int] | None:
-        raise HkError(
-            "ENOENT",
-            f"no output of job {job_label(jobid)} here: "
-            + self._output_elsewhere(jobid, []).partition(": ")[2],
-        )
+        """A unit no longer in progress: which ranks it had is not known here, so every
+        connected agent's place is named."""
+        raise HkError("ENOENT", self._output_elsewhere(jobid, sorted(self.link_of)))
 
     def _output_elsewhere(self, jobid: int, ranks: list[int]) -> str:
         where: dict[str, list[int]] = {}
@@ -367,8 +365,8 @@ class AgentsRunner:
         places = "; ".join(
             f"on {self.cluster.nodelist(r)}: {d}/{jobid}/"
             + (f"{r[0]}.out and .err" if len(r) == 1 else "RANK.out and .err")
-            for d, r in where.items()
-        )
+            for d, r in list(where.items())[:8]
+        ) + ("; ..." if len(where) > 8 else "")
         return (
             f"the output of job {job_label(jobid)} stays on its nodes, where their node "
             "agents wrote it: "

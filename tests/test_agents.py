@@ -294,6 +294,16 @@ def test_four_agents_each_run_their_own_nodes_cleanup(
     assert [(d["ranks"], d["reason"]) for d in status["drained"]] == [
         ("2", "housekeeping@fj exit-code: exited 3")
     ]
+    # Its output stays on the nodes: the command says where, once the unit has ended too.
+    hkconsole = [sys.executable, "-m", "hkconsole", "--endpoint", cluster.svc.endpoint]
+    output = subprocess.run(
+        [*hkconsole, "output", "-j", "42", "-r", "1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert output.returncode == 1
+    assert f"on node1: {cluster.base}/run-node1/42/1.out and .err" in output.stderr
     assert status["housekeeping"] == ""
     # Stopped, an agent's node shows offline (and since when).
     cluster.agents["node3"].send_signal(signal.SIGTERM)
@@ -744,3 +754,22 @@ def test_one_key_shared_by_every_node(agents_cluster: Callable[..., Cluster]) ->
     cluster.agents["node1"].send_signal(signal.SIGTERM)
     cluster.agents["node1"].wait(10)
     cluster.wait_status(lambda s: s["offline"] == "1", timeout=5)
+
+
+def test_the_systemd_units_verify(tmp_path: Path) -> None:
+    """contrib/systemd's units pass `systemd-analyze verify`, with ExecStart pointing at
+    the hkservice installed here (the units expect /usr/bin/hkservice)."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        missing_part("systemd-analyze (systemd) is not installed")
+    hkservice = Path(sys.executable).parent / "hkservice"
+    units = []
+    for unit in sorted((Path(__file__).parent.parent / "contrib" / "systemd").glob("*.service")):
+        copy = tmp_path / unit.name
+        copy.write_text(unit.read_text().replace("/usr/bin/hkservice", str(hkservice)))
+        units.append(str(copy))
+    assert len(units) == 2
+    verify = subprocess.run(
+        [str(analyze), "verify", *units], capture_output=True, text=True, timeout=60
+    )
+    assert (verify.returncode, verify.stdout, verify.stderr) == (0, "", "")
