@@ -169,9 +169,11 @@ class History:
         # Loaded runs came in behind newer ones: the streaks are counted again, in order.
         self.streaks = {r: n for r, node in self.nodes.items() if (n := node.streak())}
         self._node_rows.clear()
+        self._loaded = None
         # The rows of `stats.nodes` made now, and users' durations sorted, a few at a
         # time, rather than all by the first request (which held the loop 0.2 s for
-        # 16,384 nodes; as long for 200 users' million runs).
+        # 16,384 nodes; as long for 200 users' million runs). A request meanwhile makes
+        # what it needs that is not made yet.
         for i, rank in enumerate(list(self.nodes)):
             if rank not in self._node_rows:
                 self._node_rows[rank] = self._node_row(rank, None)
@@ -180,7 +182,6 @@ class History:
         for user in list(self.users.values()):
             user.window(None)
             await asyncio.sleep(0)
-        self._loaded = None
 
     def _add(
         self,
