@@ -236,6 +236,8 @@ def main() -> int:
         print(f"hkconsole stats nodes: {timed([*hkconsole, 'stats', 'nodes'])} (goal 1 s)")
         failing = timed([*hkconsole, "stats", "nodes", "-o", "failing"])
         print(f"hkconsole stats nodes -o failing (sorted): {failing}")
+        as_json = timed([*hkconsole, "stats", "nodes", "-o", "json"])
+        print(f"hkconsole stats nodes -o json: {as_json}")
         since = timed([*hkconsole, "stats", "nodes", "--since", "7d"])
         print(f"hkconsole stats nodes --since 7d: {since}")
         print(f"hkconsole stats users: {timed([*hkconsole, 'stats', 'users'])}")

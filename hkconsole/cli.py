@@ -487,8 +487,9 @@ class _Done(Exception):
 def _json(document: dict[str, Any]) -> None:
     import json  # only here: most runs print tables
 
-    json.dump(document, sys.stdout)
-    sys.stdout.write("\n")
+    # dumps, not dump: dump writes piece by piece through json's pure-Python encoder
+    # (1 s for stats nodes over 16,384 nodes), dumps all at once through its C one.
+    sys.stdout.write(json.dumps(document) + "\n")
 
 
 def _group_json(group: NodeGroup, cluster: Cluster) -> dict[str, Any]:
