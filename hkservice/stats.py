@@ -28,7 +28,10 @@ log = logging.getLogger("hkservice")
 # milliseconds each, so a request waits at most that long behind one (bench/stats.py).
 PRUNE_BATCH = 500
 LOAD_CHUNK = 2000
-ROWS_CHUNK = 256
+# Runs sorted between requests as the history is made ready after loading, a row being
+# worth about as much work as sorting this many runs.
+WARM_CHUNK = 50_000
+ROW_WORK = 30
 PRUNE_EVERY_SECONDS = 60.0
 
 
@@ -169,19 +172,24 @@ class History:
         # Loaded runs came in behind newer ones: the streaks are counted again, in order.
         self.streaks = {r: n for r, node in self.nodes.items() if (n := node.streak())}
         self._node_rows.clear()
-        self._loaded = None
-        # The rows of `stats.nodes` made now, and users' durations sorted, a few at a
-        # time, rather than all by the first request (which held the loop 0.2 s for
-        # 16,384 nodes; as long for 200 users' million runs). A request meanwhile makes
-        # what it needs that is not made yet.
-        for i, rank in enumerate(list(self.nodes)):
-            if rank not in self._node_rows:
-                self._node_rows[rank] = self._node_row(rank, None)
-            if i % ROWS_CHUNK == ROWS_CHUNK - 1:
+        # The rows of `stats.nodes` made now, and users' durations sorted, requests going
+        # first every WARM_CHUNK runs or so, rather than all by the first request (which
+        # held the loop 0.2 s for 16,384 nodes; as long for 200 users' million runs). A
+        # small history is done at once, with no request seeing it half made.
+        work = 0
+        for rank in list(self.nodes):
+            self._node_rows[rank] = self._node_row(rank, None)
+            work += len(self.nodes[rank]) + ROW_WORK
+            if work >= WARM_CHUNK:
+                work = 0
                 await asyncio.sleep(0)
         for user in list(self.users.values()):
             user.window(None)
-            await asyncio.sleep(0)
+            work += len(user)
+            if work >= WARM_CHUNK:
+                work = 0
+                await asyncio.sleep(0)
+        self._loaded = None
 
     def _add(
         self,
