@@ -2,10 +2,12 @@
 
 With an `[agents]` section the service binds a ROUTER at `[agents] endpoint` with CURVE;
 node agents (hkservice.nodeagent) connect to it. The ZAP handler (on the service's own
-context, domain `hk-agents`, enforced: spec/agents.md pitfall 2) accepts only public keys
-found in `[agents] keys`, and only if every host the key's metadata names is in the
-cluster; the User-Id it gives the connection is the key's name, so which nodes a
-connection may serve comes from the site's key, never from what the agent says.
+context, domain `hk-agents`, enforced: spec/agents.md pitfall 2) accepts public keys
+found in `[agents] keys` if every host the key's metadata names is in the cluster; the
+User-Id it gives the connection is the key's name, so which nodes a connection may serve
+comes from the site's key, never from what the agent says. An unknown key gets in as
+pending (User-Id PENDING + key): its `ready` is kept for an operator (hkservice.enrol)
+and nothing else it says is read; a rejected one is refused.
 
 Per connection the conversation is the local agent's (docs/protocol.md): the agent says
 `ready` after each handshake, the runner says hello with a session and reconciles what
