@@ -67,6 +67,34 @@ def request(method: str, params: dict[str, Any] | None = None, req_id: int = 0) 
     return {"v": PROTOCOL_VERSION, "id": req_id, "method": method, "params": params or {}}
 
 
+class Prepacked(dict[str, Any]):
+    """A result whose `key` is already msgpack bytes (`packed`), the rest packed as
+    usual: `housekeeping.list` asked by many clients between two changes packs its
+    units once (pack_reply splices the bytes in)."""
+
+    def __init__(self, fields: dict[str, Any], key: str, packed: bytes) -> None:
+        super().__init__(fields)
+        self.key = key
+        self.packed = packed
+
+
+def pack_reply(reply: dict[str, Any]) -> bytes:
+    """pack(reply), with a Prepacked result's bytes spliced in unchanged."""
+    result = reply.get("result")
+    if not isinstance(result, Prepacked):
+        return pack(reply)
+    packer = msgpack.Packer(use_bin_type=True)
+    head = {k: v for k, v in reply.items() if k != "result"}
+    parts = [packer.pack_map_header(len(head) + 1)]
+    for key, value in head.items():
+        parts += [packer.pack(key), packer.pack(value)]
+    parts += [packer.pack("result"), packer.pack_map_header(len(result) + 1)]
+    for key, value in result.items():
+        parts += [packer.pack(key), packer.pack(value)]
+    parts += [packer.pack(result.key), result.packed]
+    return b"".join(parts)
+
+
 def reply_ok(req_id: int, result: dict[str, Any]) -> dict[str, Any]:
     return {"v": PROTOCOL_VERSION, "id": req_id, "result": result}
 

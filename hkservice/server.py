@@ -39,8 +39,10 @@ from hkservice.protocol import (
     HEARTBEAT_SECONDS,
     MAX_MESSAGE_BYTES,
     MAX_REASON,
+    Prepacked,
     nesting_depth_over,
     pack,
+    pack_reply,
     reply_error,
     reply_ok,
     unpack,
@@ -163,6 +165,8 @@ class Service:
         self._caller: auth.Caller | None = None
         self._via: endpoints.Bound | None = None
         self._now = 0.0  # the time of the request being handled
+        # housekeeping.list's units, packed: made again after any change.
+        self._units_packed: bytes | None = None
         self._seq = first_seq - 1
         self._seq_limit = first_seq + EVENT_SEQ_BLOCK - 1
         self._batch: dict[int, list[tuple[int, core.Outcome]]] = {}
@@ -309,6 +313,8 @@ class Service:
     # -- applying core actions ----------------------------------------------
 
     def _apply(self, actions: list[core.Action]) -> None:
+        if actions:
+            self._units_packed = None  # what `list` sends is made again at the next one
         if self._failed is not None:
             raise StoreFailed("the service is stopping: it could not save its state")
         if actions:
@@ -539,7 +545,7 @@ class Service:
         reply = self.handle_decoded(decoded, request)
         with contextlib.suppress(zmq.ZMQError):
             request.bound.router_now.send_multipart(
-                [*request.envelope, pack(reply)], flags=zmq.NOBLOCK
+                [*request.envelope, pack_reply(reply)], flags=zmq.NOBLOCK
             )
 
     def handle_decoded(self, decoded: Any, request: endpoints.Request) -> dict[str, Any]:
@@ -665,7 +671,9 @@ class Service:
         self._apply(self.hk.start(jobid, userid, ranks, self.clock()))
 
     def _list(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {"t_now": self.clock(), "units": [u.to_wire() for u in self.hk.units.values()]}
+        if self._units_packed is None:
+            self._units_packed = pack([u.to_wire() for u in self.hk.units.values()])
+        return Prepacked({"t_now": self.clock()}, "units", self._units_packed)
 
     def _unit(self, params: dict[str, Any]) -> dict[str, Any]:
         jobid = _jobid(params)

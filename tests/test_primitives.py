@@ -292,3 +292,14 @@ def test_visible_shows_controls_as_escapes_and_leaves_text_alone() -> None:
     assert visible("two\nrows\r\t") == "two\\x0arows\\x0d\\x09"
     assert visible("\x9b\x7f") == "\\x9b\\x7f"
     assert visible("abc\u202edef\u2028") == "abc\\u202edef\\u2028"
+
+
+def test_a_prepacked_reply_is_what_packing_it_whole_gives() -> None:
+    """housekeeping.list packs its units once between changes and splices the bytes in:
+    a client must not tell the difference."""
+    from hkservice.protocol import Prepacked, pack, pack_reply, reply_ok
+
+    units = [{"jobid": 1 << 63, "ranks": "0-3", "stuck": ""}, {"jobid": 2, "ranks": "é"}]
+    spliced = pack_reply(reply_ok(7, Prepacked({"t_now": 1.25}, "units", pack(units))))
+    assert spliced == pack(reply_ok(7, {"t_now": 1.25, "units": units}))
+    assert pack_reply(reply_ok(7, {"x": 1})) == pack(reply_ok(7, {"x": 1}))
