@@ -18,8 +18,9 @@ from hkconsole.tui.app import HkConsole
 from hkconsole.tui.fixed import fixed_app, load_sample
 from hkconsole.tui.help import HelpScreen
 from hkconsole.tui.model import ConsoleModel
-from hkconsole.tui.sample import JOBID_BASE
+from hkconsole.tui.sample import JOBID_BASE, T0
 from hkconsole.tui.screens import OutputScreen
+from hkconsole.tui.views.units import RUNTIME_INDEX
 from hkservice.jobid import encode_jobid
 from tests.conftest import RunningService, ServiceFactory
 from tests.test_agents import Cluster, agents_cluster, cleanup_script  # noqa: F401 - a fixture
@@ -289,3 +290,45 @@ async def test_the_keys_of_a_views_rows_are_that_views_and_shown_in_the_footer()
         # None of them is the App's: on another view they do not exist.
         view_actions = {"kill_unit", "mark", "output", "drain", "undrain", "state_filter"}
         assert not view_actions & {b.action for b in app.BINDINGS if isinstance(b, Binding)}
+
+
+async def test_a_tick_patches_the_runtime_into_each_rows_rendering_and_draws_it_right() -> None:
+    """Idle cost: a tick renders the RUNTIME cells again and nothing else of the rows
+    (a whole row took ~1 ms, and every row on screen ticks each second); what it draws
+    is what a full repaint of the table draws, the highlighted row included."""
+    now = [T0]
+    app = fixed_app()
+    app.clock = app.units.clock = lambda: now[0]
+    async with app.run_test(size=SIZE) as pilot:
+        load_sample(app)
+        await pilot.press("down")
+        await pilot.pause()
+        table = app.units.table
+        rendered: list[int] = []  # the column of each cell rendered (or looked up)
+        render_cell = table._render_cell
+
+        def counted(row: int, column: int, *args: Any, **kwargs: Any) -> Any:
+            rendered.append(column)
+            return render_cell(row, column, *args, **kwargs)
+
+        table._render_cell = counted  # type: ignore[method-assign]
+        # (The first tick after the cursor moved draws rows anew: their renderings
+        # were keyed by where the cursor was.)
+        for _ in range(2):
+            rendered.clear()
+            now[0] += 3.5
+            app.tick()
+            await pilot.pause()
+        # Drawn by the tick's repaint: the RUNTIME of each row, no other cell.
+        assert rendered == [RUNTIME_INDEX] * 9
+        after_tick = [table.render_line(y) for y in range(1, table.row_count + 1)]
+        assert len(after_tick) == 9
+        assert "1.99m" in after_tick[0].text  # the first unit: 112.4 s + 7 s
+        # A full repaint from nothing cached draws the same segments, styles included.
+        table._update_count += 1
+        table._row_render_cache.clear()
+        table._line_cache.clear()
+        table._cell_render_cache.clear()
+        repainted = [table.render_line(y) for y in range(1, table.row_count + 1)]
+        assert len(rendered) > 9 * 8
+        assert [list(s) for s in after_tick] == [list(s) for s in repainted]

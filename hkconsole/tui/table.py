@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual._two_way_dict import TwoWayDict
 from textual.binding import Binding, BindingType
+from textual.coordinate import Coordinate
 from textual.widgets import DataTable
 from textual.widgets.data_table import (
     CellDoesNotExist,
@@ -134,22 +135,68 @@ class LiveTable(DataTable[Any]):
 
     def _forget(self, rows: set[RowKey], columns: set[ColumnKey]) -> None:
         """Drop what the render caches hold of these cells, and nothing else: a tick of
-        the RUNTIME column repaints the cells it changed, not every cell on screen."""
+        the RUNTIME column repaints the cells it changed, not every cell on screen.
+
+        A row's rendering is patched, not dropped: its other cells' segments stay, and
+        only the changed cells are rendered again (a whole row costs ~1 ms, and a tick
+        changes every row on screen)."""
         # (Textual's LRUCache is not iterable: its keys() is the way in.)
         cells = self._cell_render_cache
         for key in [k for k in cells.keys() if k[0] in rows and k[1] in columns]:  # noqa: SIM118
             cells.discard(key)
-        lines = self._row_render_cache
-        for key in [k for k in lines.keys() if k[0] in rows]:  # noqa: SIM118
-            lines.discard(key)
         indexes = {self._row_locations.get(row) for row in rows}
         renderables = self._row_renderable_cache
         for key in [k for k in renderables.keys() if k[1] in indexes]:  # noqa: SIM118
             renderables.discard(key)
-        self._line_cache.clear()
+        row_renders = self._row_render_cache
+        # A row's style is its zebra stripe's: worked out once per stripe, not per row.
+        styles: dict[tuple[Any, int], Any] = {}
+        for key in [k for k in row_renders.keys() if k[0] in rows]:  # noqa: SIM118
+            if not self._patch_row(key, row_renders[key], columns, styles):
+                row_renders.discard(key)
+        # The lines of these rows (one line a row: no row here is taller).
+        lines = self._line_cache
+        ys = {index + self.header_height for index in indexes if index is not None}
+        for key in [k for k in lines.keys() if k[0] in ys]:  # noqa: SIM118
+            lines.discard(key)
         for index in indexes:
             if index is not None:
                 self.refresh_row(index)
+
+    def _patch_row(
+        self,
+        key: tuple[Any, ...],
+        render: Any,
+        columns: set[ColumnKey],
+        styles: dict[tuple[Any, int], Any],
+    ) -> bool:
+        """Render again, in a cached row rendering, the cells of `columns`; False where
+        it cannot be patched (then it is rendered anew when next drawn)."""
+        row_key, line_no, base_style, cursor, hover, cursor_type = key[:6]
+        if line_no or self.fixed_columns or key[8] != self._update_count:
+            return False
+        row_index = self._row_locations.get(row_key)
+        if row_index is None:
+            return False
+        _, scrollable = render
+        stripe = (base_style, row_index % 2)
+        row_style = styles.get(stripe)
+        if row_style is None:
+            row_style = styles[stripe] = self._get_row_style(row_index, base_style)
+        for column in columns:
+            index = self._column_locations.get(column)
+            if index is None or index >= len(scrollable) - 1:
+                return False
+            where = Coordinate(row_index, index)
+            scrollable[index] = self._render_cell(
+                row_index,
+                index,
+                row_style,
+                self.ordered_columns[index].get_render_width(self),
+                cursor=self._should_highlight(cursor, where, cursor_type),
+                hover=self._should_highlight(hover, where, cursor_type),
+            )[0]
+        return True
 
     def remove_rows(self, row_keys: Iterable[RowKey | str]) -> None:
         """Remove rows in one pass; unknown keys are ignored. The rest keep their order."""
