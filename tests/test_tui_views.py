@@ -73,8 +73,9 @@ async def test_finished_view_keeps_a_failed_unit_with_its_hosts_and_reasons(
         # The highlight stayed on its unit; on the newest, the bar below has it in full.
         assert encode_jobid(200) in str(app.finished.bar.render())
         await pilot.press("g")
+        await until(pilot, lambda: encode_jobid(201) in str(app.finished.bar.render()))
         bar = str(app.finished.bar.render())
-        assert encode_jobid(201) in bar and "failed" in bar and "node2: exited 3" in bar
+        assert "failed" in bar and "node2: exited 3" in bar
         counts = "2 units finished lately  1 ok  1 failed  1 failed rank"
         await until(pilot, lambda: counts in header_lines(app)[1])
         # The filter finds it by the host that failed, and says N of M.
@@ -182,7 +183,8 @@ async def test_stuck_filter_empty_reason_help_and_flapping_mark() -> None:
         assert "1 flapping" in header_lines(app)[1]
         await pilot.press("slash", *"flap", "enter")
         await until(pilot, lambda: app.nodes.table.row_count == 1)
-        assert "flapping: its cleanup failed run after run" in str(app.nodes.bar.render())
+        flapping = "flapping: its cleanup failed run after run"
+        await until(pilot, lambda: flapping in str(app.nodes.bar.render()))
 
 
 async def test_nodes_view_marks_a_node_the_service_finds_flapping(
@@ -217,10 +219,9 @@ async def test_nodes_view_shows_each_nodes_agent_connected_or_offline_since_when
         await until(pilot, lambda: str(app.nodes.table.get_cell("1", "state")) == "offline")
         assert str(app.nodes.table.get_cell("1", "reason")) == "no agent"
         assert str(app.nodes.table.get_cell("1", "since")).endswith("s ago")
-        assert "agent connected" in str(app.nodes.bar.render())  # node0's
+        await until(pilot, lambda: "agent connected" in str(app.nodes.bar.render()))  # node0's
         await pilot.press("down")
-        bar = str(app.nodes.bar.render())
-        assert f"agent offline since {away} (" in bar
+        await until(pilot, lambda: f"agent offline since {away} (" in str(app.nodes.bar.render()))
         # node1's agent connects: its node is idle, its agent connected.
         cluster.start_agent("node1", cluster.key("node1", "node1"))
         await until(pilot, lambda: str(app.nodes.table.get_cell("1", "state")) == "idle", 15)
