@@ -38,7 +38,7 @@ import urllib.request
 from pathlib import Path
 
 from hkconsole.client import Client, ServiceError, wait_for_service
-from hkservice.metrics import NodeState, state_exposition
+from hkservice.metrics import Gauges, gauges_text
 from hkservice.stats import PRUNE_BATCH
 from hkservice.store import Store
 
@@ -277,9 +277,9 @@ def main() -> int:
             f" {busy[1]:.1f} ms (goal: never over 50 ms); {load()}"
         )
         agents = {f"node{i}": now + i / 1000 for i in range(NODES)}
-        state = NodeState(NODES, set(range(NODES // 2)), set(), set(), 64, NODES // 2, 0, agents)
+        state = Gauges(NODES, set(range(NODES // 2)), set(), set(), 64, NODES // 2, 0, agents)
         start_cpu = time.process_time()
-        text = state_exposition(state)
+        text = gauges_text(state)
         print(
             f"gauges' text with {NODES:,} agents' last-seen series (scrape thread, in this "
             f"process): {(time.process_time() - start_cpu) * 1000:.0f} ms CPU, "

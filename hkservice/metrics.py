@@ -92,7 +92,7 @@ def node_state_counts(
     }
 
 
-class NodeState(NamedTuple):
+class Gauges(NamedTuple):
     """What the gauges show, copied on the event loop for the scrape thread."""
 
     size: int
@@ -127,7 +127,7 @@ def _gauge(name: str, doc: str, value: float | None = None, **labelled: dict[str
     return "\n".join(lines) + "\n"
 
 
-def state_exposition(state: NodeState) -> bytes:
+def gauges_text(state: Gauges) -> bytes:
     """The gauges: nodes by state, units, running and stuck commands, agents."""
     counts = node_state_counts(state.size, state.housekeeping, state.drained, state.offline)
     agents = state.agents
@@ -289,7 +289,7 @@ class Prometheus(Hooks):
 
     # -- the scrape ---------------------------------------------------------
 
-    def node_state(self) -> NodeState:
+    def gauges(self) -> Gauges:
         """The gauges' values now: on the event loop, the only thread that may read the
         core and the runner."""
         hk = self.hk
@@ -298,7 +298,7 @@ class Prometheus(Hooks):
             running += len(unit.pending)
             if unit.stuck:
                 stuck += len(unit.pending)
-        return NodeState(
+        return Gauges(
             hk.size,
             hk.housekeeping_ranks(),
             set(hk.drains),
@@ -309,11 +309,11 @@ class Prometheus(Hooks):
             self.runner.agents_seen(),
         )
 
-    def exposition(self, state: NodeState) -> bytes:
+    def exposition(self, state: Gauges) -> bytes:
         """The scrape's text; in a worker thread."""
         from prometheus_client import generate_latest
 
-        return generate_latest(self.registry) + state_exposition(state)
+        return generate_latest(self.registry) + gauges_text(state)
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -353,7 +353,7 @@ class Prometheus(Hooks):
             return "404 Not Found", b"hkservice serves /metrics only\n"
         if method not in (b"GET", b"HEAD"):
             return "405 Method Not Allowed", b"GET /metrics\n"
-        body = await asyncio.to_thread(self.exposition, self.node_state())
+        body = await asyncio.to_thread(self.exposition, self.gauges())
         return "200 OK", b"" if method == b"HEAD" else body
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from hkservice.metrics import NodeState, node_state_counts, state_exposition
+from hkservice.metrics import Gauges, gauges_text, node_state_counts
 from tests.conftest import RunningService, ServiceFactory, missing_part
 from tests.test_agents import Cluster as AgentsCluster
 from tests.test_agents import agents_cluster, cleanup_script  # noqa: F401 - the fixture
@@ -291,7 +291,7 @@ def test_gauges_read_back_whatever_the_agent_names() -> None:
     # The gauges are written by hk, not prometheus_client: Prometheus's own parser reads
     # them back, agent names with quotes, backslashes and newlines included.
     names = ['node"1', "node\\2", "node\n3", "node4"]
-    state = NodeState(
+    state = Gauges(
         size=6,
         housekeeping={0, 1, 2},
         drained={2, 5},
@@ -303,7 +303,7 @@ def test_gauges_read_back_whatever_the_agent_names() -> None:
     )
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(state_exposition(state).decode())
+        for family in text_string_to_metric_families(gauges_text(state).decode())
         for s in family.samples
     }
     assert value(samples, "hk_nodes", state="housekeeping") == 2
