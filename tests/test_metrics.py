@@ -133,6 +133,7 @@ def test_metrics_move_as_units_start_fail_and_release(
     # An operator's kill counts; a refused request counts under its code; no job or user
     # ever becomes a label.
     svc.call("resource.undrain", {"ranks": "1"})
+    go.unlink()  # job 2's commands wait for the kill (with `go` there they could end first)
     svc.call("housekeeping.start", {"jobid": 2, "ranks": "0,2", "userid": 5})
     with contextlib.suppress(Exception):
         svc.call("housekeeping.start", {"jobid": 2, "ranks": "3"})
