@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from hkconsole.client import (
     Client,
     ServiceError,
+    acted_by,
     check_endpoint,
     curve_keys,
     resolve_endpoint,
@@ -450,7 +451,7 @@ def cmd_kill(args: argparse.Namespace, client: Client) -> int:
         ranks, units = result["ranks"], result["units"]
         print(
             f"signalled {plural(ranks, 'rank')} of {plural(units, 'unit')} "
-            f"with {signal_name(signum)}{_by(result)}"
+            f"with {signal_name(signum)}{acted_by(result)}"
         )
         offline = result.get("offline")
         if isinstance(offline, str) and offline:
@@ -543,7 +544,7 @@ def cmd_drain(args: argparse.Namespace, client: Client) -> int:
         "resource.drain", {"ranks": format_idset(ranks), "reason": " ".join(args.reason)}
     )
     if result.get("drained"):
-        _notice(f"drained {cluster.nodelist(parse_idset(result['drained']))}{_by(result)}")
+        _notice(f"drained {cluster.nodelist(parse_idset(result['drained']))}{acted_by(result)}")
     if result.get("already"):
         print(
             f"{visible(cluster.nodelist(parse_idset(result['already'])))} already drained: "
@@ -557,14 +558,8 @@ def cmd_undrain(args: argparse.Namespace, client: Client) -> int:
     cluster = _cluster(client)
     ranks = cluster.parse_targets(args.targets, strict=True)
     result = client.call("resource.undrain", {"ranks": format_idset(ranks)})
-    _notice(f"undrained {cluster.nodelist(ranks)}{_by(result)}")
+    _notice(f"undrained {cluster.nodelist(ranks)}{acted_by(result)}")
     return 0
-
-
-def _by(result: dict[str, Any]) -> str:
-    """` by alice (as root)`: who the service recorded as acting (older services: '')."""
-    by = result.get("by")
-    return f" by {visible(by)}" if isinstance(by, str) and by else ""
 
 
 def _notice(text: str) -> None:

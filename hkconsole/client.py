@@ -23,6 +23,7 @@ from hkservice.protocol import (
     request,
     unpack,
 )
+from hkservice.text import visible
 
 # Short enough that a dead service is reported within 5 s, start-up included.
 DEFAULT_TIMEOUT = 4.0
@@ -30,6 +31,13 @@ DEFAULT_TIMEOUT = 4.0
 
 class ServiceError(ProtocolError):
     """The service answered with an error, or could not be reached (code EHOSTDOWN)."""
+
+
+def acted_by(result: dict[str, Any]) -> str:
+    """` by alice (as root)`: who the service recorded as acting on a kill, drain or
+    undrain reply, as shown after what was done ('' from older services)."""
+    by = result.get("by")
+    return f" by {visible(by)}" if isinstance(by, str) and by else ""
 
 
 def resolve_endpoint(endpoint: str | None = None) -> str:

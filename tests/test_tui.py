@@ -32,9 +32,10 @@ from hkservice.cluster import Cluster
 from hkservice.fsd import parse_duration
 from hkservice.idset import parse_idset
 from hkservice.jobid import encode_jobid
-from tests.conftest import RunningService, ServiceFactory
+from tests.conftest import ME, RunningService, ServiceFactory
 
 SIZE = (120, 40)
+BY = f" by {ME}"  # who the service says acted, after what a kill, drain or undrain did
 
 
 async def until(pilot: Pilot[Any], condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -86,7 +87,7 @@ async def test_kill_the_highlighted_unit(busy: RunningService) -> None:
         assert encode_jobid(102) in body and "node[2-3]" in body and "SIGTERM" in body
         await pilot.press("y")
         await until(pilot, lambda: 102 not in rows(app))
-        assert notes == [f"sent SIGTERM to {encode_jobid(102)} on node[2-3]"]
+        assert notes == [f"sent SIGTERM to {encode_jobid(102)} on node[2-3]{BY}"]
     assert running(busy) == {101: "0-1", 103: "4-5"}
     reasons = drained(busy)
     assert sorted(reasons) == [2, 3]
@@ -139,7 +140,7 @@ async def test_marked_units_are_killed_together_and_the_rest_untouched(
         await until(pilot, lambda: rows(app) == [102])
         await until(pilot, lambda: bool(notes))
         assert notes == [
-            f"sent SIGTERM to {encode_jobid(101)} and {encode_jobid(103)} on node[0-1,4-5]"
+            f"sent SIGTERM to {encode_jobid(101)} and {encode_jobid(103)} on node[0-1,4-5]{BY}"
         ]
         assert app.units.marked == set()
     assert running(busy) == {102: "2-3"}
@@ -205,7 +206,7 @@ async def test_kill_on_targets_and_kill_all(busy: RunningService) -> None:
         await until(pilot, lambda: running(busy) == {101: "0", 102: "3", 103: "4-5"})
         await until(pilot, lambda: bool(notes))
         assert notes[-1] == (
-            f"sent SIGTERM to {encode_jobid(101)} and {encode_jobid(102)} on node[1-2]"
+            f"sent SIGTERM to {encode_jobid(101)} and {encode_jobid(102)} on node[1-2]{BY}"
         )
 
         await pilot.press("A")
@@ -217,7 +218,7 @@ async def test_kill_on_targets_and_kill_all(busy: RunningService) -> None:
         await until(pilot, lambda: not running(busy))
         await until(pilot, lambda: rows(app) == [])
         names = f"{encode_jobid(101)}, {encode_jobid(102)} and {encode_jobid(103)}"
-        assert notes[-1] == f"sent SIGTERM to {names} on node[0,3-5]"
+        assert notes[-1] == f"sent SIGTERM to {names} on node[0,3-5]{BY}"
 
 
 async def test_a_killed_service_leaves_stale_data_then_reconnects(busy: RunningService) -> None:
@@ -260,7 +261,8 @@ async def test_read_only_hides_kill_and_drain(busy: RunningService) -> None:
 
 async def test_nodes_view_drain_and_undrain(busy: RunningService) -> None:
     app = HkConsole(busy.endpoint)
-    async with app.run_test(size=SIZE) as pilot:
+    notes: list[str] = []
+    async with app.run_test(size=SIZE, message_hook=notes_into(notes)) as pilot:
         await until(pilot, lambda: len(rows(app)) == 3)
         await pilot.press("2")
         nodes = app.query_one("#nodes", DataTable)
@@ -280,8 +282,12 @@ async def test_nodes_view_drain_and_undrain(busy: RunningService) -> None:
         await pilot.press(*"bad fan [x]", "enter")
         await until(pilot, lambda: str(nodes.get_cell("6", "state")) == "drained")
         assert str(nodes.get_cell("6", "reason")) == "bad fan [x]"
+        await until(pilot, lambda: bool(notes))
+        assert notes == [f"drained node6{BY}: bad fan [x]"]
         await pilot.press("u")
         await until(pilot, lambda: str(nodes.get_cell("6", "state")) == "idle")
+        await until(pilot, lambda: len(notes) == 2)
+        assert notes[1] == f"undrained node6{BY}"
     assert drained(busy) == {}
 
 

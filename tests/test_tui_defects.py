@@ -24,7 +24,7 @@ from hkservice.cluster import Cluster
 from hkservice.fsd import format_fsd
 from hkservice.jobid import encode_jobid
 from tests.conftest import RunningService
-from tests.test_tui import SIZE, notes_into, rows, running, until
+from tests.test_tui import BY, SIZE, notes_into, rows, running, until
 
 
 def clocked(clock: list[float]) -> Any:
@@ -73,7 +73,7 @@ async def test_1_kill_all_kills_the_units_it_counted(busy: RunningService) -> No
         await until(pilot, lambda: set(running(busy)) == {104})
         await until(pilot, lambda: bool(notes))
         names = f"{encode_jobid(101)}, {encode_jobid(102)} and {encode_jobid(103)}"
-        assert notes == [f"sent SIGTERM to {names} on node[0-5]"]
+        assert notes == [f"sent SIGTERM to {names} on node[0-5]{BY}"]
     assert running(busy) == {104: "6-7"}
 
 

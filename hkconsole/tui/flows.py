@@ -11,7 +11,7 @@ import signal as signal_module
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hkconsole.client import ServiceError
+from hkconsole.client import ServiceError, acted_by
 from hkconsole.tui.cells import hosts_text, in_hosts, jobid_text, unit_names
 from hkconsole.tui.screens import ConfirmScreen, OutputScreen, PromptScreen, SignalScreen
 from hkservice.cluster import TargetError
@@ -34,8 +34,10 @@ class KillTarget:
     filter_text: str
 
 
-async def send_kill(app: HkConsole, params: dict[str, Any], signal_name: str) -> int | None:
-    """The number of ranks signalled, or None (the failure is reported)."""
+async def send_kill(
+    app: HkConsole, params: dict[str, Any], signal_name: str
+) -> dict[str, Any] | None:
+    """The service's reply (ranks signalled, by whom), or None (the failure is reported)."""
     signum = int(signal_module.Signals[f"SIG{signal_name}"])
     try:
         result = await app.client.call("housekeeping.kill", {**params, "signum": signum})
@@ -43,21 +45,22 @@ async def send_kill(app: HkConsole, params: dict[str, Any], signal_name: str) ->
         app.notify(in_hosts(exc.message, app.model.cluster), title="Kill failed", severity="error")
         return None
     app.feed.resync_soon()
-    return int(result["ranks"])
+    return result
 
 
 def report_kill(
-    app: HkConsole, jobids: list[int], ranks: int, signal: str, where: set[int]
+    app: HkConsole, jobids: list[int], ranks: int, signal: str, where: set[int], by: str
 ) -> None:
     """Say what was signalled: `ranks` is the service's count, `where` the ranks the
-    console expected to hit (named when the two agree, else just counted)."""
+    console expected to hit (named when the two agree, else just counted), `by` who the
+    service recorded as sending it (`acted_by`)."""
     if not ranks:
         app.notify("nothing was running there: nothing signalled", severity="warning")
         return
     whom = unit_names(jobids) if jobids else "housekeeping"
     cluster = app.model.cluster
     nodes = hosts_text(cluster, where) if cluster and len(where) == ranks else plural(ranks, "node")
-    app.notify(f"sent SIG{signal} to {whom} on {nodes}", title="Kill sent")
+    app.notify(f"sent SIG{signal} to {whom} on {nodes}{by}", title="Kill sent")
 
 
 def finished_notice(jobids: list[int]) -> str:
@@ -102,6 +105,7 @@ async def send_each(app: HkConsole, jobids: list[int], signal: str) -> None:
     """Kill these units one by one, each checked again at send time."""
     killed: list[int] = []
     ranks = 0
+    by = ""
     hosts: set[int] = set()
     for jobid in jobids:
         # The unit may have finished while the dialog was open.
@@ -112,10 +116,11 @@ async def send_each(app: HkConsole, jobids: list[int], signal: str) -> None:
         sent = await send_kill(app, {"jobid": jobid}, signal)
         if sent is not None:
             killed.append(jobid)
-            ranks += sent
+            ranks += int(sent["ranks"])
             hosts |= pending
+            by = acted_by(sent)
     if killed:
-        report_kill(app, killed, ranks, signal, hosts)
+        report_kill(app, killed, ranks, signal, hosts, by)
 
 
 def validate_targets(app: HkConsole, text: str) -> str | None:
@@ -161,7 +166,8 @@ async def kill_targets(app: HkConsole, signal: str) -> None:
         hits = app.model.running_on(ranks)
         sent = await send_kill(app, {"ranks": format_idset(ranks)}, signal)
         if sent is not None:
-            report_kill(app, list(hits), sent, signal, set().union(*hits.values()))
+            where = set().union(*hits.values())
+            report_kill(app, list(hits), int(sent["ranks"]), signal, where, acted_by(sent))
 
 
 async def kill_all(app: HkConsole, signal: str) -> None:
@@ -219,11 +225,11 @@ async def drain(app: HkConsole, rank: int) -> None:
     if reason is None:
         return
     try:
-        await app.client.call("resource.drain", {"ranks": str(rank), "reason": reason})
+        result = await app.client.call("resource.drain", {"ranks": str(rank), "reason": reason})
     except ServiceError as exc:
         app.notify(in_hosts(exc.message, cluster), title="Drain failed", severity="error")
         return
-    app.notify(f"drained {host}: {reason}")
+    app.notify(f"drained {host}{acted_by(result)}: {reason}")
     app.feed.resync_soon()
 
 
@@ -233,11 +239,11 @@ async def undrain(app: HkConsole, rank: int) -> None:
         return
     host = visible(cluster.hostname(rank))
     try:
-        await app.client.call("resource.undrain", {"ranks": str(rank)})
+        result = await app.client.call("resource.undrain", {"ranks": str(rank)})
     except ServiceError as exc:
         app.notify(in_hosts(exc.message, cluster), title="Undrain failed", severity="error")
         return
-    app.notify(f"undrained {host}")
+    app.notify(f"undrained {host}{acted_by(result)}")
     app.feed.resync_soon()
 
 
