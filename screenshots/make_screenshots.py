@@ -45,7 +45,8 @@ async def nothing(pilot: Pilot[Any]) -> None:
 
 async def main() -> int:
     async def nodes(pilot: Pilot[Any]) -> None:
-        await pilot.press("2")
+        # The last node: drained by an operator, who the bar and the BY column name.
+        await pilot.press("2", "G")
 
     async def kill_dialog(pilot: Pilot[Any]) -> None:
         await pilot.press("down", "k")

@@ -291,6 +291,44 @@ async def test_nodes_view_drain_and_undrain(busy: RunningService) -> None:
     assert drained(busy) == {}
 
 
+async def test_nodes_view_says_who_drained_in_the_by_column_and_the_bar(
+    hk_service: ServiceFactory, script: Callable[[str], str]
+) -> None:
+    cmd = script('[ "$HK_RANK" = 1 ] && exit 3; sleep 600')
+    svc = hk_service(hostlist="node[0-3]", command=[cmd], release_after="0")
+    app = HkConsole(svc.endpoint)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        nodes = app.query_one("#nodes", DataTable)
+        await until(pilot, lambda: nodes.row_count == 4)
+        # While the console watches: the service's own drain (rank 1 fails), an
+        # operator's kill (rank 0 drained for it), an operator's drain (rank 3).
+        svc.call("housekeeping.start", {"jobid": 7, "ranks": "0-1"})
+        await until(pilot, lambda: 1 in app.model.drains)
+        svc.call("housekeeping.kill", {"jobid": 7, "signum": 15})
+        svc.call("resource.drain", {"ranks": "3", "reason": "bad fan"})
+
+        def by_cells() -> dict[int, str]:
+            return {rank: str(nodes.get_cell(str(rank), "by")) for rank in range(4)}
+
+        await until(pilot, lambda: by_cells() == {0: ME, 1: "", 2: "", 3: ME})
+        bar = app.query_one("#node-detail", Static)
+        nodes.move_cursor(row=3)
+        await until(pilot, lambda: "node3 (rank 3)" in str(bar.render()))
+        assert f"drained by {ME}  since" in str(bar.render())
+        assert "reason bad fan" in str(bar.render())
+        nodes.move_cursor(row=1)
+        await until(pilot, lambda: "node1 (rank 1)" in str(bar.render()))
+        assert "drained  since" in str(bar.render()) and " by " not in str(bar.render())
+    # A console started afterwards reads the same from resource.status.
+    app = HkConsole(svc.endpoint)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        nodes = app.query_one("#nodes", DataTable)
+        await until(pilot, lambda: nodes.row_count == 4 and len(app.model.drains) == 3)
+        assert by_cells() == {0: ME, 1: "", 2: "", 3: ME}
+
+
 async def test_detail_shows_ranks_and_output(
     hk_service: ServiceFactory, script: Callable[[str], str]
 ) -> None:

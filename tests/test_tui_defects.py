@@ -413,7 +413,8 @@ async def test_4_at_80x24_columns_give_way_and_every_cut_is_marked() -> None:
     _, units, status = app.sample
     scattered = "0,2,4,6,9,11,13,18,21,23,27,34,36,38,40,42,44,46,48,50,52,54,58,61"
     units["units"].append(unit_wire(99, T0 - 50, scattered))
-    status["drained"].append({"ranks": "1", "reason": "bad fan " * 12 + "END", "t": T0 - 200})
+    drain = {"ranks": "1", "reason": "bad fan " * 12 + "END", "t": T0 - 200, "by": "bob (as root)"}
+    status["drained"].append(drain)
     async with app.run_test(size=(80, 24)) as pilot:
         load_sample(app)
         await pilot.pause()
@@ -429,11 +430,14 @@ async def test_4_at_80x24_columns_give_way_and_every_cut_is_marked() -> None:
         await pilot.press("2", "down")
         await pilot.pause()
         lines = screen_text(app)
-        assert "SINCE" in lines[3]
+        assert "SINCE" in lines[3] and " BY " in lines[3]
         row = next(line for line in lines if line.split()[:1] == ["1"] and "drained" in line)
         assert "bad fan" in row and "…" in row and "END" not in row
-        assert row.rstrip().endswith("3m ago")
-        # The bar under the table has what the row had to cut, and when.
+        # Both cut columns say so: the reason's `…` and who drained's.
+        assert "bob" in row and "root" not in row and row.count("…") == 2
+        assert row.rstrip().endswith("3m ago") and len(row) <= 80
+        # The bar under the table has what the row had to cut, who drained, and when.
+        assert "drained by bob (as root)  since" in "".join(lines[-4:-1])
         assert "END" in "".join(lines[-4:-1])
 
 

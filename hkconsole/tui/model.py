@@ -36,6 +36,13 @@ def offline_since(entries: Any) -> dict[int, float]:
 class Drain:
     reason: str
     t: float
+    # The operator who drained (or whose kill did); None for the service's own drains.
+    by: str | None = None
+
+    @classmethod
+    def from_wire(cls, entry: Mapping[str, Any]) -> Drain:
+        by = entry.get("by")
+        return cls(entry["reason"], float(entry["t"]), by if isinstance(by, str) and by else None)
 
 
 @dataclass
@@ -114,7 +121,7 @@ class ConsoleModel:
         drains: dict[int, Drain] = {}
         for entry in status["drained"]:
             for rank in parse_idset(entry["ranks"]):
-                drains[rank] = Drain(entry["reason"], float(entry["t"]))
+                drains[rank] = Drain.from_wire(entry)
         offline = parse_idset(status.get("offline", ""))
         flapping = parse_idset(status.get("flapping") or "")
         since = offline_since(status.get("offline_since"))
@@ -204,7 +211,7 @@ class ConsoleModel:
                 changed.add(ended.jobid)
         elif topic == "resource.drained":
             for rank in parse_idset(body["ranks"]):
-                self.drains.setdefault(rank, Drain(body["reason"], float(body["t"])))
+                self.drains.setdefault(rank, Drain.from_wire(body))
                 self._dirty_ranks.add(rank)
         elif topic == "resource.undrained":
             for rank in parse_idset(body["ranks"]):

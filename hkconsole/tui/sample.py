@@ -106,7 +106,9 @@ def sample_data() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     drained.append(
         {"ranks": str(rank), "reason": reason(n, "timeout: killed TERM after 2m"), "t": T0 - ago}
     )
-    drained.append({"ranks": "63", "reason": "bad DIMM B2 [ticket 4711]", "t": T0 - 3600})
+    drained.append(
+        {"ranks": "63", "reason": "bad DIMM B2 [ticket 4711]", "t": T0 - 3600, "by": "alice"}
+    )
     status = {
         "hostlist": HOSTLIST,
         "size": NODES,

@@ -35,9 +35,11 @@ NODE_COLUMNS = (
     ("host", "HOST"),
     ("state", "STATE"),
     ("units", "UNITS"),
+    ("by", "BY"),
     ("reason", "REASON"),
     ("since", "SINCE"),
 )
+SINCE_AT = len(NODE_COLUMNS) - 1
 
 
 class NodesView(TableView):
@@ -59,7 +61,7 @@ class NodesView(TableView):
         self.now = clock()
         # The highlighted node in full: its reason uncut, and when its drain began.
         self.bar = Static(id="node-detail")
-        self.table.give_way = (("reason", 16), ("units", 12), ("host", 6))
+        self.table.give_way = (("reason", 12), ("units", 12), ("by", 5), ("host", 6))
         self.state_filter: str | None = None
         self._cells: dict[int, list[Cell]] = {}
         self._hay: dict[int, str] = {}
@@ -87,6 +89,9 @@ class NodesView(TableView):
             (state, STATE_STYLES.get(state, "")),
         )
         drain = self.model.drains.get(rank)
+        if drain is not None and drain.by is not None:
+            out.append(" by ", style="dim")
+            out.append(visible(drain.by), style="bold")
         if drain is not None:
             since = time.strftime("%b %d %H:%M:%S", time.localtime(drain.t))
             out.append(f"  since {since} ({age_text(self.now - drain.t)})")
@@ -151,8 +156,8 @@ class NodesView(TableView):
             if since is None or cells is None:
                 continue
             cell = self.since_cell(since)
-            if str(cells[5]) != str(cell):
-                cells[5] = cell
+            if str(cells[SINCE_AT]) != str(cell):
+                cells[SINCE_AT] = cell
                 changed.append((row.key, "since", cell))
         table.update_cells(changed)
         self.show_node()
@@ -193,6 +198,7 @@ class NodesView(TableView):
             Cell(cluster.hostname(rank), rank),
             self.state_cell(rank, state),
             Cell(" ".join(jobid_text(j) for j in sorted(holders))) if holders else NO_TEXT,
+            Cell(drain.by) if drain is not None and drain.by is not None else NO_TEXT,
             reason,
             # An age reads at a glance (the timestamp is in the bar below the table).
             self.since_cell(since) if since is not None else NO_TIME,
@@ -217,7 +223,7 @@ class NodesView(TableView):
         if hay is None:
             # The units holding it by every name of their jobids, emoji too.
             held = sorted(self.model.holders().get(rank, ()))
-            text = "\n".join((*(str(c) for c in cells[:5]), *map(jobid_names, held)))
+            text = "\n".join((*(str(c) for c in cells[:SINCE_AT]), *map(jobid_names, held)))
             hay = self._hay[rank] = fold(text)
         return query.folded in hay
 
