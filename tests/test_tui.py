@@ -26,13 +26,15 @@ from hkconsole.tui.detail import detail_text
 from hkconsole.tui.fixed import disconnect, fixed_app, load, load_sample
 from hkconsole.tui.help import HelpScreen
 from hkconsole.tui.sample import T0
-from hkconsole.tui.screens import ConfirmScreen, PromptScreen
+from hkconsole.tui.screens import ConfirmScreen, OutputScreen, PromptScreen
 from hkconsole.tui.views.nodes import NODE_STATES
 from hkservice.cluster import Cluster
 from hkservice.fsd import parse_duration
 from hkservice.idset import parse_idset
 from hkservice.jobid import encode_jobid
 from tests.conftest import ME, RunningService, ServiceFactory
+from tests.test_agents import Cluster as AgentsCluster
+from tests.test_agents import agents_cluster, sleeper  # noqa: F401 - agents_cluster: a fixture
 
 SIZE = (120, 40)
 BY = f" by {ME}"  # who the service says acted, after what a kill, drain or undrain did
@@ -354,6 +356,32 @@ async def test_detail_shows_ranks_and_output(
         assert re.search(r"node2 +ok +[0-9.]+m?s$", lines[3])
 
 
+async def test_output_kept_on_the_nodes_by_node_agents_says_where(
+    agents_cluster: Callable[..., AgentsCluster],  # noqa: F811 - the fixture imported above
+) -> None:
+    cluster = agents_cluster(sleeper, hostlist="node[0-1]")
+    for i in range(2):
+        cluster.start_agent(f"node{i}", cluster.key(f"node{i}", f"node{i}"))
+    cluster.wait_status(lambda s: s["offline"] == "")
+    cluster.svc.call("housekeeping.start", {"jobid": 19, "ranks": "0-1"})
+    where = f"on node0: {cluster.base}/run-node0/19/0.out and .err"
+    app = HkConsole(cluster.svc.endpoint)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: rows(app) == [19])
+        # The detail pane says where the output is, not nothing.
+        detail = app.query_one("#detail", Static)
+        await until(pilot, lambda: where in str(detail.render()).replace("\n", " "))
+        assert "output: the output of job fL stays on its nodes" in str(detail.render())
+        await pilot.press("o")
+        await until(pilot, lambda: isinstance(app.screen, OutputScreen))
+        kept = str(app.screen.query_one("#output-kept", Static).render())
+        assert kept.startswith("the output of job fL stays on its nodes")
+        assert where in kept and kept.endswith("(hk does not fetch it)")
+        # Not "(no output)": the lines are on the nodes, not missing.
+        assert not app.screen.query_one("#output-log", RichLog).lines
+    (cluster.base / "go").touch()
+
+
 async def test_detail_of_a_big_unit_lists_64_ranks_then_summarises() -> None:
     app = fixed_app()
     async with app.run_test(size=SIZE) as pilot:
@@ -381,7 +409,7 @@ async def test_detail_of_a_big_unit_lists_64_ranks_then_summarises() -> None:
             + [rank(r, "released", 0) for r in range(62, 100)]
         )
         unit = {"jobid": 5, "userid": 1000, "ranks": "0-99", "rank_detail": detail}
-        lines = str(detail_text(unit, [], app.model, T0)).splitlines()
+        lines = str(detail_text(unit, [], None, app.model, T0)).splitlines()
         states = [line.split()[2] for line in lines[1:65]]
         assert states == ["failed"] * 2 + ["running"] * 10 + ["ok"] * 50 + ["released"] * 2
         assert lines[64].split() == ["63", "sim63", "released", "27s"]

@@ -375,13 +375,13 @@ async def test_security_outside_text_shows_its_escapes_in_every_view() -> None:
     def hostile_detail(j: int) -> Any:
         detail = sample(j)
         assert detail is not None
-        unit, lines = detail
+        unit, lines, _ = detail
         unit["rank_detail"][0]["outcome"] = {"kind": "exit", "code": 1, "text": HOSTILE}
         unit["rank_detail"][0]["state"] = "done"
-        return unit, [[0, "err", HOSTILE], *lines]
+        return unit, [[0, "err", HOSTILE], *lines], None
 
-    async def hostile_output(j: int) -> list[list[Any]]:
-        return [[0, "out", HOSTILE]]
+    async def hostile_output(j: int) -> tuple[list[list[Any]], str | None]:
+        return [[0, "out", HOSTILE]], None
 
     app.detail.sample = hostile_detail
     app.fetch_output = hostile_output  # type: ignore[method-assign]

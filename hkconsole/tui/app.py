@@ -26,7 +26,7 @@ from hkconsole.tui import flows
 from hkconsole.tui import keys as console_keys
 from hkconsole.tui.cells import Queries, visible_lines
 from hkconsole.tui.config import LONG_RUNNING_DEFAULT
-from hkconsole.tui.detail import Detail, DetailPane
+from hkconsole.tui.detail import Detail, DetailPane, kept_on_nodes
 from hkconsole.tui.feed import Feed
 from hkconsole.tui.filterbar import FilterBar
 from hkconsole.tui.footer import OperatorFooter
@@ -125,10 +125,11 @@ class HkConsole(App[int]):
     def detail_sample(self, jobid: int) -> Detail | None:
         return None
 
-    async def fetch_output(self, jobid: int) -> list[list[Any]]:
-        """The unit's output lines, [rank, stream, text], oldest first."""
+    async def fetch_output(self, jobid: int) -> tuple[list[list[Any]], str | None]:
+        """The unit's output lines, [rank, stream, text], oldest first; and where on the
+        nodes it is kept instead, when node agents keep it there (`kept_on_nodes`)."""
         result = await self.client.call("housekeeping.output", {"jobid": jobid, "tail": 200})
-        return list(result["lines"])
+        return list(result["lines"]), kept_on_nodes(result)
 
     def notify(self, message: str, *, markup: bool = False, **kwargs: Any) -> None:
         # Notices carry outside text (reasons, hosts, service messages): never markup,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from rich.text import Text
@@ -22,7 +22,16 @@ DETAIL_OUTPUT_LINES = 12
 # A highlight that moves on within this long fetches nothing (the operator is scrolling).
 SETTLE = 0.15
 
-Detail = tuple[dict[str, Any], list[list[Any]]]
+# A `housekeeping.unit` reply, the unit's last output lines, and where on the nodes its
+# output is kept instead (`kept_on_nodes`: node agents; None when the lines are here).
+Detail = tuple[dict[str, Any], list[list[Any]], str | None]
+
+
+def kept_on_nodes(output: Mapping[str, Any]) -> str | None:
+    """Where a `housekeeping.output` reply says the output is, when node agents keep it
+    on the nodes (the reply then has no lines: this is what there is to show)."""
+    kept = output.get("kept_on_nodes")
+    return kept if isinstance(kept, str) and kept else None
 
 
 class DetailPane(VerticalScroll):
@@ -95,7 +104,7 @@ class DetailPane(VerticalScroll):
     async def fetch(self, jobid: int) -> Detail:
         unit = await self.client.call("housekeeping.unit", {"jobid": jobid})
         output = await self.client.call("housekeeping.output", {"jobid": jobid, "tail": 3})
-        return dict(unit), list(output["lines"])
+        return dict(unit), list(output["lines"]), kept_on_nodes(output)
 
     def gone(self) -> None:
         """The data changed: a unit that left housekeeping is shown as such at once."""
@@ -133,7 +142,11 @@ class DetailPane(VerticalScroll):
 
 
 def detail_text(
-    unit: dict[str, Any], lines: list[list[Any]], model: ConsoleModel, now: float
+    unit: dict[str, Any],
+    lines: list[list[Any]],
+    kept: str | None,
+    model: ConsoleModel,
+    now: float,
 ) -> Text:
     out = Text()
     out.append(jobid_text(unit["jobid"]), style="bold")
@@ -173,6 +186,9 @@ def detail_text(
             nodes = cluster.nodelist(r["rank"] for r in rest) if cluster else ""
             out.append(f"  … {len(rest)} more {group}: ", style="dim")
             out.append(f"{visible(nodes)}\n", style=STATE_STYLES.get(group, ""))
+    if kept is not None:
+        out.append("output: ", style="dim")
+        out.append(visible(kept) + "\n")
     if lines:
         out.append("output (last lines per rank, o for all):\n", style="dim")
         # In a short pane the complaints are what must show: ranks that wrote to

@@ -30,11 +30,11 @@ class FixedConsole(HkConsole):
 
     def detail_sample(self, jobid: int) -> Detail | None:
         unit = self.sample_unit(jobid)
-        return sample_detail(unit) if unit is not None else None
+        return (*sample_detail(unit), None) if unit is not None else None
 
-    async def fetch_output(self, jobid: int) -> list[list[Any]]:
+    async def fetch_output(self, jobid: int) -> tuple[list[list[Any]], str | None]:
         unit = self.sample_unit(jobid)
-        return sample_detail(unit)[1] if unit is not None else []
+        return (sample_detail(unit)[1] if unit is not None else []), None
 
 
 def fixed_app(read_only: bool = False) -> FixedConsole:

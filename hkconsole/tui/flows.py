@@ -249,7 +249,7 @@ async def undrain(app: HkConsole, rank: int) -> None:
 
 async def output(app: HkConsole, jobid: int) -> None:
     try:
-        lines = await app.fetch_output(jobid)
+        lines, kept = await app.fetch_output(jobid)
     except ServiceError as exc:
         app.notify(exc.message, title="No output", severity="error")
         return
@@ -262,4 +262,4 @@ async def output(app: HkConsole, jobid: int) -> None:
         return f"[{rank} {visible(cluster.hostname(rank))}]"
 
     shown = [(f"{where(rank)} {stream}", visible(str(text))) for rank, stream, text in lines]
-    await app.push_screen_wait(OutputScreen(f"Output of {jobid_text(jobid)}", shown))
+    await app.push_screen_wait(OutputScreen(f"Output of {jobid_text(jobid)}", shown, kept))

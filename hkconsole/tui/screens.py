@@ -127,14 +127,21 @@ class SignalScreen(ModalScreen[str | None]):
 class OutputScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,o", "close", "Close", id="output.close")]
 
-    def __init__(self, title: str, lines: list[tuple[str, str]]) -> None:
+    def __init__(
+        self, title: str, lines: list[tuple[str, str]], kept_on_nodes: str | None = None
+    ) -> None:
         super().__init__()
         self.title_text = title
         self.lines = lines
+        # Node agents keep the output on the nodes: where, said in full (wrapped), since
+        # no lines alone would read as commands that wrote nothing.
+        self.kept_on_nodes = kept_on_nodes
 
     def compose(self) -> ComposeResult:
         with Vertical(id="output-dialog"):
             yield Label(Text(visible(self.title_text), style="bold"), id="dialog-title")
+            if self.kept_on_nodes is not None:
+                yield Static(Text(visible(self.kept_on_nodes)), id="output-kept")
             yield RichLog(id="output-log", wrap=False, markup=False, highlight=False)
             yield Static(Text("esc, q or o closes · ↑ ↓ pgup pgdn scroll"), classes="dialog-hint")
 
@@ -143,7 +150,7 @@ class OutputScreen(ModalScreen[None]):
         for prefix, text in self.lines:
             style = "red" if prefix.endswith("err") else ""
             log.write(Text.assemble((prefix, "dim"), " ", (visible(text), style)))
-        if not self.lines:
+        if not self.lines and self.kept_on_nodes is None:
             log.write(Text("(no output)", style="dim"))
 
     def action_close(self) -> None:
