@@ -335,3 +335,30 @@ async def test_a_tick_patches_the_runtime_into_each_rows_rendering_and_draws_it_
         repainted = [table.render_line(y) for y in range(1, table.row_count + 1)]
         assert len(rendered) == 9 * 8
         assert [list(s) for s in after_tick] == [list(s) for s in repainted]
+
+
+async def test_a_tick_that_widens_a_cell_widens_its_column() -> None:
+    """SINCE ticks from `9m ago` to `10m ago`: the column grows with it instead of the
+    row running past its cells (a tick otherwise patches cells as wide as before)."""
+    from rich.text import Text
+    from textual.app import App, ComposeResult
+
+    from hkconsole.tui.table import LiveTable
+
+    class OneTable(App[None]):
+        def compose(self) -> ComposeResult:
+            yield LiveTable()
+
+    app = OneTable()
+    async with app.run_test(size=(60, 6)) as pilot:
+        table = app.query_one(LiveTable)
+        table.add_column("NODE", key="node")
+        table.add_column("SINCE", key="since")
+        table.add_keyed_rows([("a", [Text("sim1"), Text("9m ago")])])
+        await pilot.pause()
+        since = table.ordered_columns[1]
+        assert since.get_render_width(table) == 8  # 6 characters and the padding
+        table.update_cells([(table.ordered_rows[0].key, "since", Text("10m ago"))])
+        await pilot.pause()
+        assert since.get_render_width(table) == 9
+        assert "10m ago" in table.render_line(1).text

@@ -117,6 +117,10 @@ class LiveTable(DataTable[Any]):
             self.columns[column].content_width = value.cell_len
             self._require_update_dimensions = True
             self.check_idle()
+        self._forget_all()
+
+    def _forget_all(self) -> None:
+        """Drop every rendering the caches hold (rows, order and offsets stay)."""
         for cache in (
             self._row_renderable_cache,
             self._cell_render_cache,
@@ -127,16 +131,26 @@ class LiveTable(DataTable[Any]):
         self.refresh()
 
     def update_cells(self, cells: Sequence[tuple[RowKey, str, Text]]) -> None:
-        """Many cells of the same width as before (a tick): only they are drawn again."""
+        """Many cells, most as wide as before (a tick): only they are drawn again. One
+        wider than its column (`9m ago` -> `10m ago`) widens it, or it gives way, and
+        then the whole table is drawn again, as for `update_cell`."""
         rows: set[RowKey] = set()
         columns: set[ColumnKey] = set()
+        grown = False
         for row, column_key, value in cells:
             column = ColumnKey(column_key)
             if row in self._data and column in self._data[row]:
                 self._data[row][column] = value
                 rows.add(row)
                 columns.add(column)
-        if rows:
+                if value.cell_len > self.columns[column].content_width:
+                    self.columns[column].content_width = value.cell_len
+                    grown = True
+        if grown:
+            self._require_update_dimensions = True
+            self.check_idle()
+            self._forget_all()
+        elif rows:
             self._forget(rows, columns)
 
     def _forget(self, rows: set[RowKey], columns: set[ColumnKey]) -> None:
