@@ -493,12 +493,9 @@ def test_epilog_slurmctld_hands_the_job_to_hk(hk_service: ServiceFactory) -> Non
 def test_epilog_slurmctld_reaches_a_remote_hk_with_a_scheduler_key(
     hk_service: ServiceFactory,
 ) -> None:
-    from tests.test_trust import make_keys, tcp_service
+    from tests.test_trust import curve_service, tcp_service
 
-    svc = tcp_service(hk_service)
-    made = make_keys(svc)
-    svc.keys = made["olivia"]
-    svc.start()
+    svc, _ = curve_service(tcp_service(hk_service))
     sam = ["--key", str(svc.base / "clients" / "sam.key_secret")]
     server = ["--server-key", str(svc.base / "keys" / "server.key")]
     proc, _ = hook("hk-slurm-epilog-slurmctld", JOB_ENV, "--endpoint", svc.endpoint, *sam, *server)

@@ -485,11 +485,18 @@ def make_keys(svc: RunningService) -> dict[str, CurveKeys]:
     return made
 
 
-def test_curve_keys_give_each_client_its_role(hk_service: ServiceFactory) -> None:
-    svc = tcp_service(hk_service)
+def curve_service(
+    svc: RunningService,
+) -> tuple[RunningService, dict[str, CurveKeys]]:
+    """Start `svc` (not started yet) with the keys of make_keys, as olivia the operator."""
     made = make_keys(svc)
     svc.keys = made["olivia"]
     svc.start()
+    return svc, made
+
+
+def test_curve_keys_give_each_client_its_role(hk_service: ServiceFactory) -> None:
+    svc, made = curve_service(tcp_service(hk_service))
 
     def call(name: str, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         with Client(svc.endpoint, timeout=3, keys=made[name]) as client:
@@ -526,9 +533,7 @@ def test_the_read_only_endpoint_over_tcp_serves_reads_and_refuses_every_act(
             "read-events-endpoint": f"tcp://127.0.0.1:{read_events}",
         },
     )
-    made = make_keys(svc)
-    svc.keys = made["olivia"]
-    svc.start()
+    svc, made = curve_service(svc)
     svc.call("housekeeping.start", {"jobid": 7, "ranks": "0-1"})
     svc.call("resource.drain", {"ranks": "3", "reason": "fan"})
     endpoint = f"tcp://127.0.0.1:{read}"
@@ -562,10 +567,7 @@ def test_the_read_only_endpoint_over_tcp_serves_reads_and_refuses_every_act(
 def test_a_key_copied_into_viewers_works_at_the_next_connection(
     hk_service: ServiceFactory,
 ) -> None:
-    svc = tcp_service(hk_service)
-    made = make_keys(svc)
-    svc.keys = made["olivia"]
-    svc.start()
+    svc, made = curve_service(tcp_service(hk_service))
     with (
         Client(svc.endpoint, timeout=2, keys=made["mallory"]) as client,
         pytest.raises(ServiceError),
@@ -687,10 +689,7 @@ def test_a_drain_that_follows_a_kill_names_the_killer_across_a_restart(
 def test_audit_over_tcp_names_the_key(
     hk_service: ServiceFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    svc = tcp_service(hk_service)
-    made = make_keys(svc)
-    svc.keys = made["olivia"]
-    svc.start()
+    svc, _ = curve_service(tcp_service(hk_service))
     monkeypatch.delenv("SUDO_USER", raising=False)
     monkeypatch.setenv("USER", "ops")
     server = str(svc.base / "keys" / "server.key")
@@ -769,10 +768,7 @@ async def test_the_console_follows_a_curve_service_with_a_viewer_key(
     from hkconsole.tui.app import HkConsole
     from tests.test_tui import rows, until
 
-    svc = tcp_service(hk_service)
-    made = make_keys(svc)
-    svc.keys = made["olivia"]
-    svc.start()
+    svc, made = curve_service(tcp_service(hk_service))
     svc.call("housekeeping.start", {"jobid": 5, "ranks": "0-1"})
     app = HkConsole(svc.endpoint, keys=made["vera"])
     app.feed.interval = 60.0  # no periodic resync: what changes comes by the events
