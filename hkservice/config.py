@@ -129,9 +129,13 @@ class Config:
     agent_silence: float = DEFAULT_AGENT_SILENCE
 
 
+def state_home() -> Path:
+    """$XDG_STATE_HOME, or its default: where a user's daemons keep their state."""
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+
+
 def _default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "hk"
+    return state_home() / "hk"
 
 
 def _duration(table: dict[str, Any], key: str, where: str) -> float | None:

@@ -40,6 +40,7 @@ from zmq.utils.monitor import parse_monitor_message
 from hkservice import keys, limits
 from hkservice.agent import Agent, UntrustedJournal, agent_socket_options
 from hkservice.cluster import Cluster
+from hkservice.config import state_home
 from hkservice.protocol import pack
 from hkservice.statedir import StateError, create_private, private_dir
 
@@ -264,8 +265,7 @@ class NodeAgent(Agent):
 def _default_run_dir() -> Path:
     if os.geteuid() == 0:
         return Path("/var/lib/hk-agent")
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "hk-agent"
+    return state_home() / "hk-agent"
 
 
 def main(argv: list[str]) -> int:
