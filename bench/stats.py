@@ -7,6 +7,10 @@ the store's own schema: running a million real commands would take hours), then:
 - reports the database size,
 - starts a real hkservice on node[0-16383] with [metrics] and reports when it serves,
   when its runs index is loaded, and how long requests wait meanwhile,
+- times `stats.nodes` requests in the service (wall, service CPU, and the CPU of its event
+  loop's thread alone: what every other request waits behind),
+- sends `housekeeping.list` requests back to back while a `stats.nodes --since 7d` request
+  is being answered, and reports how long they waited (5 rounds),
 - times `hkconsole stats nodes` (a fresh process, median of 5; goal <= 1 s), the same with
   `--since 7d`, and `stats users`,
 - puts 8,192 nodes in housekeeping (64 units of 128 `sleep 600`) and 100 drained, and
@@ -36,9 +40,13 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
+
+import zmq
 
 from hkconsole.client import Client, ServiceError, wait_for_service
 from hkservice.metrics import Gauges, gauges_text
+from hkservice.protocol import pack, request
 from hkservice.stats import PRUNE_BATCH
 from hkservice.store import Store
 
@@ -129,9 +137,51 @@ def load() -> str:
 
 
 def service_cpu(pid: int) -> float:
-    """CPU seconds (user + system) the service has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """CPU seconds (user + system) the service has used so far, all its threads."""
+    return _cpu(Path(f"/proc/{pid}/stat"))
+
+
+def loop_cpu(pid: int) -> float:
+    """CPU seconds of the service's main thread alone: its event loop, which answers
+    every request (worker threads' time is not in it). From schedstat, in nanoseconds:
+    /proc's stat counts in 10 ms ticks, too coarse for this."""
+    return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) / 1e9
+
+
+def _cpu(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def lists_while_asked(endpoint: str, params: dict[str, Any], rounds: int) -> str:
+    """`housekeeping.list` round trips sent back to back while a `stats.nodes` request
+    with `params` is being answered, `rounds` times. The stats request goes out on a
+    socket of its own and its reply is only read (not decoded) once it is there, so this
+    process spends no time on it while the lists are timed."""
+    waits: list[float] = []
+    answers: list[float] = []
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        with Client(endpoint, timeout=30) as client:
+            client.call("housekeeping.list")  # connected before the clock starts
+            for round_id in range(1, rounds + 1):
+                start = time.perf_counter()
+                sock.send(pack(request("stats.nodes", params, round_id)))
+                while not sock.poll(0):
+                    asked = time.perf_counter()
+                    client.call("housekeeping.list")
+                    waits.append(time.perf_counter() - asked)
+                sock.recv()
+                answers.append(time.perf_counter() - start)
+    finally:
+        sock.close()
+    return (
+        f"{len(waits)} lists answered while {rounds} stats.nodes requests were (each "
+        f"answered in {statistics.median(answers) * 1000:.0f} ms, median): median "
+        f"{statistics.median(waits) * 1000:.1f} ms, worst {max(waits) * 1000:.1f} ms; {load()}"
+    )
 
 
 def request_waits(endpoint: str, meanwhile: str | None) -> tuple[float, float]:
@@ -224,14 +274,22 @@ def main() -> int:
             for which in ("first", "next", "--since 7d"):
                 params = {"window": 7 * 86400} if which.startswith("--") else {}
                 cpu = service_cpu(proc.pid)
+                on_loop = loop_cpu(proc.pid)
                 start = time.perf_counter()
                 nodes = client.call("stats.nodes", params)["nodes"]
-                request = time.perf_counter() - start
+                answered = time.perf_counter() - start
                 print(
-                    f"stats.nodes request ({which}): {request * 1000:.0f} ms wall, "
-                    f"{(service_cpu(proc.pid) - cpu) * 1000:.0f} ms of service CPU "
+                    f"stats.nodes request ({which}): {answered * 1000:.0f} ms wall, "
+                    f"{(service_cpu(proc.pid) - cpu) * 1000:.0f} ms of service CPU, "
+                    f"{(loop_cpu(proc.pid) - on_loop) * 1000:.1f} ms on the event loop "
                     f"({len(nodes):,} nodes); {load()}"
                 )
+        week = {"window": 7 * 86400}
+        print(
+            f"housekeeping.list while stats.nodes --since 7d: "
+            f"{lists_while_asked(endpoint, week, 5)}"
+        )
+        print(f"housekeeping.list while stats.nodes: {lists_while_asked(endpoint, {}, 5)}")
         print(f"python3 -c pass, for scale: {timed([sys.executable, '-c', 'pass'])}")
         print(f"hkconsole stats nodes: {timed([*hkconsole, 'stats', 'nodes'])} (goal 1 s)")
         failing = timed([*hkconsole, "stats", "nodes", "-o", "failing"])

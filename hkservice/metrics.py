@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hkservice import __version__, core
@@ -255,19 +256,36 @@ class Prometheus(Hooks):
         requests = self.requests
         duration = self.request_duration.labels(method)
 
+        def counted(start: float, code: str) -> None:
+            duration.observe(time.perf_counter() - start)
+            requests.labels(method, code).inc()
+
         def timed(params: dict[str, Any]) -> Any:
             start = time.perf_counter()
-            code = "EINTERNAL"
             try:
                 result = handler(params)
-                code = "ok"
-                return result
             except HkError as exc:
-                code = exc.code
+                counted(start, exc.code)
                 raise
-            finally:
-                duration.observe(time.perf_counter() - start)
-                requests.labels(method, code).inc()
+            except BaseException:
+                counted(start, "EINTERNAL")
+                raise
+            if inspect.isawaitable(result):
+                return timed_later(start, result)  # answered later (stats.nodes)
+            counted(start, "ok")
+            return result
+
+        async def timed_later(start: float, result: Awaitable[Any]) -> Any:
+            try:
+                answer = await result
+            except HkError as exc:
+                counted(start, exc.code)
+                raise
+            except BaseException:
+                counted(start, "EINTERNAL")
+                raise
+            counted(start, "ok")
+            return answer
 
         return timed
 

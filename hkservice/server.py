@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import signal as signal_module
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 import zmq
@@ -165,6 +166,9 @@ class Service:
         self._caller: auth.Caller | None = None
         self._via: endpoints.Bound | None = None
         self._now = 0.0  # the time of the request being handled
+        # Replies of handlers that answer later (an awaitable: stats.nodes, its rows made
+        # in a worker thread), sent when their answer is ready.
+        self._replying: set[asyncio.Task[None]] = set()
         # housekeeping.list's units, packed: made again after any change.
         self._units_packed: bytes | None = None
         self._seq = first_seq - 1
@@ -221,9 +225,9 @@ class Service:
         tasks.append(asyncio.create_task(self.history.run()))
         tasks.append(asyncio.create_task(self.metrics.serve()))
         await self._stopping.wait()
-        for task in tasks:
+        for task in [*tasks, *self._replying]:
             task.cancel()
-        for task in tasks:
+        for task in [*tasks, *self._replying]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         # After a store failure nothing more is changed or killed: the commands stay
@@ -543,12 +547,30 @@ class Service:
 
     def _answer(self, request: endpoints.Request, decoded: Any) -> None:
         reply = self.handle_decoded(decoded, request)
+        if isinstance(reply, dict):
+            self._send_reply(request, reply)
+            return
+        # Answered later: the next requests are served meanwhile.
+        task = asyncio.create_task(self._answer_later(request, reply))
+        self._replying.add(task)
+        task.add_done_callback(self._replying.discard)
+
+    async def _answer_later(
+        self, request: endpoints.Request, reply: Awaitable[dict[str, Any]]
+    ) -> None:
+        self._send_reply(request, await reply)
+
+    def _send_reply(self, request: endpoints.Request, reply: dict[str, Any]) -> None:
         with contextlib.suppress(zmq.ZMQError):
             request.bound.router_now.send_multipart(
                 [*request.envelope, pack_reply(reply)], flags=zmq.NOBLOCK
             )
 
-    def handle_decoded(self, decoded: Any, request: endpoints.Request) -> dict[str, Any]:
+    def handle_decoded(
+        self, decoded: Any, request: endpoints.Request
+    ) -> dict[str, Any] | Coroutine[Any, Any, dict[str, Any]]:
+        """The reply to a request, or, for a handler that answers later, a coroutine
+        whose result it is."""
         if isinstance(decoded, tuple):
             code, text = decoded
             return reply_error(0, code, text)
@@ -563,23 +585,50 @@ class Service:
         except HkError as exc:
             return reply_error(req_id, exc.code, exc.message)
         self._caller, self._via = caller, request.bound
-        self._now = self.clock()
+        now = self._now = self.clock()
         try:
-            reply = reply_ok(req_id, self.handle(message, request.bound))
-        except HkError as exc:
-            reply = reply_error(req_id, exc.code, exc.message)
-        except Exception as exc:  # a bug must cost one request, never the service
-            method = message.get("method")
-            log.exception(
-                "internal error handling %s", visible(method) if isinstance(method, str) else "?"
-            )
-            reply = reply_error(req_id, "EINTERNAL", f"internal error: {type(exc).__name__}")
+            result = self.handle(message, request.bound)
+        except Exception as exc:
+            reply = self._error_reply(req_id, message, exc)
+        else:
+            if inspect.isawaitable(result):
+                return self._reply_later(req_id, message, caller, now, result)
+            reply = reply_ok(req_id, result)
         finally:
             self._caller = self._via = None
-        self._audit(message, caller, reply)
+        self._audit(message, caller, reply, now)
         return reply
 
-    def _audit(self, message: dict[str, Any], caller: auth.Caller, reply: dict[str, Any]) -> None:
+    async def _reply_later(
+        self,
+        req_id: int,
+        message: dict[str, Any],
+        caller: auth.Caller,
+        now: float,
+        result: Awaitable[dict[str, Any]],
+    ) -> dict[str, Any]:
+        try:
+            reply = reply_ok(req_id, await result)
+        except Exception as exc:
+            reply = self._error_reply(req_id, message, exc)
+        self._audit(message, caller, reply, now)
+        return reply
+
+    def _error_reply(self, req_id: int, message: dict[str, Any], exc: Exception) -> dict[str, Any]:
+        if isinstance(exc, HkError):
+            return reply_error(req_id, exc.code, exc.message)
+        # A bug must cost one request, never the service.
+        method = message.get("method")
+        log.error(
+            "internal error handling %s",
+            visible(method) if isinstance(method, str) else "?",
+            exc_info=exc,
+        )
+        return reply_error(req_id, "EINTERNAL", f"internal error: {type(exc).__name__}")
+
+    def _audit(
+        self, message: dict[str, Any], caller: auth.Caller, reply: dict[str, Any], now: float
+    ) -> None:
         method = message.get("method")
         if not isinstance(method, str) or not audited_method(method, self.handlers):
             return
@@ -594,11 +643,13 @@ class Service:
         else:
             ok, text = True, audit.effect(method, params, reply["result"], self.cluster)
         try:
-            self.audit.record(self._now, caller, method, params, ok, text)
+            self.audit.record(now, caller, method, params, ok, text)
         except Exception as exc:  # sqlite3.Error: as for any change that cannot be saved
             self._fail(exc)
 
-    def handle(self, message: dict[str, Any], bound: endpoints.Bound) -> dict[str, Any]:
+    def handle(
+        self, message: dict[str, Any], bound: endpoints.Bound
+    ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         if self._failed is not None:
             raise StoreFailed("the service is stopping: it could not save its state")
         version = message.get("v")

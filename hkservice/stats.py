@@ -6,6 +6,14 @@ is a bisect and a small sort per node instead of a scan of the database (SQLite 
 seconds for percentiles over a million rows). It is loaded once at start, follows the
 core's actions, and forgets what [history] keep prunes from the database, in small
 batches between requests.
+
+`stats.nodes` is answered the way /metrics is (hkservice/metrics.py): what it reads is
+copied on the event loop, and the rows are made and packed in a worker thread, so the
+requests that come meanwhile wait a GIL switch interval at most, not for the whole
+answer (`--since` a week over 16,384 nodes held the loop 130-190 ms, bench/stats.py).
+The copy is cheap because it is shallow: a node's runs seen by the thread are never
+changed while it reads them, a run that ends meanwhile goes into a copy of that node's
+Series (History._writable).
 """
 
 from __future__ import annotations
@@ -15,11 +23,12 @@ import logging
 import math
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from hkservice import core
 from hkservice.errors import HkError
+from hkservice.protocol import Prepacked, pack
 from hkservice.store import Store
 
 log = logging.getLogger("hkservice")
@@ -33,6 +42,10 @@ LOAD_CHUNK = 2000
 WARM_CHUNK = 50_000
 ROW_WORK = 30
 PRUNE_EVERY_SECONDS = 60.0
+# `stats.nodes` requests being answered or waiting their turn: they make their rows one
+# after the other, and beyond this many the next is told to try again (a client sending
+# thousands must not queue hours of work, nor the memory to hold it).
+MAX_NODE_REQUESTS = 8
 
 
 class Series:
@@ -63,7 +76,15 @@ class Series:
         self.failures += failed
         self.by_duration = None
 
-    def _settle(self) -> None:
+    def copy(self) -> Series:
+        twin = Series()
+        twin.t_end, twin.duration, twin.failed = self.t_end[:], self.duration[:], self.failed[:]
+        twin.failures, twin.ordered = self.failures, self.ordered
+        twin.by_duration = self.by_duration  # replaced, never changed in place
+        return twin
+
+    def settle(self) -> None:
+        """Put the runs in time order, if one came out of it."""
         if self.ordered:
             return
         order = sorted(range(len(self.t_end)), key=self.t_end.__getitem__)
@@ -74,7 +95,7 @@ class Series:
 
     def drop_before(self, t: float) -> int:
         """Drop the runs that ended before `t`; how many there were."""
-        self._settle()
+        self.settle()
         cut = bisect_left(self.t_end, t)
         if cut:
             self.failures -= self.failed[:cut].count(1)
@@ -88,7 +109,12 @@ class Series:
             if self.by_duration is None:
                 self.by_duration = array("d", sorted(self.duration))
             return len(self.t_end), self.failures, self.by_duration
-        self._settle()
+        self.settle()
+        return self.window_in_order(since)
+
+    def window_in_order(self, since: float) -> tuple[int, int, Sequence[float]]:
+        """window(since) of runs already in time order: what a worker thread may ask,
+        as it must change nothing."""
         start = bisect_left(self.t_end, since)
         return (
             len(self.t_end) - start,
@@ -98,7 +124,7 @@ class Series:
 
     def streak(self) -> int:
         """Failures in a row up to the latest run."""
-        self._settle()
+        self.settle()
         count = 0
         for failed in reversed(self.failed):
             if not failed:
@@ -151,6 +177,15 @@ class History:
         # with time), until a run of it comes or goes: most of 16,384 nodes' rows stay
         # the same from one request to the next, and making them took 60 ms of the loop.
         self._node_rows: dict[int, dict[str, Any]] = {}
+        # `stats.nodes` requests taken and not yet answered (MAX_NODE_REQUESTS), and the
+        # turn they take one after the other, as pruning does.
+        self._nodes_asked = 0
+        self._nodes_turn = asyncio.Lock()
+        # The nodes' Series a worker thread is reading, None when none is: the loop
+        # changes a copy of any of them instead (_writable).
+        self._reading: dict[int, Series] | None = None
+        # Nodes whose runs may be out of time order: put in order before a thread reads.
+        self._unordered: set[int] = set()
 
     # -- following the service ----------------------------------------------
 
@@ -171,6 +206,7 @@ class History:
                 await asyncio.sleep(0)
         # Loaded runs came in behind newer ones: the streaks are counted again, in order.
         self.streaks = {r: n for r, node in self.nodes.items() if (n := node.streak())}
+        self._unordered.clear()  # streak() put them in order
         self._node_rows.clear()
         # The rows of `stats.nodes` made now, and users' durations sorted, requests going
         # first every WARM_CHUNK runs or so, rather than all by the first request (which
@@ -178,7 +214,7 @@ class History:
         # small history is done at once, with no request seeing it half made.
         work = 0
         for rank in list(self.nodes):
-            self._node_rows[rank] = self._node_row(rank, None)
+            self._node_rows[rank] = self._node_row(rank)
             work += len(self.nodes[rank]) + ROW_WORK
             if work >= WARM_CHUNK:
                 work = 0
@@ -203,10 +239,10 @@ class History:
         """One run; `reason` is None for a success, how it failed otherwise."""
         failed = reason is not None
         self._node_rows.pop(rank, None)
-        node = self.nodes.get(rank)
-        if node is None:
-            node = self.nodes[rank] = Series()
+        node = self._writable(rank)
         node.add(t_end, duration, failed)
+        if not node.ordered:
+            self._unordered.add(rank)
         user = self.users.get(userid)
         if user is None:
             user = self.users[userid] = Series()
@@ -218,6 +254,15 @@ class History:
                 self.last_failure[rank] = Failure(t_end, jobid, reason)
         else:
             self.streaks.pop(rank, None)
+
+    def _writable(self, rank: int) -> Series:
+        """The node's Series, to add a run to: a copy of it if a worker thread reads it."""
+        node = self.nodes.get(rank)
+        if node is None:
+            node = self.nodes[rank] = Series()
+        elif self._reading is not None and self._reading.get(rank) is node:
+            node = self.nodes[rank] = node.copy()
+        return node
 
     def observe(self, actions: Iterable[core.Action]) -> None:
         for action in actions:
@@ -245,6 +290,9 @@ class History:
     # -- retention ----------------------------------------------------------
 
     def forget_before(self, cutoff: float) -> None:
+        """Forget the runs that ended before `cutoff`; in the turn of `stats.nodes`
+        requests, so that no thread reads what this changes."""
+        assert self._reading is None
         rows = self._node_rows
         for rank, series in list(self.nodes.items()):
             if series.drop_before(cutoff):
@@ -272,7 +320,8 @@ class History:
         every = max(0.1, min(PRUNE_EVERY_SECONDS, self.keep / 4))
         while True:
             cutoff = self.clock() - self.keep
-            self.forget_before(cutoff)
+            async with self._nodes_turn:
+                self.forget_before(cutoff)
             try:
                 while self.store.prune(cutoff, PRUNE_BATCH):
                     await asyncio.sleep(0)  # requests waiting go first
@@ -289,7 +338,8 @@ class History:
                 f"the history is still loading ({self._loaded:.0%} read): try again shortly",
             )
 
-    def _since(self, params: dict[str, Any]) -> float | None:
+    def _window(self, params: dict[str, Any]) -> float | None:
+        """The request's window in seconds; None for everything kept."""
         self._check_loaded()
         window = params.get("window")
         if window is None:
@@ -298,60 +348,100 @@ class History:
             raise HkError("EPROTO", "parameter 'window' has the wrong type")
         if not 0 < window < math.inf:
             raise HkError("EINVAL", f"window {window!r} must be a number of seconds above 0")
-        return self.clock() - window
+        return window
 
-    def node_stats(self, params: dict[str, Any]) -> dict[str, Any]:
-        since = self._since(params)
+    def _since(self, params: dict[str, Any]) -> float | None:
+        window = self._window(params)
+        return None if window is None else self.clock() - window
+
+    def node_stats(self, params: dict[str, Any]) -> Awaitable[Prepacked]:
+        """Checked now, answered later (the module's docstring)."""
+        window = self._window(params)
         only_stuck = _flag(params, "stuck")
         only_flapping = _flag(params, "flapping")
-        stuck = self.stuck_ranks()
-        flapping = self.flapping()
-        ranks = set(self.nodes) | set(stuck) | flapping
-        if only_stuck:
-            ranks &= set(stuck)
-        if only_flapping:
-            ranks &= flapping
-        kept = self._node_rows if since is None else {}
+        if self._nodes_asked >= MAX_NODE_REQUESTS:
+            raise HkError(
+                "EAGAIN",
+                f"{self._nodes_asked} stats.nodes requests are being answered: try again shortly",
+            )
+        self._nodes_asked += 1
+        return self._answer_nodes(window, only_stuck, only_flapping)
+
+    async def _answer_nodes(
+        self, window: float | None, only_stuck: bool, only_flapping: bool
+    ) -> Prepacked:
+        try:
+            async with self._nodes_turn:
+                now = self.clock()
+                since = None if window is None else now - window
+                stuck = self.stuck_ranks()
+                flapping = self.flapping()
+                ranks = set(self.nodes) | set(stuck) | flapping
+                if only_stuck:
+                    ranks &= set(stuck)
+                if only_flapping:
+                    ranks &= flapping
+                if since is None:
+                    packed = await asyncio.to_thread(pack, self._kept_rows(ranks, stuck))
+                else:
+                    packed = await self._window_rows(since, ranks, set(stuck))
+        finally:
+            self._nodes_asked -= 1
+        return Prepacked(
+            {"t_now": now, "since": since, "flapping_after": self.flapping_after},
+            "nodes",
+            packed,
+        )
+
+    def _kept_rows(self, ranks: set[int], stuck: dict[int, int]) -> list[dict[str, Any]]:
+        """The rows over everything kept, on the loop, from those kept: most are."""
+        kept = self._node_rows
         rows: list[dict[str, Any]] = []
         for rank in sorted(ranks):
             row = kept.get(rank)
             if row is None:
-                row = self._node_row(rank, since)
-                if since is None:
-                    kept[rank] = row
+                row = kept[rank] = self._node_row(rank)
             if rank in stuck:
                 rows.append({**row, "stuck": True})
             elif row["runs"] or row["flapping"]:
                 rows.append(row)  # never changed once made: shared by the replies
-        return {
-            "t_now": self.clock(),
-            "since": since,
-            "flapping_after": self.flapping_after,
-            "nodes": rows,
-        }
+        return rows
 
-    def _node_row(self, rank: int, since: float | None) -> dict[str, Any]:
-        """A node's row of `stats.nodes`, as if it were not stuck."""
+    def _node_row(self, rank: int) -> dict[str, Any]:
+        """A node's row over everything kept, as if it were not stuck."""
         series = self.nodes.get(rank)
-        runs, failures, durations = (0, 0, ()) if series is None else series.window(since)
-        last = self.last_failure.get(rank)
-        if last is not None and since is not None and last.t < since:
-            last = None
-        streak = self.streaks.get(rank, 0)
-        return {
-            "rank": rank,
-            "runs": runs,
-            "failures": failures,
-            "p50": quantile(durations, 0.5),
-            "p95": quantile(durations, 0.95),
-            "max": durations[-1] if durations else None,
-            "last_failure": last.t if last else None,
-            "last_jobid": last.jobid if last else None,
-            "last_reason": last.reason if last else "",
-            "streak": streak,
-            "flapping": streak >= self.flapping_after,
-            "stuck": False,
-        }
+        runs, failures, durations = (0, 0, ()) if series is None else series.window(None)
+        return node_row(
+            rank,
+            runs,
+            failures,
+            durations,
+            self.last_failure.get(rank),
+            self.streaks.get(rank, 0),
+            self.flapping_after,
+        )
+
+    async def _window_rows(self, since: float, ranks: set[int], stuck: set[int]) -> bytes:
+        """The rows of a `--since` request, packed, made in a worker thread."""
+        for rank in self._unordered:
+            series = self.nodes.get(rank)
+            if series is not None:
+                series.settle()
+        self._unordered.clear()
+        self._reading = dict(self.nodes)
+        asked = NodesAsked(
+            since,
+            ranks,
+            self._reading,
+            dict(self.last_failure),
+            dict(self.streaks),
+            stuck,
+            self.flapping_after,
+        )
+        try:
+            return await asyncio.to_thread(_packed_window_rows, asked)
+        finally:
+            self._reading = None
 
     def user_stats(self, params: dict[str, Any]) -> dict[str, Any]:
         since = self._since(params)
@@ -381,6 +471,65 @@ class History:
                 }
             )
         return {"t_now": self.clock(), "since": since, "users": rows}
+
+
+class NodesAsked(NamedTuple):
+    """What a `stats.nodes --since` request reads, copied on the loop for the thread."""
+
+    since: float
+    ranks: set[int]
+    nodes: dict[int, Series]  # in time order, and left alone while the thread reads
+    last_failure: dict[int, Failure]
+    streaks: dict[int, int]
+    stuck: set[int]
+    flapping_after: int
+
+
+def node_row(
+    rank: int,
+    runs: int,
+    failures: int,
+    durations: Sequence[float],
+    last: Failure | None,
+    streak: int,
+    flapping_after: int,
+) -> dict[str, Any]:
+    """A node's row of `stats.nodes`, as if it were not stuck; `durations` sorted."""
+    return {
+        "rank": rank,
+        "runs": runs,
+        "failures": failures,
+        "p50": quantile(durations, 0.5),
+        "p95": quantile(durations, 0.95),
+        "max": durations[-1] if durations else None,
+        "last_failure": last.t if last else None,
+        "last_jobid": last.jobid if last else None,
+        "last_reason": last.reason if last else "",
+        "streak": streak,
+        "flapping": streak >= flapping_after,
+        "stuck": False,
+    }
+
+
+def _packed_window_rows(asked: NodesAsked) -> bytes:
+    """The rows of a `--since` request, packed; in a worker thread, reading only `asked`."""
+    since = asked.since
+    rows: list[dict[str, Any]] = []
+    for rank in sorted(asked.ranks):
+        series = asked.nodes.get(rank)
+        runs, failures, durations = (0, 0, ()) if series is None else series.window_in_order(since)
+        streak = asked.streaks.get(rank, 0)
+        stuck = rank in asked.stuck
+        if not (runs or stuck or streak >= asked.flapping_after):
+            continue
+        last = asked.last_failure.get(rank)
+        if last is not None and last.t < since:
+            last = None
+        row = node_row(rank, runs, failures, durations, last, streak, asked.flapping_after)
+        if stuck:
+            row["stuck"] = True
+        rows.append(row)
+    return pack(rows)
 
 
 def _flag(params: dict[str, Any], key: str) -> bool:

@@ -147,6 +147,16 @@ def test_metrics_move_as_units_start_fail_and_release(
     labels = {name for (_, pairs) in killed for name, _ in pairs}
     assert labels == {"state", "result", "le", "cause", "method", "code", "node", "version"}
 
+    # stats.nodes, answered once its rows are made in a worker thread, counts then; a
+    # refused one at once.
+    assert len(svc.call("stats.nodes", {"window": 3600})["nodes"]) == 3  # 3 never ran
+    with contextlib.suppress(Exception):
+        svc.call("stats.nodes", {"window": -1})
+    _, asked = scrape(port)
+    assert value(asked, "hk_requests_total", method="stats.nodes", code="ok") == 1
+    assert value(asked, "hk_requests_total", method="stats.nodes", code="EINVAL") == 1
+    assert value(asked, "hk_request_duration_seconds_count", method="stats.nodes") == 2
+
 
 def test_metrics_endpoint_answers_only_metrics_and_survives_junk(
     hk_service: ServiceFactory,

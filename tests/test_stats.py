@@ -3,6 +3,7 @@ nodes, retention, and `hkconsole stats` and `list -o stuck` on top of them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -10,7 +11,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -326,19 +327,44 @@ def test_history_and_metrics_defaults_and_inf() -> None:
     assert config.metrics_endpoint == ("::1", 9810)
 
 
-def test_a_saved_history_larger_than_a_chunk_is_loaded_whole(hk_service: ServiceFactory) -> None:
-    from hkconsole.client import ServiceError
-    from hkservice.stats import LOAD_CHUNK
+Run = tuple[float, int, float, int, int, str, str | None]
+
+
+def save_runs(svc: RunningService, runs: Iterable[Run]) -> None:
+    """Rows of `runs` (t_end, rank, duration, userid, jobid, result, reason) written into
+    a service's new state directory before it starts: as if it had run them."""
     from hkservice.store import Store
 
-    svc = hk_service(hostlist="node[0-3]", start=False, tables={"history": {"keep": "inf"}})
-    count = 5 * LOAD_CHUNK + 7
     svc.state_dir.mkdir(mode=0o700)
     store = Store(svc.state_dir)
-    now = time.time()
     store.db.executemany(
         "INSERT INTO runs (t_end, rank, duration, userid, jobid, result, reason)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        runs,
+    )
+    store.close()
+
+
+def nodes_when_loaded(svc: RunningService) -> list[dict[str, Any]]:
+    """stats.nodes, asked until the history is loaded."""
+    from hkconsole.client import ServiceError
+
+    while True:
+        try:
+            return svc.call("stats.nodes")["nodes"]
+        except ServiceError as exc:  # asked while it loads: said so, never a partial answer
+            assert exc.code == "EAGAIN" and "still loading" in str(exc)
+            time.sleep(0.02)
+
+
+def test_a_saved_history_larger_than_a_chunk_is_loaded_whole(hk_service: ServiceFactory) -> None:
+    from hkservice.stats import LOAD_CHUNK
+
+    svc = hk_service(hostlist="node[0-3]", start=False, tables={"history": {"keep": "inf"}})
+    count = 5 * LOAD_CHUNK + 7
+    now = time.time()
+    save_runs(
+        svc,
         (
             (
                 now - count + i,
@@ -352,15 +378,8 @@ def test_a_saved_history_larger_than_a_chunk_is_loaded_whole(hk_service: Service
             for i in range(count)
         ),
     )
-    store.close()
     svc.start()
-    while True:
-        try:
-            nodes = {n["rank"]: n for n in svc.call("stats.nodes")["nodes"]}
-            break
-        except ServiceError as exc:  # asked while it loads: said so, never a partial answer
-            assert exc.code == "EAGAIN" and "still loading" in str(exc)
-            time.sleep(0.02)
+    nodes = {n["rank"]: n for n in nodes_when_loaded(svc)}
     for rank in range(4):
         durations = sorted(float(i % 13) for i in range(rank, count, 4))
         node = nodes[rank]
@@ -371,6 +390,96 @@ def test_a_saved_history_larger_than_a_chunk_is_loaded_whole(hk_service: Service
     assert (nodes[3]["failures"], nodes[3]["streak"], nodes[3]["flapping"]) == (3, 3, True)
     assert nodes[3]["last_jobid"] == count - 1 - (count - 1 - 3) % 4
     assert svc.call("resource.status")["flapping"] == "3"
+
+
+def test_a_since_request_being_made_holds_up_no_request_after_it(
+    hk_service: ServiceFactory,
+) -> None:
+    """`stats.nodes --since` makes its rows in a worker thread (tens of milliseconds for
+    8,192 nodes): a request the service takes after it is answered first, not behind it;
+    and more than MAX_NODE_REQUESTS at once are told to try again, not queued."""
+    import zmq
+
+    from hkservice.protocol import pack, request
+    from hkservice.stats import MAX_NODE_REQUESTS
+
+    size = 8192
+    svc = hk_service(hostlist=f"node[0-{size - 1}]", start=False)
+    now = time.time()
+    save_runs(
+        svc,
+        (
+            (now - 60 - rank % 600, rank, float(rank % 13), 42, rank - (1 << 63), "ok", None)
+            for rank in range(size)
+        ),
+    )
+    svc.start()
+    assert len(nodes_when_loaded(svc)) == size
+    # One socket: the service takes the requests in the order they were sent.
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(svc.endpoint)
+    try:
+        sock.send(pack(request("stats.nodes", {"window": 3600}, 1)))
+        sock.send(pack(request("housekeeping.list", {}, 2)))
+        replies = [unpack(sock.recv()) for _ in range(2)]
+        assert [r["id"] for r in replies] == [2, 1]
+        nodes = replies[1]["result"]["nodes"]
+        assert [n["rank"] for n in nodes] == list(range(size))
+        assert nodes[size - 1]["runs"] == 1 and nodes[size - 1]["max"] == (size - 1) % 13
+
+        burst = range(10, 10 + MAX_NODE_REQUESTS + 2)
+        for req_id in burst:
+            sock.send(pack(request("stats.nodes", {"window": 3600}, req_id)))
+        replies = {r["id"]: r for r in (unpack(sock.recv()) for _ in burst)}
+        refused = {i: r["error"] for i, r in replies.items() if "error" in r}
+        assert sorted(refused) == list(burst)[MAX_NODE_REQUESTS:]
+        assert {e["code"] for e in refused.values()} == {"EAGAIN"}
+        assert "stats.nodes requests are being answered: try again" in refused[burst[-1]]["message"]
+        answered = [r["result"]["nodes"] for i, r in replies.items() if i not in refused]
+        assert answered == [nodes] * MAX_NODE_REQUESTS
+    finally:
+        sock.close()
+    assert svc.call("housekeeping.list")["units"] == []
+
+
+async def test_runs_that_end_while_a_since_answer_is_made_are_in_the_next_one(
+    tmp_path: Path,
+) -> None:
+    """A `--since` answer has the runs there were when its turn came: runs that end while
+    the worker thread makes its rows go into copies of their nodes' Series, not under the
+    thread's feet (here every node gets one, last node first, ahead of the thread)."""
+    from hkservice import core
+    from hkservice.stats import History
+    from hkservice.store import Store
+
+    size = 8192
+    now = 1e9
+    (tmp_path / "state").mkdir(mode=0o700)
+    store = Store(tmp_path / "state")
+    hk = core.Housekeeping(size, core.Policy())
+    history = History(store, hk, lambda: now, keep=None, flapping_after=3)
+
+    def finished(rank: int, seconds: float, code: int) -> core.RankFinished:
+        return core.RankFinished(1, rank, core.Outcome("exit", code), now, now - seconds, 42)
+
+    try:
+        history.observe(finished(rank, 1.0, 0) for rank in range(size))
+        await history.load()
+        answer = asyncio.ensure_future(history.node_stats({"window": 60}))
+        await asyncio.sleep(0)  # its turn taken, its reading copied, the thread started
+        history.observe(finished(rank, 5.0, 3) for rank in reversed(range(size)))
+        before = unpack((await answer).packed)
+        after = unpack((await history.node_stats({"window": 60})).packed)
+    finally:
+        store.close()
+    assert {(n["runs"], n["failures"], n["max"], n["last_reason"]) for n in before} == {
+        (1, 0, 1.0, "")
+    }
+    assert {(n["runs"], n["failures"], n["max"], n["last_reason"]) for n in after} == {
+        (2, 1, 5.0, "exited 3")
+    }
+    assert len(before) == len(after) == size
 
 
 @settings(max_examples=200, deadline=None)
