@@ -548,7 +548,10 @@ class Service:
     def _answer(self, request: endpoints.Request, decoded: Any) -> None:
         reply = self.handle_decoded(decoded, request)
         if isinstance(reply, dict):
-            self._send_reply(request, reply)
+            with contextlib.suppress(zmq.ZMQError):
+                request.bound.router_now.send_multipart(
+                    [*request.envelope, pack_reply(reply)], flags=zmq.NOBLOCK
+                )
             return
         # Answered later: the next requests are served meanwhile.
         task = asyncio.create_task(self._answer_later(request, reply))
@@ -558,13 +561,13 @@ class Service:
     async def _answer_later(
         self, request: endpoints.Request, reply: Awaitable[dict[str, Any]]
     ) -> None:
-        self._send_reply(request, await reply)
-
-    def _send_reply(self, request: endpoints.Request, reply: dict[str, Any]) -> None:
+        frames = [*request.envelope, pack_reply(await reply)]
+        # Through the asyncio socket, not router_now: sending processes libzmq's pending
+        # commands, which can take the edge of the socket's fd that _serve's poll waits
+        # for, leaving a request unread, and no later one would wake it; the asyncio
+        # socket checks again after a send while a poll waits on it.
         with contextlib.suppress(zmq.ZMQError):
-            request.bound.router_now.send_multipart(
-                [*request.envelope, pack_reply(reply)], flags=zmq.NOBLOCK
-            )
+            await request.bound.router.send_multipart(frames, flags=zmq.NOBLOCK)
 
     def handle_decoded(
         self, decoded: Any, request: endpoints.Request
