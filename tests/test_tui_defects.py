@@ -12,13 +12,14 @@ from typing import Any
 import zmq
 from textual import events
 from textual.message import Message
-from textual.widgets import DataTable, RichLog, Static
+from textual.widgets import RichLog, Static
 
 from hkconsole.tui.app import HkConsole
 from hkconsole.tui.cells import hosts_text
 from hkconsole.tui.fixed import fixed_app, load, load_sample
 from hkconsole.tui.sample import T0
 from hkconsole.tui.screens import ConfirmScreen, OutputScreen, PromptScreen
+from hkconsole.tui.table import LiveTable
 from hkconsole.tui.views.base import TableView
 from hkservice.cluster import Cluster
 from hkservice.fsd import format_fsd
@@ -114,7 +115,7 @@ async def test_3_jobid_sorts_by_jobid_and_the_natural_order_comes_back() -> None
         await pilot.press("less_than_sign")
         assert app.units.sort.column is None
         assert rows(app) == [5, 3, 4]
-        labels = [c.label.plain for c in app.units.table.columns.values()]
+        labels = [c.label for c in app.units.table.columns.values()]
         assert not any("▲" in label or "▼" in label for label in labels)
 
 
@@ -237,7 +238,7 @@ async def test_9_every_runtime_on_screen_is_taken_at_one_moment() -> None:
         await pilot.pause()
         table = app.units.table
         top = int(table.scroll_offset.y)
-        on_screen = [int(r.key.value or 0) for r in table.ordered_rows[top:]]
+        on_screen = [int(key) for key in table.ordered_keys[top:]]
         assert on_screen[-1] == 1199 and len(on_screen) < 30
         shown = runtimes(app)
         for jobid in on_screen:
@@ -331,7 +332,7 @@ async def test_16_restoring_the_cursor_posts_no_highlight() -> None:
     posted: list[Any] = []
 
     def hook(message: Message) -> None:
-        if isinstance(message, DataTable.RowHighlighted):
+        if isinstance(message, LiveTable.RowHighlighted):
             posted.append(message.row_key)
 
     async with app.run_test(size=SIZE, message_hook=hook) as pilot:

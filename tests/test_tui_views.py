@@ -34,11 +34,11 @@ def help_text(app: HkConsole) -> str:
 
 
 def node_rows(app: HkConsole) -> list[int]:
-    return [int(row.key.value or 0) for row in app.nodes.table.ordered_rows]
+    return [int(key) for key in app.nodes.table.ordered_keys]
 
 
 def finished_rows(app: HkConsole) -> list[int]:
-    return [int(row.key.value or 0) for row in app.finished.table.ordered_rows]
+    return [int(key) for key in app.finished.table.ordered_keys]
 
 
 def cell(app: HkConsole, jobid: int, column: str) -> str:
@@ -294,10 +294,10 @@ async def test_the_keys_of_a_views_rows_are_that_views_and_shown_in_the_footer()
         assert not view_actions & {b.action for b in app.BINDINGS if isinstance(b, Binding)}
 
 
-async def test_a_tick_patches_the_runtime_into_each_rows_rendering_and_draws_it_right() -> None:
-    """Idle cost: a tick renders the RUNTIME cells again and nothing else of the rows
-    (a whole row took ~1 ms, and every row on screen ticks each second); what it draws
-    is what a full repaint of the table draws, the highlighted row included."""
+async def test_a_tick_draws_only_the_rows_it_changed_and_draws_them_right() -> None:
+    """Idle cost: a tick draws again the rows whose RUNTIME changed and nothing else,
+    and what it draws is what a table drawn from nothing draws, the highlighted row
+    included."""
     now = [T0]
     app = fixed_app()
     app.clock = app.units.clock = lambda: now[0]
@@ -306,43 +306,43 @@ async def test_a_tick_patches_the_runtime_into_each_rows_rendering_and_draws_it_
         await pilot.press("down")
         await pilot.pause()
         table = app.units.table
-        rendered: list[int] = []  # the column of each cell rendered (or looked up)
-        render_cell = table._render_cell
+        drawn: list[int] = []  # the rows drawn anew (not taken from what was drawn)
+        row_strip = table._row_strip
 
-        def counted(row: int, column: int, *args: Any, **kwargs: Any) -> Any:
-            rendered.append(column)
-            return render_cell(row, column, *args, **kwargs)
+        def counted(index: int) -> Any:
+            before = len(table._drawn)
+            strip = row_strip(index)
+            if len(table._drawn) > before:
+                drawn.append(index)
+            return strip
 
-        table._render_cell = counted  # type: ignore[method-assign]
-        # (The first tick after the cursor moved draws rows anew: their renderings
-        # were keyed by where the cursor was.)
-        for _ in range(2):
-            rendered.clear()
-            now[0] += 3.5
-            app.tick()
-            await pilot.pause()
-        # Drawn by the tick's repaint: no cell drawn anew through the table's own path
-        # (the RUNTIME cells are drawn straight into the rows' renderings).
-        assert rendered == []
+        table._row_strip = counted  # type: ignore[method-assign]
+        [table.render_line(y) for y in range(1, table.row_count + 1)]
+        drawn.clear()
+        now[0] += 3.5
+        app.tick()
         after_tick = [table.render_line(y) for y in range(1, table.row_count + 1)]
         assert len(after_tick) == 9
-        assert "1.99m" in after_tick[0].text  # the first unit: 112.4 s + 7 s
-        # A full repaint from nothing cached draws the same segments, styles included.
-        table._update_count += 1
-        table._row_render_cache.clear()
-        table._line_cache.clear()
-        table._cell_render_cache.clear()
+        assert sorted(drawn) == list(range(9))  # every RUNTIME moved on
+        assert "1.932m" in after_tick[0].text  # the first unit: 112.4 s + 3.5 s
+        drawn.clear()
+        again = [table.render_line(y) for y in range(1, table.row_count + 1)]
+        assert drawn == [] and again == after_tick  # nothing changed: nothing drawn
+        # Drawn from nothing: the same segments, styles included.
+        table._drawn.clear()
         repainted = [table.render_line(y) for y in range(1, table.row_count + 1)]
-        assert len(rendered) == 9 * 8
         assert [list(s) for s in after_tick] == [list(s) for s in repainted]
+        # The highlighted row (the second) stands out from both its neighbours.
+        backgrounds = [next(iter(strip)).style.bgcolor for strip in after_tick[:3]]
+        assert backgrounds[1] not in (backgrounds[0], backgrounds[2])
 
 
 async def test_a_tick_that_widens_a_cell_widens_its_column() -> None:
     """SINCE ticks from `9m ago` to `10m ago`: the column grows with it instead of the
-    row running past its cells (a tick otherwise patches cells as wide as before)."""
-    from rich.text import Text
+    row running past its cells."""
     from textual.app import App, ComposeResult
 
+    from hkconsole.tui.cells import Cell
     from hkconsole.tui.table import LiveTable
 
     class OneTable(App[None]):
@@ -354,11 +354,11 @@ async def test_a_tick_that_widens_a_cell_widens_its_column() -> None:
         table = app.query_one(LiveTable)
         table.add_column("NODE", key="node")
         table.add_column("SINCE", key="since")
-        table.add_keyed_rows([("a", [Text("sim1"), Text("9m ago")])])
+        table.add_keyed_rows([("a", [Cell("sim1"), Cell("9m ago")])])
         await pilot.pause()
-        since = table.ordered_columns[1]
-        assert since.get_render_width(table) == 8  # 6 characters and the padding
-        table.update_cells([(table.ordered_rows[0].key, "since", Text("10m ago"))])
+        since = table.columns["since"]
+        assert since.width == 6
+        table.update_cells([("a", "since", Cell("10m ago"))])
         await pilot.pause()
-        assert since.get_render_width(table) == 9
+        assert since.width == 7
         assert "10m ago" in table.render_line(1).text

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from rich.text import Text
+from rich.cells import cell_len
 
 from hkservice.cluster import Cluster, TargetError
 from hkservice.fsd import format_fsd
@@ -110,9 +110,18 @@ def unit_names(jobids: list[int], shown: int = 3) -> str:
     return names[0] if names else "no unit"
 
 
-class Cell(Text):
-    """Text that sorts by a value of its own (numbers as numbers); outside text shows
-    its control characters as escapes, so `\\x1b[2J` in a reason cannot blank a screen."""
+def cell_width(text: str) -> int:
+    """Terminal cells `text` takes (an emoji or a CJK character takes two)."""
+    return len(text) if text.isascii() else cell_len(text)
+
+
+class Cell:
+    """A table cell: text that sorts by a value of its own (numbers as numbers). Outside
+    text shows its control characters as escapes, so `\\x1b[2J` in a reason cannot blank
+    a screen. Plain data, not a Rich `Text`: a view builds 16,384 rows of these, and only
+    the rows on screen are ever drawn (table.py)."""
+
+    __slots__ = ("natural", "plain", "right", "sort_value", "spans", "style", "width")
 
     def __init__(
         self,
@@ -122,18 +131,26 @@ class Cell(Text):
         right: bool = False,
         natural: Any = None,
     ) -> None:
-        # Cut with a visible `…` where a column gives way (LiveTable.fit), never silently.
-        super().__init__(
-            visible(text),
-            style=style,
-            justify="right" if right else None,
-            overflow="ellipsis",
-            no_wrap=True,
-        )
+        self.plain = visible(text)
+        self.width = cell_width(self.plain)
+        self.style = style
+        self.right = right
         self.sort_value = text if sort_value is None else sort_value
         # The row's place in the view's natural order (units: start time), for `sort`
         # to go back to once a column sort is dropped.
         self.natural = natural
+        # (start, end, style) of parts styled apart from the rest.
+        self.spans: tuple[tuple[int, int, str], ...] = ()
+
+    def stylize(self, style: str, start: int = 0, end: int | None = None) -> None:
+        end = len(self.plain) if end is None else end
+        self.spans = (*self.spans, (start, end, style))
+
+    def __str__(self) -> str:
+        return self.plain
+
+    def __repr__(self) -> str:
+        return f"Cell({self.plain!r}, style={self.style!r})"
 
 
 # Shared by the many node rows with nothing to show there (never mutated).

@@ -14,10 +14,9 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.coordinate import Coordinate
 from textual.message import Message
 from textual.widget import Widget
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from hkconsole.tui.cells import NO_QUERY, Query, Sort, natural_key, sort_key
 from hkconsole.tui.keys import NEEDS_SERVICE, READ_ONLY_HIDDEN
@@ -58,7 +57,7 @@ class TableView(Widget):
     def __init__(self, model: ConsoleModel, table_id: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.model = model
-        self.table = LiveTable(id=table_id, cursor_type="row", zebra_stripes=True)
+        self.table = LiveTable(id=table_id)
         # Why the table is empty, where its rows would be (`empty_reason`).
         self.empty = Static(classes="empty")
         self.sort = Sort()
@@ -108,8 +107,8 @@ class TableView(Widget):
         if jobid is not None:
             self.post_message(self.OutputRequested(jobid))
 
-    @on(DataTable.RowSelected)
-    def _selected(self, event: DataTable.RowSelected) -> None:
+    @on(LiveTable.RowSelected)
+    def _selected(self, event: LiveTable.RowSelected) -> None:
         """Enter on a unit: its output, where the view has the key for it."""
         event.stop()
         offered = any(getattr(b, "action", "") == "output" for b in self.BINDINGS)
@@ -120,14 +119,11 @@ class TableView(Widget):
 
     def key_at_cursor(self) -> int | None:
         """The row under the table's cursor now (not a mirror that may lag it)."""
-        table = self.table
-        if not table.row_count:
-            return None
-        key = table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key
-        return int(key.value) if key.value is not None else None
+        key = self.table.key_at(self.table.cursor_row)
+        return int(key) if key is not None else None
 
-    @on(DataTable.RowHighlighted)
-    def _moved(self, event: DataTable.RowHighlighted) -> None:
+    @on(LiveTable.RowHighlighted)
+    def _moved(self, event: LiveTable.RowHighlighted) -> None:
         event.stop()
         self._follow_cursor()
 
@@ -142,7 +138,7 @@ class TableView(Widget):
         (`first_if_gone`: a filter hid it) or on whatever took its place (it ended)."""
         table = self.table
         key = self.cursor_key
-        with self.prevent(DataTable.RowHighlighted):
+        with self.prevent(LiveTable.RowHighlighted):
             if key is not None and str(key) in table.rows:
                 row = table.get_row_index(str(key))
                 if table.cursor_row != row:
@@ -183,7 +179,8 @@ class TableView(Widget):
     def in_natural_order(self) -> bool:
         column = self.COLUMNS[self.natural_column()][0]
         table = self.table
-        order = [natural_key(table.get_cell(row.key, column)) for row in table.ordered_rows]
+        index = list(table.columns).index(column)
+        order = [natural_key(table.rows[key][index]) for key in table.ordered_keys]
         return all(a <= b for a, b in itertools.pairwise(order))
 
     def mark_sorted_column(self) -> None:
@@ -191,11 +188,11 @@ class TableView(Widget):
             arrow = ("▼" if self.sort.reverse else "▲") if key == self.sort.column else ""
             self.table.set_column_label(key, f"{label} {arrow}" if arrow else label)
 
-    @on(DataTable.HeaderSelected)
-    def _header_clicked(self, event: DataTable.HeaderSelected) -> None:
+    @on(LiveTable.HeaderSelected)
+    def _header_clicked(self, event: LiveTable.HeaderSelected) -> None:
         event.stop()
-        if event.column_key.value and event.column_key.value != "mark":
-            self.set_sort(event.column_key.value)
+        if event.column_key != "mark":
+            self.set_sort(event.column_key)
 
     # -- data ----------------------------------------------------------------
 

@@ -139,7 +139,7 @@ class FinishedView(TableView):
             self._hay.pop(jobid, None)
         query = self.filter_query
         wanted = {j for j, entry in finished.items() if self.matches(entry, query)}
-        present = {int(k.value or 0) for k in table.rows}
+        present = {int(k) for k in table.rows}
         with self.app.batch_update():
             # A few hundred rows at most: what changed is rebuilt, the rest stays.
             stale = (present - wanted) | (present & gone)

@@ -65,7 +65,6 @@ class NodesView(TableView):
         self.state_filter: str | None = None
         self._cells: dict[int, list[Cell]] = {}
         self._hay: dict[int, str] = {}
-        self._measured: set[int] = set()
         self._cluster: object = None
 
     def compose(self) -> ComposeResult:
@@ -149,8 +148,8 @@ class NodesView(TableView):
         top = int(table.scroll_offset.y)
         changed = []
         # A table just shown may not be laid out yet (height 0): a screenful, then.
-        for row in table.ordered_rows[top : top + max(table.size.height, self.app.size.height)]:
-            rank = int(row.key.value or 0)
+        for key in table.ordered_keys[top : top + max(table.size.height, self.app.size.height)]:
+            rank = int(key)
             since = self.since(rank)
             cells = self._cells.get(rank)
             if since is None or cells is None:
@@ -158,7 +157,7 @@ class NodesView(TableView):
             cell = self.since_cell(since)
             if str(cells[SINCE_AT]) != str(cell):
                 cells[SINCE_AT] = cell
-                changed.append((row.key, "since", cell))
+                changed.append((key, "since", cell))
         table.update_cells(changed)
         self.show_node()
 
@@ -246,21 +245,17 @@ class NodesView(TableView):
             self._cluster = cluster
             cells_of.clear()
             self._hay.clear()
-            self._measured.clear()
             table.clear()
             full = True
         full = full or refiltered
-        measured = self._measured
         for rank in dirty:
             cells_of.pop(rank, None)
             self._hay.pop(rank, None)
-            measured.discard(rank)
         ranks: Iterable[int] = range(cluster.size) if full else sorted(dirty)
         query = self.filter_query
         rows = table.rows
         hidden: list[str] = []
         new_rows: list[tuple[str, list[Cell]]] = []
-        back_rows: list[tuple[str, list[Cell]]] = []
         touched = False
         with self.app.batch_update():
             for rank in ranks:
@@ -278,14 +273,11 @@ class NodesView(TableView):
                                 table.update_cell(key, column, cell)
                                 touched = True
                 elif visible:
-                    # Cells measured before fit the columns already (they never shrink).
-                    (back_rows if rank in measured else new_rows).append((key, cells))
+                    new_rows.append((key, cells))
             table.remove_rows(hidden)
-            table.add_keyed_rows(back_rows, measure=False)
             table.add_keyed_rows(new_rows)
             settle_heap(len(new_rows))
-            measured.update(int(key) for key, _ in new_rows)
-            added = bool(new_rows or back_rows)
+            added = bool(new_rows)
             if added or (touched and self.sort.column is not None):
                 self.apply_sort()
             # The node highlighted before stays so if the filter keeps it; if not, the

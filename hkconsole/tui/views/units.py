@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 from textual.binding import BindingType
 from textual.message import Message
-from textual.widgets.data_table import CellDoesNotExist
 
 from hkconsole.tables import Unit
 from hkconsole.tui.cells import (
@@ -177,7 +175,7 @@ class UnitsView(TableView):
                 table.update_cell(str(jobid), "mark", self.mark_cell(jobid))
 
     def shown_keys(self) -> set[int]:
-        return {int(k.value or 0) for k in self.table.rows}
+        return {int(k) for k in self.table.rows}
 
     # -- applying changes ----------------------------------------------------
 
@@ -229,7 +227,7 @@ class UnitsView(TableView):
                         if str(table.get_cell(key, column)) != str(cell):
                             table.update_cell(key, column, cell)
                             touched = True
-            table.add_keyed_rows(back_rows, measure=False)
+            table.add_keyed_rows(back_rows)
             table.add_keyed_rows(new_rows)
             settle_heap(len(new_rows))
             added = bool(new_rows or back_rows)
@@ -269,12 +267,11 @@ class UnitsView(TableView):
         top = int(table.scroll_offset.y)
         changed = []
         # A table just shown may not be laid out yet (height 0): a screenful, then.
-        for row in table.ordered_rows[top : top + max(table.size.height, self.app.size.height)]:
-            unit = self.model.units.get(int(row.key.value or 0))
+        for key in table.ordered_keys[top : top + max(table.size.height, self.app.size.height)]:
+            unit = self.model.units.get(int(key))
             if unit is None:
                 continue
             cell = self.runtime(unit)
-            with contextlib.suppress(CellDoesNotExist):
-                if str(table.get_cell(row.key, "runtime")) != str(cell):
-                    changed.append((row.key, "runtime", cell))
+            if table.rows[key][RUNTIME_INDEX].plain != cell.plain:
+                changed.append((key, "runtime", cell))
         table.update_cells(changed)
