@@ -16,13 +16,13 @@ from textual.message import Message
 from textual.notifications import Notify
 from textual.pilot import Pilot
 from textual.widgets import RichLog, Static
-from textual.widgets._footer import FooterKey
 from textual.widgets._toast import Toast
 
 from hkconsole.tui.app import HkConsole
 from hkconsole.tui.cells import hosts_text
 from hkconsole.tui.detail import detail_text
 from hkconsole.tui.fixed import disconnect, fixed_app, load, load_sample
+from hkconsole.tui.footer import OperatorFooter
 from hkconsole.tui.help import HelpScreen
 from hkconsole.tui.sample import T0
 from hkconsole.tui.screens import ConfirmScreen, OutputScreen, PromptScreen
@@ -644,7 +644,7 @@ async def test_nodes_state_filter_is_a_state_not_a_substring(busy: RunningServic
         await pilot.press("2")
         await until(pilot, lambda: node_rows(app) == list(range(8)))
         await until(pilot, lambda: "housekeeping@" in str(app.nodes.table.get_cell("4", "reason")))
-        footer = {key.description: key.key for key in app.query(FooterKey)}
+        footer = {key.description: key.key for key in app.query_one(OperatorFooter).keys}
         assert footer["State"] == "z"
         await pilot.press("f")  # the default key is gone once remapped
         await pilot.pause(0.1)
@@ -689,9 +689,9 @@ async def test_footer_fits_80_columns_and_header_lines_are_clipped() -> None:
         ):
             await pilot.press(view)
             await pilot.pause()
-            keys = list(app.query(FooterKey))
-            assert wanted <= {key.description for key in keys}
-            assert all(key.region.right <= 80 for key in keys)
+            footer = app.query_one(OperatorFooter)
+            assert wanted <= {key.description for key in footer.keys}
+            assert footer.line().cell_len <= 80
         # A long DISCONNECTED reason is cut at the edge, not wrapped over the counts.
         top, counts, settings = header_lines(app)
         assert top.startswith("hk  DISCONNECTED: retry 3 in 4s") and top.endswith("…")
@@ -725,9 +725,9 @@ async def test_wide_footer_shows_every_key_and_follows_resizes() -> None:
         async def footer() -> set[str]:
             await pilot.pause()
             await pilot.pause()
-            keys = list(app.query(FooterKey))
-            assert all(key.region.right <= app.size.width for key in keys)
-            return {key.description for key in keys}
+            footer = app.query_one(OperatorFooter)
+            assert footer.line().cell_len <= app.size.width
+            return {key.description for key in footer.keys}
 
         secondary = {"Kill on nodes", "Kill all", "Signal"}
         assert secondary | {"Kill", "Mark", "Filter", "Help", "Quit"} <= await footer()

@@ -12,10 +12,10 @@ from textual import events
 from textual.binding import Binding
 from textual.pilot import Pilot
 from textual.widgets import RichLog
-from textual.widgets._footer import FooterKey
 
 from hkconsole.tui.app import HkConsole
 from hkconsole.tui.fixed import fixed_app, load_sample
+from hkconsole.tui.footer import OperatorFooter
 from hkconsole.tui.help import HelpScreen
 from hkconsole.tui.model import ConsoleModel
 from hkconsole.tui.sample import JOBID_BASE, T0
@@ -142,7 +142,7 @@ async def test_stuck_only_filter_shows_units_running_past_warn_after(
     app = HkConsole(svc.endpoint)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: rows(app) == [301])
-        footer = lambda: {key.description: key.key for key in app.query(FooterKey)}  # noqa: E731
+        footer = lambda: {key.description: key.key for key in app.query_one(OperatorFooter).keys}  # noqa: E731
         await until(pilot, lambda: footer().get("Stuck") == "f")
         await pilot.press("f")
         await until(pilot, lambda: "only stuck" in header_lines(app)[2])
@@ -287,7 +287,7 @@ async def test_the_keys_of_a_views_rows_are_that_views_and_shown_in_the_footer()
             active = app.screen.active_bindings
             for key in keys.split():
                 assert active[key].node is shown, (view, key)
-            footer = {key.key for key in app.query(FooterKey)}
+            footer = {key.key for key in app.query_one(OperatorFooter).keys}
             assert set(keys.split()) <= footer
         # None of them is the App's: on another view they do not exist.
         view_actions = {"kill_unit", "mark", "output", "drain", "undrain", "state_filter"}

@@ -393,6 +393,8 @@ class LiveTable(ScrollView, can_focus=True):
                 self.action_select()
 
     def on_resize(self) -> None:
+        self._drawn.clear()
+        self._header = None
         self.fit()
         # A shorter table must still show the highlighted row.
         if self._order:
@@ -427,19 +429,26 @@ class LiveTable(ScrollView, can_focus=True):
         width = self.scrollable_content_region.width
         odd, _, _, header = self.styles_now()
         if y == 0:
-            strip = self._header_strip(header)
-            return strip.crop_extend(scroll_x, scroll_x + width, header)
+            return self._header_strip(header).crop(scroll_x, scroll_x + width)
         index = scroll_y + y - 1
         if index >= len(self._order):
             return Strip.blank(width, odd)
-        return self._row_strip(index).crop_extend(scroll_x, scroll_x + width, odd)
+        return self._row_strip(index).crop(scroll_x, scroll_x + width)
+
+    def _filled(self, segments: list[Segment], style: Style) -> Strip:
+        """A row drawn across all the room there is, its stripe or highlight too."""
+        strip = Strip(segments)
+        room = self.scrollable_content_region.width
+        if strip.cell_length < room:
+            strip = strip.extend_cell_length(room, style)
+        return strip
 
     def _header_strip(self, style: Style) -> Strip:
         if self._header is None:
             segments = []
             for column in self.columns.values():
                 segments += cell_segments(Cell(column.label), column.width, style, None)
-            self._header = Strip(segments)
+            self._header = self._filled(segments, style)
         return self._header
 
     def _row_strip(self, index: int) -> Strip:
@@ -454,5 +463,6 @@ class LiveTable(ScrollView, can_focus=True):
             segments = []
             for cell, column in zip(self.rows[key], self.columns.values(), strict=False):
                 segments += cell_segments(cell, column.width, base, over)
-            strip = self._drawn[cached] = Strip(segments)
+            fill = base + over if over is not None else base
+            strip = self._drawn[cached] = self._filled(segments, fill)
         return strip
