@@ -520,3 +520,26 @@ async def test_filtered_views_say_n_of_m_and_an_empty_table_says_why() -> None:
         await pilot.pause()
         assert str(app.nodes.empty.render()) == "no draining nodes"
         assert "state draining  0 of 64" in screen_text(app)[2]
+
+
+async def test_rows_back_from_a_filter_sort_by_runtime_in_their_true_place() -> None:
+    """Rows keep their cells while hidden or off screen, RUNTIME as it was when last
+    drawn; sorted by RUNTIME they still go where their start puts them."""
+    now = [T0]
+    app = HkConsole("ipc:///nowhere", clock=lambda: now[0], live=False)
+    app.units.clock = lambda: now[0]
+    config = {"hostlist": "n[0-99]", "events-endpoint": ""}
+    # 1000 started first, long before the others, which start 10 s apart.
+    units = [unit_wire(1000, T0 - 2000, "0")]
+    units += [unit_wire(1000 + i, T0 - 1000 + 10 * i, str(i)) for i in range(1, 30)]
+    async with app.run_test(size=(100, 15)) as pilot:
+        load(app, config, {"units": units}, {"drained": []})
+        await pilot.pause()
+        app.units.set_sort("runtime")  # the shortest running first
+        await pilot.press("slash", *"n2", "enter")
+        await until(pilot, lambda: 1000 not in rows(app))
+        now[0] += 5000  # the rows on screen tick; 1000, hidden, does not
+        app.tick()
+        await pilot.press("escape")
+        await until(pilot, lambda: len(rows(app)) == 30)
+        assert rows(app) == [1000 + i for i in range(29, -1, -1)]

@@ -207,15 +207,14 @@ class LiveTable(ScrollView, can_focus=True):
                 columns[key].width = width
             self._reshaped()
 
-    def _measure(self, cells: Iterable[Sequence[Cell]]) -> None:
+    def _measure(self, cells: Sequence[Sequence[Cell]]) -> None:
         """Widen the columns to these cells (columns never shrink: rows coming back
         from a filter fit already)."""
-        columns = list(self.columns.values())
         grown = False
-        widths = zip(*((cell.width for cell in row) for row in cells), strict=True)
-        for index, widest in enumerate(map(max, widths)):
-            if widest > columns[index].content_width:
-                columns[index].content_width = widest
+        for index, column in enumerate(self.columns.values()):
+            widest = max((row[index].width for row in cells), default=0)
+            if widest > column.content_width:
+                column.content_width = widest
                 grown = True
         if grown:
             self.fit()
@@ -247,8 +246,12 @@ class LiveTable(ScrollView, can_focus=True):
     def _column_index(self, column: str) -> int:
         return list(self.columns).index(column)
 
-    def add_keyed_rows(self, rows: Iterable[tuple[str, Sequence[Cell]]]) -> None:
-        """Add (key, cells) rows at the bottom."""
+    def add_keyed_rows(
+        self, rows: Iterable[tuple[str, Sequence[Cell]]], *, measure: bool = True
+    ) -> None:
+        """Add (key, cells) rows at the bottom. `measure=False` is for rows that were
+        in the table before with the same cells (back from a filter): columns never
+        shrink, so they fit already."""
         added = []
         for key, cells in rows:
             if key in self.rows:
@@ -259,7 +262,8 @@ class LiveTable(ScrollView, can_focus=True):
             self._order.append(key)
             added.append(cells)
         if added:
-            self._measure(added)
+            if measure:
+                self._measure(added)
             self._reordered()
 
     def remove_rows(self, keys: Iterable[str]) -> None:

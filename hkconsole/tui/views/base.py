@@ -18,7 +18,7 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Static
 
-from hkconsole.tui.cells import NO_QUERY, Query, Sort, natural_key, sort_key
+from hkconsole.tui.cells import NO_QUERY, Query, Sort, heap_at_rest, natural_key, sort_key
 from hkconsole.tui.keys import NEEDS_SERVICE, READ_ONLY_HIDDEN
 from hkconsole.tui.model import ConsoleModel
 from hkconsole.tui.table import LiveTable
@@ -204,7 +204,8 @@ class TableView(Widget):
     def apply(self, changed: set[int], full: bool = False) -> None:
         """New data: applied now if the view is on screen, else when it is shown."""
         if self.active:
-            self.refresh_rows(changed, full)
+            with heap_at_rest():
+                self.refresh_rows(changed, full)
         else:
             self.behind |= changed
             self.behind_full = self.behind_full or full
@@ -214,7 +215,8 @@ class TableView(Widget):
         self.active = True
         changed, full = self.behind, self.behind_full or full
         self.behind, self.behind_full = set(), False
-        self.refresh_rows(changed, full)
+        with heap_at_rest():
+            self.refresh_rows(changed, full)
 
     def refresh_rows(self, changed: set[int], full: bool) -> None:
         raise NotImplementedError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable
 from typing import ClassVar
@@ -23,7 +24,6 @@ from hkconsole.tui.cells import (
     fold,
     jobid_names,
     jobid_text,
-    settle_heap,
 )
 from hkconsole.tui.keys import NODES_BINDINGS
 from hkconsole.tui.model import NODE_STATES, ConsoleModel
@@ -40,6 +40,18 @@ NODE_COLUMNS = (
     ("since", "SINCE"),
 )
 SINCE_AT = len(NODE_COLUMNS) - 1
+
+
+@functools.cache
+def state_cell(state: str) -> Cell:
+    """One cell per state, shared by every row in it (never mutated)."""
+    return Cell(state, state, style=STATE_STYLES.get(state, ""))
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def holders_cell(jobids: tuple[int, ...]) -> Cell:
+    """The units holding a node: shared by the nodes of one unit (never mutated)."""
+    return Cell(" ".join(map(jobid_text, jobids)))
 
 
 class NodesView(TableView):
@@ -65,6 +77,9 @@ class NodesView(TableView):
         self.state_filter: str | None = None
         self._cells: dict[int, list[Cell]] = {}
         self._hay: dict[int, str] = {}
+        self._names: dict[int, tuple[Cell, Cell]] = {}
+        # Ranks whose cells, as kept, the table has measured (`add_keyed_rows`).
+        self._measured: set[int] = set()
         self._cluster: object = None
 
     def compose(self) -> ComposeResult:
@@ -180,23 +195,36 @@ class NodesView(TableView):
             self.post_message(self.DrainRequested(rank, undrain=True))
 
     def node_cells(self, rank: int) -> list[Cell]:
-        cluster = self.model.cluster
-        assert cluster is not None
-        state = self.model.node_state(rank)
-        drain = self.model.drains.get(rank)
-        holders = self.model.holders().get(rank)
+        model = self.model
+        names = self._names.get(rank)
+        if names is None:
+            # A node's rank and name never change: made once, not at each show.
+            cluster = model.cluster
+            assert cluster is not None
+            names = self._names[rank] = (
+                Cell(str(rank), rank, natural=rank),
+                Cell(cluster.hostname(rank), rank),
+            )
+        holders = model.holders().get(rank)
+        units = holders_cell(tuple(sorted(holders))) if holders else NO_TEXT
+        drain = model.drains.get(rank)
+        if drain is None and rank not in model.offline and rank not in model.flapping:
+            # Most nodes: idle or in housekeeping, nothing more to say (16,384 of them
+            # are built when the view is first shown).
+            state = state_cell("housekeeping" if holders else "idle")
+            return [*names, state, units, NO_TEXT, NO_TEXT, NO_TIME]
+        state_name = model.node_state(rank)
         since = self.since(rank)
         if drain is not None:
             reason = Cell(drain.reason)
-        elif state == "offline" and self.model.agents:
+        elif state_name == "offline" and model.agents:
             reason = Cell("no agent", style=STATE_STYLES["offline"])
         else:
             reason = NO_TEXT
         return [
-            Cell(str(rank), rank, natural=rank),
-            Cell(cluster.hostname(rank), rank),
-            self.state_cell(rank, state),
-            Cell(" ".join(jobid_text(j) for j in sorted(holders))) if holders else NO_TEXT,
+            *names,
+            self.state_cell(rank, state_name),
+            units,
             Cell(drain.by) if drain is not None and drain.by is not None else NO_TEXT,
             reason,
             # An age reads at a glance (the timestamp is in the bar below the table).
@@ -206,7 +234,7 @@ class NodesView(TableView):
     def state_cell(self, rank: int, state: str) -> Cell:
         """The state, and `flapping` beside it (its cleanups fail run after run)."""
         if rank not in self.model.flapping:
-            return Cell(state, state, style=STATE_STYLES.get(state, ""))
+            return state_cell(state)
         cell = Cell(f"{state} flapping", state)
         cell.stylize(STATE_STYLES.get(state, ""), 0, len(state))
         # A badge: it must not read as part of a red `drained`.
@@ -245,17 +273,22 @@ class NodesView(TableView):
             self._cluster = cluster
             cells_of.clear()
             self._hay.clear()
+            self._names.clear()
+            self._measured.clear()
             table.clear()
             full = True
         full = full or refiltered
+        measured = self._measured
         for rank in dirty:
             cells_of.pop(rank, None)
             self._hay.pop(rank, None)
+            measured.discard(rank)
         ranks: Iterable[int] = range(cluster.size) if full else sorted(dirty)
         query = self.filter_query
         rows = table.rows
         hidden: list[str] = []
         new_rows: list[tuple[str, list[Cell]]] = []
+        back_rows: list[tuple[str, list[Cell]]] = []
         touched = False
         with self.app.batch_update():
             for rank in ranks:
@@ -273,11 +306,13 @@ class NodesView(TableView):
                                 table.update_cell(key, column, cell)
                                 touched = True
                 elif visible:
-                    new_rows.append((key, cells))
+                    # Cells measured before fit the columns already (they never shrink).
+                    (back_rows if rank in measured else new_rows).append((key, cells))
             table.remove_rows(hidden)
+            table.add_keyed_rows(back_rows, measure=False)
             table.add_keyed_rows(new_rows)
-            settle_heap(len(new_rows))
-            added = bool(new_rows)
+            measured.update(int(key) for key, _ in new_rows)
+            added = bool(new_rows or back_rows)
             if added or (touched and self.sort.column is not None):
                 self.apply_sort()
             # The node highlighted before stays so if the filter keeps it; if not, the

@@ -16,7 +16,6 @@ from hkconsole.tui.cells import (
     jobid_names,
     jobid_text,
     runtime_cell,
-    settle_heap,
 )
 from hkconsole.tui.flows import KillTarget
 from hkconsole.tui.keys import UNITS_BINDINGS
@@ -91,7 +90,10 @@ class UnitsView(TableView):
         return Cell("●" if jobid in self.marked else "", style="bold yellow")
 
     def runtime(self, unit: Unit) -> Cell:
-        return runtime_cell(max(0.0, self.now - unit.t_start), self.long_running)
+        # Sorted by start (the longest running first): an order that stays true
+        # between ticks, for rows whose RUNTIME was taken at another moment.
+        runtime = max(0.0, self.now - unit.t_start)
+        return runtime_cell(runtime, self.long_running, sort_value=-unit.t_start)
 
     def cells(self, unit: Unit) -> list[Cell]:
         return [
@@ -220,16 +222,16 @@ class UnitsView(TableView):
                     if cells is None:
                         new_rows.append((key, self.cells(unit)))
                     else:
-                        cells[RUNTIME_INDEX] = self.runtime(unit)
+                        # (Its RUNTIME is drawn anew by `tick` if it is on screen.)
                         back_rows.append((key, cells))
                 else:
                     for (column, _), cell in zip(UNIT_COLUMNS, self.cells(unit), strict=True):
                         if str(table.get_cell(key, column)) != str(cell):
                             table.update_cell(key, column, cell)
                             touched = True
-            table.add_keyed_rows(back_rows)
+            # Rows back from the filter were measured when first shown.
+            table.add_keyed_rows(back_rows, measure=False)
             table.add_keyed_rows(new_rows)
-            settle_heap(len(new_rows))
             added = bool(new_rows or back_rows)
             if added or (touched and self.sort.column is not None):
                 self.apply_sort()
