@@ -165,6 +165,11 @@ class HkConsole(App[int]):
         for view in self.views.values():
             view.set_query(query)
             view.apply(set(changed), full)
+        # Once what changed is on screen and the console idle: a first switch to the
+        # nodes view then costs what changed meanwhile, not 16,384 rows, and the
+        # first key of a filter what the others do.
+        for view in self.views.values():
+            self.call_after_refresh(view.prepare)
         self.detail.gone()
         self.header_pane.soon()
 

@@ -207,7 +207,7 @@ class LiveTable(ScrollView, can_focus=True):
                 columns[key].width = width
             self._reshaped()
 
-    def _measure(self, cells: Sequence[Sequence[Cell]]) -> None:
+    def measure(self, cells: Sequence[Sequence[Cell]]) -> None:
         """Widen the columns to these cells (columns never shrink: rows coming back
         from a filter fit already)."""
         grown = False
@@ -263,7 +263,7 @@ class LiveTable(ScrollView, can_focus=True):
             added.append(cells)
         if added:
             if measure:
-                self._measure(added)
+                self.measure(added)
             self._reordered()
 
     def remove_rows(self, keys: Iterable[str]) -> None:

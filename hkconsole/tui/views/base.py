@@ -66,7 +66,10 @@ class TableView(Widget):
         # Changes that came while the view was off screen: applied when it is shown.
         self.behind: set[int] = set()
         self.behind_full = False
+        # The view's own filters (stuck only, a state) changed since its rows were made.
         self.refiltered = False
+        # The filter its rows were made with (`take_refiltered`).
+        self.shown_query = NO_QUERY
         # On screen, and not paused: only then do changes reach the table.
         self.active = False
 
@@ -197,9 +200,17 @@ class TableView(Widget):
     # -- data ----------------------------------------------------------------
 
     def set_query(self, query: Query) -> None:
-        if query != self.filter_query:
-            self.filter_query = query
-            self.refiltered = True
+        self.filter_query = query
+
+    def take_refiltered(self) -> bool:
+        """Whether the rows must be filtered anew: a filter of the view's own changed,
+        or the filter text did since they were made (a text typed, then cleared, on
+        another view leaves them as they are)."""
+        query, shown = self.filter_query, self.shown_query
+        changed = query.text != shown.text or (query.text and query.cluster is not shown.cluster)
+        refiltered = self.refiltered or bool(changed)
+        self.refiltered, self.shown_query = False, query
+        return refiltered
 
     def apply(self, changed: set[int], full: bool = False) -> None:
         """New data: applied now if the view is on screen, else when it is shown."""
@@ -220,6 +231,9 @@ class TableView(Widget):
 
     def refresh_rows(self, changed: set[int], full: bool) -> None:
         raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Work ahead, while the console is idle, on what the next key will need."""
 
     def clock_tick(self, now: float) -> None:
         """A second passed (not paused, connected): what on screen shows time moves on."""

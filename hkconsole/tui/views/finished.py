@@ -134,7 +134,7 @@ class FinishedView(TableView):
         table = self.table
         finished = self.model.finished
         gone = self.model.take_finished_changes()
-        refiltered, self.refiltered = self.refiltered, False
+        refiltered = self.take_refiltered()
         for jobid in gone:
             self._hay.pop(jobid, None)
         query = self.filter_query

@@ -15,6 +15,7 @@ from textual.widgets import Static
 
 from hkconsole.tui.cells import (
     FLAPPING_STYLE,
+    NO_QUERY,
     NO_TEXT,
     NO_TIME,
     STATE_STYLES,
@@ -22,12 +23,14 @@ from hkconsole.tui.cells import (
     Query,
     age_text,
     fold,
-    jobid_names,
+    folded_jobid_names,
+    heap_at_rest,
     jobid_text,
 )
 from hkconsole.tui.keys import NODES_BINDINGS
 from hkconsole.tui.model import NODE_STATES, ConsoleModel
 from hkconsole.tui.views.base import TableView
+from hkservice.cluster import Cluster
 from hkservice.text import visible
 
 NODE_COLUMNS = (
@@ -77,10 +80,13 @@ class NodesView(TableView):
         self.state_filter: str | None = None
         self._cells: dict[int, list[Cell]] = {}
         self._hay: dict[int, str] = {}
+        self._units_matching: tuple[Query, set[int]] = (NO_QUERY, set())
         self._names: dict[int, tuple[Cell, Cell]] = {}
         # Ranks whose cells, as kept, the table has measured (`add_keyed_rows`).
         self._measured: set[int] = set()
-        self._cluster: object = None
+        self._cluster: Cluster | None = None
+        # The table holds the rows of every node the filters let through.
+        self._filled = False
 
     def compose(self) -> ComposeResult:
         yield from super().compose()
@@ -242,17 +248,57 @@ class NodesView(TableView):
         return cell
 
     def matches(self, rank: int, cells: list[Cell], query: Query) -> bool:
+        """Whether the filters show the node: its state is the one chosen, and the text
+        names its host (`Query.ranks`), one of the units holding it by any name of its
+        jobid, emoji too, or is in what the row says of it."""
         if self.state_filter is not None and cells[2].sort_value != self.state_filter:
             return False
         if not query.text or rank in query.ranks:
             return True
+        held = self.model.holders().get(rank)
+        if held and not self.units_matching(query).isdisjoint(held):
+            return True
         hay = self._hay.get(rank)
         if hay is None:
-            # The units holding it by every name of their jobids, emoji too.
-            held = sorted(self.model.holders().get(rank, ()))
-            text = "\n".join((*(str(c) for c in cells[:SINCE_AT]), *map(jobid_names, held)))
-            hay = self._hay[rank] = fold(text)
+            # Its rank, state, who drained it and why (its host and units are above).
+            said = (cells[0], cells[2], cells[4], cells[5])
+            hay = self._hay[rank] = fold("\n".join(cell.plain for cell in said))
         return query.folded in hay
+
+    def units_matching(self, query: Query) -> set[int]:
+        """The units whose jobid the filter text is in: worked out once per text, so a
+        key stroke over 16,384 nodes is a set test per node, not string work."""
+        if self._units_matching[0] is not query:
+            units = {j for j in self.model.units if query.folded in folded_jobid_names(j)}
+            self._units_matching = (query, units)
+        return self._units_matching[1]
+
+    def adopt(self, cluster: Cluster) -> bool:
+        """Start afresh on another cluster (the first, or the service came back with
+        another): True if it did."""
+        if self._cluster is cluster:
+            return False
+        self._cluster = cluster
+        for kept in (self._cells, self._hay, self._names, self._measured):
+            kept.clear()
+        self.table.clear()
+        self._filled = False
+        return True
+
+    def prepare(self) -> None:
+        """Make every node's cells before the view is first shown, once the console is
+        idle after its first load: switching to 16,384 nodes then fills the table from
+        them, and makes anew only the nodes that changed meanwhile."""
+        cluster = self.model.cluster
+        if cluster is None or self._cluster is cluster:
+            return
+        with heap_at_rest():
+            self.adopt(cluster)
+            self.model.take_dirty_ranks()
+            for rank in range(cluster.size):
+                self._cells[rank] = self.node_cells(rank)
+            self.table.measure(list(self._cells.values()))
+            self._measured.update(self._cells)
 
     def refresh_rows(self, changed: set[int], full: bool) -> None:
         """Bring the table up to date.
@@ -267,16 +313,10 @@ class NodesView(TableView):
         table = self.table
         cells_of = self._cells
         dirty = self.model.take_dirty_ranks()
-        refiltered, self.refiltered = self.refiltered, False
-        if self._cluster is not cluster:
-            # First show, or the service came back with another cluster: start afresh.
-            self._cluster = cluster
-            cells_of.clear()
-            self._hay.clear()
-            self._names.clear()
-            self._measured.clear()
-            table.clear()
+        refiltered = self.take_refiltered()
+        if self.adopt(cluster) or not self._filled:
             full = True
+        self._filled = True
         full = full or refiltered
         measured = self._measured
         for rank in dirty:
@@ -287,8 +327,9 @@ class NodesView(TableView):
         query = self.filter_query
         rows = table.rows
         hidden: list[str] = []
-        new_rows: list[tuple[str, list[Cell]]] = []
-        back_rows: list[tuple[str, list[Cell]]] = []
+        appearing: list[tuple[str, list[Cell]]] = []
+        unmeasured: list[list[Cell]] = []
+        in_order = not table.row_count
         touched = False
         with self.app.batch_update():
             for rank in ranks:
@@ -306,14 +347,17 @@ class NodesView(TableView):
                                 table.update_cell(key, column, cell)
                                 touched = True
                 elif visible:
+                    appearing.append((key, cells))
                     # Cells measured before fit the columns already (they never shrink).
-                    (back_rows if rank in measured else new_rows).append((key, cells))
+                    if rank not in measured:
+                        unmeasured.append(cells)
+                        measured.add(rank)
             table.remove_rows(hidden)
-            table.add_keyed_rows(back_rows, measure=False)
-            table.add_keyed_rows(new_rows)
-            measured.update(int(key) for key, _ in new_rows)
-            added = bool(new_rows or back_rows)
-            if added or (touched and self.sort.column is not None):
+            table.measure(unmeasured)
+            table.add_keyed_rows(appearing, measure=False)
+            # Into an empty table, in rank order: already in the natural order.
+            natural = in_order and full and self.sort.column is None
+            if (appearing and not natural) or (touched and self.sort.column is not None):
                 self.apply_sort()
             # The node highlighted before stays so if the filter keeps it; if not, the
             # first row, never whatever now sits where it was.

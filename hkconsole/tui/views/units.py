@@ -13,7 +13,8 @@ from hkconsole.tui.cells import (
     Cell,
     Query,
     fold,
-    jobid_names,
+    folded_jobid_names,
+    heap_at_rest,
     jobid_text,
     runtime_cell,
 )
@@ -122,12 +123,23 @@ class UnitsView(TableView):
         if not query.ranks.isdisjoint(unit.allocated):
             return True
         hay = self._hay.get(unit.jobid)
-        if hay is None:
-            # Kept until the unit changes: typing a filter over 10,000 units must not
-            # format 10,000 jobids and nodelists per key stroke.
-            fields = (jobid_names(unit.jobid), str(unit.userid), self.nodelist(unit))
-            hay = self._hay[unit.jobid] = fold("\n".join(fields))
-        return query.folded in hay
+        return query.folded in (hay if hay is not None else self.hay(unit))
+
+    def hay(self, unit: Unit) -> str:
+        """What the filter text is looked for in: the unit's jobid by every name, its
+        user and its nodelist. Kept until the unit changes: typing a filter over 10,000
+        units must not format 10,000 jobids and nodelists per key stroke."""
+        fields = fold(f"{unit.userid}\n{self.nodelist(unit)}")
+        hay = self._hay[unit.jobid] = f"{folded_jobid_names(unit.jobid)}\n{fields}"
+        return hay
+
+    def prepare(self) -> None:
+        """Ready what a filter reads of units that came or changed, while the console
+        is idle: the first key stroke of a filter then costs what the others do."""
+        missing = [unit for jobid, unit in self.model.units.items() if jobid not in self._hay]
+        with heap_at_rest():
+            for unit in missing:
+                self.hay(unit)
 
     # -- marks ---------------------------------------------------------------
 
@@ -184,7 +196,7 @@ class UnitsView(TableView):
     def refresh_rows(self, changed: set[int], full: bool) -> None:
         table = self.table
         units = self.model.units
-        refiltered, self.refiltered = self.refiltered, False
+        refiltered = self.take_refiltered()
         if full:
             self._hay.clear()
             self._nodelists.clear()
