@@ -1,11 +1,11 @@
 """Console benchmark (not a test): 10,000 units over 16,384 nodes, headless.
 
 Each change is timed twice, against issue 13's targets: `apply` is the views' own work
-(their tables brought up to date, in CPU time), `until repainted` (wall time) runs from the moment the key
-reaches the console (or the update is applied) to the end of the last repaint it
-caused. Pilot's own waits are left out: each press sleeps until the process looks idle,
-~90 ms even for a key that does nothing. The first load and the resync are timed until
-the console is idle again.
+(their tables brought up to date), in CPU time; `until repainted`, in wall time, runs
+from the moment the key reaches the console (or the update is applied) to the end of
+the last repaint it caused. Pilot's own waits are left out: each press sleeps until the
+process looks idle, ~90 ms even for a key that does nothing. The first load and the
+resync are timed until the console is idle again.
 
 - first load (<= 1 s), and an update where 1% of the units change (<= 50 ms to apply);
 - typing a filter that hides ~90% of the units, and clearing it, and a host prefix that

@@ -32,6 +32,8 @@ from textual.strip import Strip
 from hkconsole.tui.cells import Cell, cell_width
 
 PAD = 1  # blank cells each side of a column
+# Rows drawn and kept, a few screenfuls: past that, drawn anew.
+DRAWN_KEPT = 1000
 
 
 @dataclass
@@ -273,11 +275,15 @@ class LiveTable(ScrollView, can_focus=True):
             return
         for key in doomed:
             del self.rows[key]
+        drawn = self._drawn
+        for cached in [k for k in drawn if k[0] in doomed]:
+            del drawn[cached]
         self._order = [key for key in self._order if key not in doomed]
         self._reordered()
 
     def clear(self) -> None:
         self.rows.clear()
+        self._drawn.clear()
         self._order = []
         self.cursor_row = 0
         self._reordered()
@@ -312,9 +318,11 @@ class LiveTable(ScrollView, can_focus=True):
             self.refresh()
 
     def _reordered(self) -> None:
-        """Rows came, went or moved: positions and stripes are stale."""
+        """Rows came, went or moved: positions are stale. (What was drawn of a row
+        stays good: it is kept by stripe and highlight, not by place.)"""
         self._where = None
-        self._drawn.clear()
+        if len(self._drawn) > DRAWN_KEPT:
+            self._drawn.clear()
         self.virtual_size = Size(self.virtual_size.width, len(self._order) + 1)
         if self.cursor_row >= len(self._order):
             self.cursor_row = max(0, len(self._order) - 1)
