@@ -36,24 +36,6 @@ class FooterKey:
 
 
 class OperatorFooter(Widget):
-    DEFAULT_CSS = """
-    OperatorFooter {
-        dock: bottom;
-        height: 1;
-        background: $footer-background;
-        color: $footer-foreground;
-        & > .footer--key {
-            color: $footer-key-foreground;
-            background: $footer-key-background;
-            text-style: bold;
-        }
-        & > .footer--description {
-            color: $footer-description-foreground;
-            background: $footer-description-background;
-        }
-        & > .footer--disabled { text-style: dim; }
-    }
-    """
     COMPONENT_CLASSES = frozenset({"footer--key", "footer--description", "footer--disabled"})
 
     def __init__(self) -> None:

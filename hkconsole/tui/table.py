@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from rich.cells import set_cell_size
@@ -29,20 +28,11 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from hkconsole.tui.cells import Cell, cell_width
+from hkconsole.tui.cells import Cell
+from hkconsole.tui.columns import PAD, Columns
 
-PAD = 1  # blank cells each side of a column
 # Rows drawn and kept, a few screenfuls: past that, drawn anew.
 DRAWN_KEPT = 1000
-
-
-@dataclass
-class Column:
-    key: str
-    label: str
-    # The widest of its label and cells; `width` is what it is given on screen (`fit`).
-    content_width: int
-    width: int
 
 
 @functools.lru_cache(maxsize=256)
@@ -93,29 +83,6 @@ def span_segments(
 
 
 class LiveTable(ScrollView, can_focus=True):
-    DEFAULT_CSS = """
-    LiveTable {
-        background: $surface;
-        color: $foreground;
-        height: 1fr;
-        & > .live-table--header { text-style: bold; background: $panel; color: $foreground; }
-        & > .live-table--even-row { background: $surface-lighten-1 50%; }
-        & > .live-table--cursor {
-            background: $block-cursor-blurred-background;
-            color: $block-cursor-blurred-foreground;
-            text-style: $block-cursor-blurred-text-style;
-        }
-        &:focus {
-            background-tint: $foreground 5%;
-            & > .live-table--cursor {
-                background: $block-cursor-background;
-                color: $block-cursor-foreground;
-                text-style: $block-cursor-text-style;
-            }
-        }
-        &:dark > .live-table--even-row { background: $surface-darken-1 40%; }
-    }
-    """
     COMPONENT_CLASSES: ClassVar[set[str]] = {
         "live-table--header",
         "live-table--even-row",
@@ -156,14 +123,10 @@ class LiveTable(ScrollView, can_focus=True):
             self.table = table
             self.column_key = column_key
 
-    # (column key, narrowest width) of the columns that give way, in that order, when
-    # the table is wider than its room: they show `…` where cut.
-    give_way: Sequence[tuple[str, int]] = ()
-
     def __init__(self, *, id: str | None = None, zebra_stripes: bool = True) -> None:
         super().__init__(id=id)
         self.zebra_stripes = zebra_stripes
-        self.columns: dict[str, Column] = {}
+        self.columns = Columns()
         self.rows: dict[str, list[Cell]] = {}
         self._order: list[str] = []
         self._where: dict[str, int] | None = None
@@ -175,51 +138,35 @@ class LiveTable(ScrollView, can_focus=True):
 
     # -- columns -------------------------------------------------------------
 
+    @property
+    def give_way(self) -> Sequence[tuple[str, int]]:
+        return self.columns.give_way
+
+    @give_way.setter
+    def give_way(self, give_way: Sequence[tuple[str, int]]) -> None:
+        self.columns.give_way = give_way
+
     def add_column(self, label: str, *, key: str) -> None:
-        width = cell_width(label)
-        self.columns[key] = Column(key, label, width, width)
+        self.columns.add(key, label)
         self._reshaped()
 
     def set_column_label(self, key: str, label: str) -> None:
-        column = self.columns[key]
-        if column.label == label:
+        if self.columns[key].label == label:
             return
-        column.label = label
+        if self.columns.label(key, label):
+            self._reshaped()
         self._header = None
-        if cell_width(label) > column.content_width:
-            column.content_width = cell_width(label)
-            self.fit()
         self.refresh()
 
     def fit(self) -> None:
-        """Narrow the columns that give way until every column fits the room there is;
-        widen them back as room comes (a resize, or wider data)."""
-        columns = self.columns
-        widths = {key: column.content_width for key, column in columns.items()}
-        room = self.scrollable_content_region.width
-        if room > 0:
-            excess = sum(widths.values()) + 2 * PAD * len(widths) - room
-            for key, least in self.give_way:
-                if excess > 0 and key in widths and widths[key] > least:
-                    narrowed = max(least, widths[key] - excess)
-                    excess -= widths[key] - narrowed
-                    widths[key] = narrowed
-        if any(columns[key].width != width for key, width in widths.items()):
-            for key, width in widths.items():
-                columns[key].width = width
+        """Columns that give way narrowed to the room there is, or widened back."""
+        if self.columns.fit(self.scrollable_content_region.width):
             self._reshaped()
 
     def measure(self, cells: Sequence[Sequence[Cell]]) -> None:
-        """Widen the columns to these cells (columns never shrink: rows coming back
-        from a filter fit already)."""
-        grown = False
-        for index, column in enumerate(self.columns.values()):
-            widest = max((row[index].width for row in cells), default=0)
-            if widest > column.content_width:
-                column.content_width = widest
-                grown = True
-        if grown:
-            self.fit()
+        """Widen the columns to these cells (`Columns.measure`)."""
+        if self.columns.measure(cells):
+            self._reshaped()
 
     # -- rows ----------------------------------------------------------------
 
@@ -240,13 +187,10 @@ class LiveTable(ScrollView, can_focus=True):
         return self._order[row] if 0 <= row < len(self._order) else None
 
     def get_cell(self, key: str, column: str) -> Cell:
-        return self.rows[key][self._column_index(column)]
+        return self.rows[key][self.columns.index(column)]
 
     def get_row(self, key: str) -> list[Cell]:
         return list(self.rows[key])
-
-    def _column_index(self, column: str) -> int:
-        return list(self.columns).index(column)
 
     def add_keyed_rows(
         self, rows: Iterable[tuple[str, Sequence[Cell]]], *, measure: bool = True
@@ -289,7 +233,7 @@ class LiveTable(ScrollView, can_focus=True):
         self._reordered()
 
     def sort(self, column: str, *, key: Callable[[Cell], Any], reverse: bool = False) -> None:
-        index = self._column_index(column)
+        index = self.columns.index(column)
         rows = self.rows
         self._order.sort(key=lambda row: key(rows[row][index]), reverse=reverse)
         self._reordered()
@@ -300,17 +244,18 @@ class LiveTable(ScrollView, can_focus=True):
     def update_cells(self, cells: Iterable[tuple[str, str, Cell]]) -> None:
         """New values for cells: only their rows are drawn again, unless one is wider
         than its column (`9m ago` -> `10m ago`), which widens it, or it gives way."""
-        indexes = {key: index for index, key in enumerate(self.columns)}
+        columns = self.columns
         changed: set[str] = set()
+        wider = False
         for key, column, value in cells:
             row = self.rows.get(key)
-            if row is None or column not in indexes:
+            if row is None:
                 continue
-            row[indexes[column]] = value
+            row[columns.index(column)] = value
             changed.add(key)
-            if value.width > self.columns[column].content_width:
-                self.columns[column].content_width = value.width
-                self.fit()
+            wider = columns.widen(columns[column], value.width) or wider
+        if wider:
+            self._reshaped()
         if changed:
             drawn = self._drawn
             for cached in [k for k in drawn if k[0] in changed]:
@@ -332,8 +277,7 @@ class LiveTable(ScrollView, can_focus=True):
         """Column widths changed: every drawing is stale."""
         self._drawn.clear()
         self._header = None
-        width = sum(column.width + 2 * PAD for column in self.columns.values())
-        self.virtual_size = Size(width, len(self._order) + 1)
+        self.virtual_size = Size(self.columns.total, len(self._order) + 1)
         self.refresh()
 
     # -- the cursor ----------------------------------------------------------
@@ -389,12 +333,9 @@ class LiveTable(ScrollView, can_focus=True):
         if offset is None:
             return
         if offset.y == 0:
-            x = offset.x + int(self.scroll_x)
-            for column in self.columns.values():
-                x -= column.width + 2 * PAD
-                if x < 0:
-                    self.post_message(self.HeaderSelected(self, column.key))
-                    break
+            column = self.columns.at(offset.x + int(self.scroll_x))
+            if column is not None:
+                self.post_message(self.HeaderSelected(self, column.key))
             return
         row = int(self.scroll_y) + offset.y - 1
         if row < len(self._order):

@@ -182,7 +182,7 @@ class TableView(Widget):
     def in_natural_order(self) -> bool:
         column = self.COLUMNS[self.natural_column()][0]
         table = self.table
-        index = list(table.columns).index(column)
+        index = table.columns.index(column)
         order = [natural_key(table.rows[key][index]) for key in table.ordered_keys]
         return all(a <= b for a, b in itertools.pairwise(order))
 
