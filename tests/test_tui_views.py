@@ -307,16 +307,17 @@ async def test_a_tick_draws_only_the_rows_it_changed_and_draws_them_right() -> N
         await pilot.pause()
         table = app.units.table
         drawn: list[int] = []  # the rows drawn anew (not taken from what was drawn)
-        row_strip = table._row_strip
+        painter = table.painter
+        row_strip = painter.row
 
-        def counted(index: int) -> Any:
-            before = len(table._drawn)
-            strip = row_strip(index)
-            if len(table._drawn) > before:
+        def counted(key: str, index: int, *args: Any) -> Any:
+            before = len(painter.drawn)
+            strip = row_strip(key, index, *args)
+            if len(painter.drawn) > before:
                 drawn.append(index)
             return strip
 
-        table._row_strip = counted  # type: ignore[method-assign]
+        painter.row = counted  # type: ignore[method-assign]
         [table.render_line(y) for y in range(1, table.row_count + 1)]
         drawn.clear()
         now[0] += 3.5
@@ -329,7 +330,7 @@ async def test_a_tick_draws_only_the_rows_it_changed_and_draws_them_right() -> N
         again = [table.render_line(y) for y in range(1, table.row_count + 1)]
         assert drawn == [] and again == after_tick  # nothing changed: nothing drawn
         # Drawn from nothing: the same segments, styles included.
-        table._drawn.clear()
+        painter.forget()
         repainted = [table.render_line(y) for y in range(1, table.row_count + 1)]
         assert [list(s) for s in after_tick] == [list(s) for s in repainted]
         # The highlighted row (the second) stands out from both its neighbours.

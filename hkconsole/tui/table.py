@@ -13,13 +13,9 @@ one back after every change.
 
 from __future__ import annotations
 
-import functools
-import itertools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
-from rich.cells import set_cell_size
-from rich.segment import Segment
 from rich.style import Style
 from textual import events
 from textual.binding import Binding, BindingType
@@ -29,57 +25,8 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from hkconsole.tui.cells import Cell
-from hkconsole.tui.columns import PAD, Columns
-
-# Rows drawn and kept, a few screenfuls: past that, drawn anew.
-DRAWN_KEPT = 1000
-
-
-@functools.lru_cache(maxsize=256)
-def parse_style(style: str) -> Style:
-    return Style.parse(style) if style else Style.null()
-
-
-def cell_segments(cell: Cell, width: int, base: Style, over: Style | None) -> list[Segment]:
-    """A cell drawn `width` wide: padded, justified, cut with a visible `…`; its own
-    styles between the row's (`base`) and the cursor's (`over`), which wins."""
-    text, used = cell.plain, cell.width
-    if used > width:
-        text = set_cell_size(text, width - 1) + "…" if width > 0 else ""
-        used = width
-    fill = " " * (width - used)
-    style = base + parse_style(cell.style)
-    if over is not None:
-        style += over
-    pad_style = base + over if over is not None else base
-    pieces = [Segment(" " * PAD, pad_style)]
-    if cell.right and fill:
-        pieces.append(Segment(fill, pad_style))
-    if cell.spans:
-        pieces += span_segments(text, cell.spans, style, over)
-    elif text:
-        pieces.append(Segment(text, style))
-    if not cell.right and fill:
-        pieces.append(Segment(fill, pad_style))
-    pieces.append(Segment(" " * PAD, pad_style))
-    return pieces
-
-
-def span_segments(
-    text: str, spans: Sequence[tuple[int, int, str]], style: Style, over: Style | None
-) -> list[Segment]:
-    """Text with parts styled apart (`Cell.stylize`), cut to what is shown."""
-    cuts = sorted({0, len(text), *(p for s, e, _ in spans for p in (s, e) if p < len(text))})
-    out = []
-    for start, end in itertools.pairwise(cuts):
-        piece = style
-        for s, e, extra in spans:
-            if s <= start and end <= e:
-                piece += parse_style(extra)
-        if over is not None:
-            piece += over
-        out.append(Segment(text[start:end], piece))
-    return out
+from hkconsole.tui.columns import Columns
+from hkconsole.tui.paint import Painter
 
 
 class LiveTable(ScrollView, can_focus=True):
@@ -131,9 +78,7 @@ class LiveTable(ScrollView, can_focus=True):
         self._order: list[str] = []
         self._where: dict[str, int] | None = None
         self.cursor_row = 0
-        # Drawn rows by (key, stripe, under the cursor); dropped as they change.
-        self._drawn: dict[tuple[str, int, bool], Strip] = {}
-        self._header: Strip | None = None
+        self.painter = Painter()
         self._styles: tuple[Style, Style, Style, Style] | None = None
 
     # -- columns -------------------------------------------------------------
@@ -155,7 +100,7 @@ class LiveTable(ScrollView, can_focus=True):
             return
         if self.columns.label(key, label):
             self._reshaped()
-        self._header = None
+        self.painter.forget_header()
         self.refresh()
 
     def fit(self) -> None:
@@ -219,15 +164,13 @@ class LiveTable(ScrollView, can_focus=True):
             return
         for key in doomed:
             del self.rows[key]
-        drawn = self._drawn
-        for cached in [k for k in drawn if k[0] in doomed]:
-            del drawn[cached]
+        self.painter.forget(doomed)
         self._order = [key for key in self._order if key not in doomed]
         self._reordered()
 
     def clear(self) -> None:
         self.rows.clear()
-        self._drawn.clear()
+        self.painter.forget()
         self._order = []
         self.cursor_row = 0
         self._reordered()
@@ -257,17 +200,13 @@ class LiveTable(ScrollView, can_focus=True):
         if wider:
             self._reshaped()
         if changed:
-            drawn = self._drawn
-            for cached in [k for k in drawn if k[0] in changed]:
-                del drawn[cached]
+            self.painter.forget(changed)
             self.refresh()
 
     def _reordered(self) -> None:
         """Rows came, went or moved: positions are stale. (What was drawn of a row
         stays good: it is kept by stripe and highlight, not by place.)"""
         self._where = None
-        if len(self._drawn) > DRAWN_KEPT:
-            self._drawn.clear()
         self.virtual_size = Size(self.virtual_size.width, len(self._order) + 1)
         if self.cursor_row >= len(self._order):
             self.cursor_row = max(0, len(self._order) - 1)
@@ -275,8 +214,7 @@ class LiveTable(ScrollView, can_focus=True):
 
     def _reshaped(self) -> None:
         """Column widths changed: every drawing is stale."""
-        self._drawn.clear()
-        self._header = None
+        self.painter.forget()
         self.virtual_size = Size(self.columns.total, len(self._order) + 1)
         self.refresh()
 
@@ -346,8 +284,7 @@ class LiveTable(ScrollView, can_focus=True):
                 self.action_select()
 
     def on_resize(self) -> None:
-        self._drawn.clear()
-        self._header = None
+        self.painter.forget()
         self.fit()
         # A shorter table must still show the highlighted row.
         if self._order:
@@ -358,8 +295,7 @@ class LiveTable(ScrollView, can_focus=True):
     def notify_style_update(self) -> None:
         super().notify_style_update()
         self._styles = None
-        self._header = None
-        self._drawn.clear()
+        self.painter.forget()
 
     def _on_focus(self, event: events.Focus) -> None:
         self.notify_style_update()
@@ -379,43 +315,15 @@ class LiveTable(ScrollView, can_focus=True):
 
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
-        width = self.scrollable_content_region.width
-        odd, _, _, header = self.styles_now()
+        room = self.scrollable_content_region.width
+        styles = self.styles_now()
         if y == 0:
-            return self._header_strip(header).crop(scroll_x, scroll_x + width)
+            strip = self.painter.header(self.columns, styles[3], room)
+            return strip.crop(scroll_x, scroll_x + room)
         index = scroll_y + y - 1
         if index >= len(self._order):
-            return Strip.blank(width, odd)
-        return self._row_strip(index).crop(scroll_x, scroll_x + width)
-
-    def _filled(self, segments: list[Segment], style: Style) -> Strip:
-        """A row drawn across all the room there is, its stripe or highlight too."""
-        strip = Strip(segments)
-        room = self.scrollable_content_region.width
-        if strip.cell_length < room:
-            strip = strip.extend_cell_length(room, style)
-        return strip
-
-    def _header_strip(self, style: Style) -> Strip:
-        if self._header is None:
-            segments = []
-            for column in self.columns.values():
-                segments += cell_segments(Cell(column.label), column.width, style, None)
-            self._header = self._filled(segments, style)
-        return self._header
-
-    def _row_strip(self, index: int) -> Strip:
+            return Strip.blank(room, styles[0])
         key = self._order[index]
         on_cursor = index == self.cursor_row
-        cached = (key, index % 2, on_cursor)
-        strip = self._drawn.get(cached)
-        if strip is None:
-            odd, even, cursor, _ = self.styles_now()
-            base = even if index % 2 == 0 else odd
-            over = cursor if on_cursor else None
-            segments = []
-            for cell, column in zip(self.rows[key], self.columns.values(), strict=False):
-                segments += cell_segments(cell, column.width, base, over)
-            fill = base + over if over is not None else base
-            strip = self._drawn[cached] = self._filled(segments, fill)
-        return strip
+        strip = self.painter.row(key, index, self.rows[key], self.columns, styles, on_cursor, room)
+        return strip.crop(scroll_x, scroll_x + room)
