@@ -363,3 +363,32 @@ async def test_a_tick_that_widens_a_cell_widens_its_column() -> None:
         await pilot.pause()
         assert since.width == 7
         assert "10m ago" in table.render_line(1).text
+
+
+async def test_the_mouse_sorts_by_a_header_picks_a_row_opens_it_and_presses_footer_keys() -> None:
+    app = fixed_app()
+    async with app.run_test(size=SIZE) as pilot:
+        load_sample(app)
+        await pilot.pause()
+        table = app.units.table
+        # A click on a column's header sorts by it (NNODES: after the mark, JOBID, USER).
+        nnodes = table.columns["nnodes"]
+        x = sum(c.width + 2 for c in table.columns.values()[: table.columns.index("nnodes")])
+        await pilot.click(table, offset=(x + 1, 0))
+        assert app.units.sort.column == "nnodes" and nnodes.label.endswith("▲")
+        counts = [int(str(table.get_cell(str(j), "nnodes"))) for j in rows(app)]
+        assert counts == sorted(counts)
+        # A click on a row highlights it; a second one opens its output.
+        third = rows(app)[2]
+        await pilot.click(table, offset=(2, 3))
+        await until(pilot, lambda: app.units.key_at_cursor() == third)
+        assert app.detail.jobid == third
+        await pilot.click(table, offset=(2, 3))
+        await until(pilot, lambda: isinstance(app.screen, OutputScreen))
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, OutputScreen))
+        # A key in the footer does what pressing it does.
+        footer = app.query_one(OperatorFooter)
+        line = footer.line().plain
+        await pilot.click(footer, offset=(line.index("Nodes"), 0))
+        await until(pilot, lambda: app.view == "nodes")
