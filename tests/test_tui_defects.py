@@ -543,3 +543,18 @@ async def test_rows_back_from_a_filter_sort_by_runtime_in_their_true_place() -> 
         await pilot.press("escape")
         await until(pilot, lambda: len(rows(app)) == 30)
         assert rows(app) == [1000 + i for i in range(29, -1, -1)]
+
+
+async def test_an_update_right_after_a_move_keeps_the_cursor_where_it_was_moved() -> None:
+    """The view hears of a cursor move by a message; an update applied before that
+    message is handled must not put the cursor back where it was."""
+    app = fixed_app()
+    async with app.run_test(size=SIZE) as pilot:
+        load_sample(app)
+        await pilot.press("2")
+        await until(pilot, lambda: app.nodes.key_at_cursor() == 0)
+        app.nodes.table.move_cursor(row=3)
+        app.apply_changes(set(), full=True)  # before the move's message is handled
+        await pilot.pause()
+        assert app.nodes.key_at_cursor() == 3 and app.nodes.cursor_key == 3
+        assert "sim3 (rank 3)" in str(app.query_one("#node-detail", Static).render())

@@ -78,6 +78,9 @@ class LiveTable(ScrollView, can_focus=True):
         self._order: list[str] = []
         self._where: dict[str, int] | None = None
         self.cursor_row = 0
+        # The key of the row the cursor was last moved to, known at once (the view
+        # hears of a move by a message, which may come after its next update).
+        self.highlighted: str | None = None
         self.painter = Painter()
         self._styles: tuple[Style, Style, Style, Style] | None = None
 
@@ -149,13 +152,26 @@ class LiveTable(ScrollView, can_focus=True):
                 raise ValueError(f"the row key {key!r} already exists")
             if len(cells) != len(self.columns):
                 raise ValueError(f"{len(cells)} cells for {len(self.columns)} columns")
-            self.rows[key] = list(cells)
+            # Kept as given, not copied: `set_rows` knows a row by its cells.
+            self.rows[key] = cells if isinstance(cells, list) else list(cells)
             self._order.append(key)
             added.append(cells)
         if added:
             if measure:
                 self.measure(added)
             self._reordered()
+
+    def set_rows(self, rows: Sequence[tuple[str, list[Cell]]]) -> None:
+        """The table's rows, all of them, in order, at once. A row given the very cells
+        it had keeps what was drawn of it; the columns are measured apart (`measure`)."""
+        kept, given = self.rows, dict(rows)
+        self.painter.forget(
+            [key for key in kept if key not in given]
+            + [key for key, cells in rows if kept.get(key) is not cells]
+        )
+        self.rows = given
+        self._order = [key for key, _ in rows]
+        self._reordered()
 
     def remove_rows(self, keys: Iterable[str]) -> None:
         """Remove rows in one pass; unknown keys are ignored. The rest keep their order."""
@@ -222,6 +238,7 @@ class LiveTable(ScrollView, can_focus=True):
 
     def move_cursor(self, *, row: int, animate: bool = False, scroll: bool = True) -> None:
         row = max(0, min(row, len(self._order) - 1))
+        self.highlighted = self.key_at(row)
         if row != self.cursor_row:
             self.cursor_row = row
             self.refresh()

@@ -132,18 +132,22 @@ class TableView(Widget):
 
     def _follow_cursor(self) -> None:
         key = self.key_at_cursor()
+        if key is not None:
+            self.table.highlighted = str(key)
         if key != self.cursor_key:
             self.cursor_key = key
             self.post_message(self.Highlighted(self, key))
 
     def restore_cursor(self, first_if_gone: bool = False, scroll: bool = False) -> None:
-        """Put the cursor back on `cursor_key`; if that row is gone, on the first row
-        (`first_if_gone`: a filter hid it) or on whatever took its place (it ended)."""
+        """Put the cursor back on the row it was last moved to (`LiveTable.highlighted`:
+        a move whose message is still on its way counts); if that row is gone, on the
+        first row (`first_if_gone`: a filter hid it) or on whatever took its place (it
+        ended)."""
         table = self.table
-        key = self.cursor_key
+        key = table.highlighted
         with self.prevent(LiveTable.RowHighlighted):
-            if key is not None and str(key) in table.rows:
-                row = table.get_row_index(str(key))
+            if key is not None and key in table.rows:
+                row = table.get_row_index(key)
                 if table.cursor_row != row:
                     table.move_cursor(row=row, animate=False, scroll=scroll)
             elif first_if_gone and table.row_count:

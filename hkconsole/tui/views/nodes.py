@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import ClassVar
 
 from rich.text import Text
@@ -310,7 +310,6 @@ class NodesView(TableView):
         cluster = self.model.cluster
         if cluster is None:
             return
-        table = self.table
         cells_of = self._cells
         dirty = self.model.take_dirty_ranks()
         refiltered = self.take_refiltered()
@@ -318,49 +317,72 @@ class NodesView(TableView):
             full = True
         self._filled = True
         full = full or refiltered
-        measured = self._measured
         for rank in dirty:
             cells_of.pop(rank, None)
             self._hay.pop(rank, None)
-            measured.discard(rank)
-        ranks: Iterable[int] = range(cluster.size) if full else sorted(dirty)
-        query = self.filter_query
-        rows = table.rows
-        hidden: list[str] = []
-        appearing: list[tuple[str, list[Cell]]] = []
-        unmeasured: list[list[Cell]] = []
-        in_order = not table.row_count
-        touched = False
+            self._measured.discard(rank)
         with self.app.batch_update():
-            for rank in ranks:
-                cells = cells_of.get(rank)
-                if cells is None:
-                    cells = cells_of[rank] = self.node_cells(rank)
-                key = str(rank)
-                visible = self.matches(rank, cells, query)
-                if key in rows:
-                    if not visible:
-                        hidden.append(key)
-                    elif rank in dirty:
-                        for (column, _), cell in zip(NODE_COLUMNS, cells, strict=True):
-                            if str(table.get_cell(key, column)) != str(cell):
-                                table.update_cell(key, column, cell)
-                                touched = True
-                elif visible:
-                    appearing.append((key, cells))
-                    # Cells measured before fit the columns already (they never shrink).
-                    if rank not in measured:
-                        unmeasured.append(cells)
-                        measured.add(rank)
-            table.remove_rows(hidden)
-            table.measure(unmeasured)
-            table.add_keyed_rows(appearing, measure=False)
-            # Into an empty table, in rank order: already in the natural order.
-            natural = in_order and full and self.sort.column is None
-            if (appearing and not natural) or (touched and self.sort.column is not None):
-                self.apply_sort()
+            if full:
+                self._fill(cluster.size)
+            else:
+                self._patch(sorted(dirty))
             # The node highlighted before stays so if the filter keeps it; if not, the
             # first row, never whatever now sits where it was.
             self.restore_cursor(first_if_gone=refiltered, scroll=refiltered)
             self.tick()
             self.show_empty()
+
+    def _cells_of(self, rank: int) -> list[Cell]:
+        cells = self._cells.get(rank)
+        if cells is None:
+            cells = self._cells[rank] = self.node_cells(rank)
+        return cells
+
+    def _fill(self, size: int) -> None:
+        """Every node the filters show, in rank order, the table's rows at once: no
+        row removed, added or sorted one by one."""
+        query = self.filter_query
+        measured = self._measured
+        shown: list[tuple[str, list[Cell]]] = []
+        unmeasured: list[list[Cell]] = []
+        for rank in range(size):
+            cells = self._cells_of(rank)
+            if self.matches(rank, cells, query):
+                shown.append((str(rank), cells))
+                # Cells measured before fit the columns already (they never shrink).
+                if rank not in measured:
+                    unmeasured.append(cells)
+                    measured.add(rank)
+        self.table.measure(unmeasured)
+        self.table.set_rows(shown)
+        if self.sort.column is not None:
+            self.apply_sort()
+
+    def _patch(self, ranks: list[int]) -> None:
+        """The rows of these nodes (they changed) made anew, shown or hidden."""
+        table = self.table
+        query = self.filter_query
+        hidden: list[str] = []
+        appearing: list[tuple[str, list[Cell]]] = []
+        updated: list[tuple[str, str, Cell]] = []
+        for rank in ranks:
+            cells = self._cells_of(rank)
+            key = str(rank)
+            visible = self.matches(rank, cells, query)
+            if key in table.rows:
+                if not visible:
+                    hidden.append(key)
+                    continue
+                for (column, _), old, cell in zip(
+                    NODE_COLUMNS, table.rows[key], cells, strict=True
+                ):
+                    if old is not cell:
+                        updated.append((key, column, cell))
+            elif visible:
+                appearing.append((key, cells))
+        table.remove_rows(hidden)
+        table.update_cells(updated)
+        table.add_keyed_rows(appearing)
+        self._measured.update(int(key) for key, _ in appearing)
+        if appearing or (updated and self.sort.column is not None):
+            self.apply_sort()

@@ -228,6 +228,7 @@ class UnitsView(TableView):
             visit = {str(j): units[j] for j in sorted(fresh, key=lambda j: units[j].t_start)}
             new_rows: list[tuple[str, list[Cell]]] = []
             back_rows: list[tuple[str, list[Cell]]] = []
+            updated: list[tuple[str, str, Cell]] = []
             for key, unit in visit.items():
                 if key not in table.rows:
                     cells = stash.pop(unit.jobid, None)
@@ -237,10 +238,15 @@ class UnitsView(TableView):
                         # (Its RUNTIME is drawn anew by `tick` if it is on screen.)
                         back_rows.append((key, cells))
                 else:
-                    for (column, _), cell in zip(UNIT_COLUMNS, self.cells(unit), strict=True):
-                        if str(table.get_cell(key, column)) != str(cell):
-                            table.update_cell(key, column, cell)
-                            touched = True
+                    row = table.rows[key]
+                    for (column, _), old, cell in zip(
+                        UNIT_COLUMNS, row, self.cells(unit), strict=True
+                    ):
+                        if old.plain != cell.plain or old.style != cell.style:
+                            updated.append((key, column, cell))
+            # One update for them all: each is a repaint request.
+            table.update_cells(updated)
+            touched = touched or bool(updated)
             # Rows back from the filter were measured when first shown.
             table.add_keyed_rows(back_rows, measure=False)
             table.add_keyed_rows(new_rows)
