@@ -428,16 +428,22 @@ def test_a_since_request_being_made_holds_up_no_request_after_it(
         assert [n["rank"] for n in nodes] == list(range(size))
         assert nodes[size - 1]["runs"] == 1 and nodes[size - 1]["max"] == (size - 1) % 13
 
-        burst = range(10, 10 + MAX_NODE_REQUESTS + 2)
+        # The first MAX_NODE_REQUESTS are taken; those that come while that many are
+        # still being answered (all of the rest, but for a very slow delivery) are not.
+        burst = range(10, 10 + 2 * MAX_NODE_REQUESTS)
         for req_id in burst:
             sock.send(pack(request("stats.nodes", {"window": 3600}, req_id)))
         replies = {r["id"]: r for r in (unpack(sock.recv()) for _ in burst)}
         refused = {i: r["error"] for i, r in replies.items() if "error" in r}
-        assert sorted(refused) == list(burst)[MAX_NODE_REQUESTS:]
-        assert {e["code"] for e in refused.values()} == {"EAGAIN"}
-        assert "stats.nodes requests are being answered: try again" in refused[burst[-1]]["message"]
+        assert refused and min(refused) >= burst[MAX_NODE_REQUESTS]
+        for error in refused.values():
+            assert error == {
+                "code": "EAGAIN",
+                "message": f"{MAX_NODE_REQUESTS} stats.nodes requests are being answered: "
+                "try again shortly",
+            }
         answered = [r["result"]["nodes"] for i, r in replies.items() if i not in refused]
-        assert answered == [nodes] * MAX_NODE_REQUESTS
+        assert answered == [nodes] * (len(burst) - len(refused))
 
         # A reply sent later, while the service waits for requests, leaves none unread
         # (sent through the wrong socket, one was lost within 30 to 200 rounds of this).
