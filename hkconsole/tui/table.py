@@ -28,6 +28,9 @@ from hkconsole.tui.cells import Cell
 from hkconsole.tui.columns import Columns
 from hkconsole.tui.paint import Painter
 
+# More changed rows than this (a screenful or so) repaint the whole table at once.
+ROWS_REFRESHED_APART = 64
+
 
 class LiveTable(ScrollView, can_focus=True):
     COMPONENT_CLASSES: ClassVar[set[str]] = {
@@ -165,10 +168,9 @@ class LiveTable(ScrollView, can_focus=True):
         """The table's rows, all of them, in order, at once. A row given the very cells
         it had keeps what was drawn of it; the columns are measured apart (`measure`)."""
         kept, given = self.rows, dict(rows)
-        self.painter.forget(
-            [key for key in kept if key not in given]
-            + [key for key, cells in rows if kept.get(key) is not cells]
-        )
+        # Only rows drawn before have drawings to drop: a few screenfuls, not 16,384.
+        drawn = {key for key, _, _ in self.painter.drawn}
+        self.painter.forget(key for key in drawn if given.get(key) is not kept.get(key))
         self.rows = given
         self._order = [key for key, _ in rows]
         self._reordered()
@@ -217,7 +219,18 @@ class LiveTable(ScrollView, can_focus=True):
             self._reshaped()
         if changed:
             self.painter.forget(changed)
-            self.refresh()
+            if wider or len(changed) > ROWS_REFRESHED_APART:
+                self.refresh()
+            else:
+                self.refresh_rows_at(self.get_row_index(key) for key in changed)
+
+    def refresh_rows_at(self, rows: Iterable[int]) -> None:
+        """Repaint these rows where they are on screen, and nothing else."""
+        top = int(self.scroll_y)
+        shown = self.scrollable_content_region.height - 1
+        for row in rows:
+            if top <= row < top + shown:
+                self.refresh_line(row + 1)  # (the header is line 0)
 
     def _reordered(self) -> None:
         """Rows came, went or moved: positions are stale. (What was drawn of a row
@@ -240,8 +253,9 @@ class LiveTable(ScrollView, can_focus=True):
         row = max(0, min(row, len(self._order) - 1))
         self.highlighted = self.key_at(row)
         if row != self.cursor_row:
+            # Only the two rows the highlight leaves and reaches are drawn again.
+            self.refresh_rows_at((self.cursor_row, row))
             self.cursor_row = row
-            self.refresh()
             self.post_message(self.RowHighlighted(self, row, self.key_at(row)))
         if scroll:
             self.scroll_to_row(row)

@@ -81,6 +81,7 @@ class NodesView(TableView):
         self._cells: dict[int, list[Cell]] = {}
         self._hay: dict[int, str] = {}
         self._units_matching: tuple[Query, set[int]] = (NO_QUERY, set())
+        self._row_keys: list[str] = []
         self._names: dict[int, tuple[Cell, Cell]] = {}
         # Ranks whose cells, as kept, the table has measured (`add_keyed_rows`).
         self._measured: set[int] = set()
@@ -338,17 +339,26 @@ class NodesView(TableView):
             cells = self._cells[rank] = self.node_cells(rank)
         return cells
 
+    def _keys(self, size: int) -> list[str]:
+        """The row key of each rank, made once (a full pass visits every node)."""
+        if len(self._row_keys) != size:
+            self._row_keys = [str(rank) for rank in range(size)]
+        return self._row_keys
+
     def _fill(self, size: int) -> None:
         """Every node the filters show, in rank order, the table's rows at once: no
         row removed, added or sorted one by one."""
         query = self.filter_query
         measured = self._measured
+        cells_of = self._cells
+        keys = self._keys(size)
+        matches = self.matches
         shown: list[tuple[str, list[Cell]]] = []
         unmeasured: list[list[Cell]] = []
         for rank in range(size):
-            cells = self._cells_of(rank)
-            if self.matches(rank, cells, query):
-                shown.append((str(rank), cells))
+            cells = cells_of.get(rank) or self._cells_of(rank)
+            if matches(rank, cells, query):
+                shown.append((keys[rank], cells))
                 # Cells measured before fit the columns already (they never shrink).
                 if rank not in measured:
                     unmeasured.append(cells)
