@@ -217,6 +217,12 @@ class UnitsView(TableView):
         stash = self._stash
         touched = False
         with self.app.batch_update():
+            if refiltered and not full:
+                self._refill(wanted, present, changed)
+                self.restore_cursor(first_if_gone=True)
+                self.tick()
+                self.show_empty()
+                return
             gone = present - wanted
             if gone:
                 for jobid in gone & units.keys() - changed:
@@ -256,6 +262,28 @@ class UnitsView(TableView):
             self.restore_cursor(first_if_gone=refiltered)
             self.tick()
             self.show_empty()
+        for jobid in stash.keys() - units.keys():
+            del stash[jobid]
+
+    def _refill(self, wanted: set[int], present: set[int], changed: set[int]) -> None:
+        """A new filter: the table's rows at once, in start order, each row kept or
+        back from the stash with its cells (made anew only for units that changed)."""
+        table, units, stash = self.table, self.model.units, self._stash
+        for jobid in present - wanted - changed:
+            stash[jobid] = table.rows[str(jobid)]
+        rows: list[tuple[str, list[Cell]]] = []
+        made: list[list[Cell]] = []
+        for jobid in sorted(wanted, key=lambda j: (units[j].t_start, j)):
+            key = str(jobid)
+            cells = None if jobid in changed else table.rows.get(key) or stash.pop(jobid, None)
+            if cells is None:
+                cells = self.cells(units[jobid])
+                made.append(cells)
+            rows.append((key, cells))
+        table.measure(made)
+        table.set_rows(rows)
+        if self.sort.column is not None:
+            self.apply_sort()
         for jobid in stash.keys() - units.keys():
             del stash[jobid]
 
