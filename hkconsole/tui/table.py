@@ -14,6 +14,7 @@ one back after every change.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from rich.style import Style
@@ -27,6 +28,31 @@ from textual.strip import Strip
 from hkconsole.tui.cells import Cell
 from hkconsole.tui.columns import Columns
 from hkconsole.tui.paint import Painter
+
+
+@dataclass
+class RowHighlighted(Message):
+    """The cursor moved onto another row (keys, mouse or `move_cursor`)."""
+
+    table: LiveTable
+    cursor_row: int
+    row_key: str | None
+
+
+@dataclass
+class RowSelected(Message):
+    """Enter, or a click on the highlighted row."""
+
+    table: LiveTable
+    cursor_row: int
+    row_key: str
+
+
+@dataclass
+class HeaderSelected(Message):
+    table: LiveTable
+    column_key: str
+
 
 # More changed rows than this (a screenful or so) repaint the whole table at once.
 ROWS_REFRESHED_APART = 64
@@ -49,29 +75,10 @@ class LiveTable(ScrollView, can_focus=True):
         Binding("end,G", "last_row", "Last row", show=False, id="table.last"),
     ]
 
-    class RowHighlighted(Message):
-        """The cursor moved onto another row (keys, mouse or `move_cursor`)."""
-
-        def __init__(self, table: LiveTable, cursor_row: int, row_key: str | None) -> None:
-            super().__init__()
-            self.table = table
-            self.cursor_row = cursor_row
-            self.row_key = row_key
-
-    class RowSelected(Message):
-        """Enter, or a click on the highlighted row."""
-
-        def __init__(self, table: LiveTable, cursor_row: int, row_key: str) -> None:
-            super().__init__()
-            self.table = table
-            self.cursor_row = cursor_row
-            self.row_key = row_key
-
-    class HeaderSelected(Message):
-        def __init__(self, table: LiveTable, column_key: str) -> None:
-            super().__init__()
-            self.table = table
-            self.column_key = column_key
+    # Its messages, as views name them (`@on(LiveTable.RowSelected)`).
+    RowHighlighted = RowHighlighted
+    RowSelected = RowSelected
+    HeaderSelected = HeaderSelected
 
     def __init__(self, *, id: str | None = None, zebra_stripes: bool = True) -> None:
         super().__init__(id=id)
@@ -88,14 +95,6 @@ class LiveTable(ScrollView, can_focus=True):
         self._styles: tuple[Style, Style, Style, Style] | None = None
 
     # -- columns -------------------------------------------------------------
-
-    @property
-    def give_way(self) -> Sequence[tuple[str, int]]:
-        return self.columns.give_way
-
-    @give_way.setter
-    def give_way(self, give_way: Sequence[tuple[str, int]]) -> None:
-        self.columns.give_way = give_way
 
     def add_column(self, label: str, *, key: str) -> None:
         self.columns.add(key, label)
@@ -256,7 +255,7 @@ class LiveTable(ScrollView, can_focus=True):
             # Only the two rows the highlight leaves and reaches are drawn again.
             self.refresh_rows_at((self.cursor_row, row))
             self.cursor_row = row
-            self.post_message(self.RowHighlighted(self, row, self.key_at(row)))
+            self.post_message(RowHighlighted(self, row, self.key_at(row)))
         if scroll:
             self.scroll_to_row(row)
 
@@ -295,7 +294,7 @@ class LiveTable(ScrollView, can_focus=True):
     def action_select(self) -> None:
         key = self.key_at(self.cursor_row)
         if key is not None:
-            self.post_message(self.RowSelected(self, self.cursor_row, key))
+            self.post_message(RowSelected(self, self.cursor_row, key))
 
     def on_click(self, event: events.Click) -> None:
         offset = event.get_content_offset(self)
@@ -304,7 +303,7 @@ class LiveTable(ScrollView, can_focus=True):
         if offset.y == 0:
             column = self.columns.at(offset.x + int(self.scroll_x))
             if column is not None:
-                self.post_message(self.HeaderSelected(self, column.key))
+                self.post_message(HeaderSelected(self, column.key))
             return
         row = int(self.scroll_y) + offset.y - 1
         if row < len(self._order):

@@ -80,7 +80,7 @@ class FinishedView(TableView):
     def __init__(self, model: ConsoleModel, clock: Callable[[], float]) -> None:
         super().__init__(model, "finished", id="finished-view")
         self.clock = clock
-        self.table.give_way = (
+        self.table.columns.give_way = (
             ("failures", 16),
             ("user", 4),
             *((key, len(label)) for key, label in FINISHED_COLUMNS[1:7]),

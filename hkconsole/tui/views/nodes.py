@@ -57,6 +57,56 @@ def holders_cell(jobids: tuple[int, ...]) -> Cell:
     return Cell(" ".join(map(jobid_text, jobids)))
 
 
+class NodeBar(Static):
+    """The highlighted node in full, under the table: its reason uncut, who drained it
+    and since when, the units holding it, its node agent."""
+
+    def __init__(self, model: ConsoleModel) -> None:
+        super().__init__(id="node-detail")
+        self.model = model
+
+    def show(self, rank: int | None, now: float) -> None:
+        cluster = self.model.cluster
+        if rank is None or cluster is None or rank >= cluster.size:
+            self.update("")
+            return
+        state = self.model.node_state(rank)
+        out = Text.assemble(
+            (visible(cluster.hostname(rank)), "bold"),
+            (f" (rank {rank})  ", "dim"),
+            (state, STATE_STYLES.get(state, "")),
+        )
+        drain = self.model.drains.get(rank)
+        if drain is not None and drain.by is not None:
+            out.append(" by ", style="dim")
+            out.append(visible(drain.by), style="bold")
+        if drain is not None:
+            since = time.strftime("%b %d %H:%M:%S", time.localtime(drain.t))
+            out.append(f"  since {since} ({age_text(now - drain.t)})")
+        holders = self.model.holders().get(rank)
+        if holders:
+            out.append("  units ", style="dim")
+            out.append(" ".join(jobid_text(j) for j in sorted(holders)))
+        if rank in self.model.flapping:
+            out.append("  flapping", style=FLAPPING_STYLE)
+            out.append(": its cleanup failed run after run", style="dim")
+        if self.model.agents:
+            # Node agents: is this node's connected, and if not, since when.
+            away = self.model.offline_since.get(rank)
+            if rank not in self.model.offline:
+                out.append("  agent connected", style=STATE_STYLES["idle"])
+            elif away is None:
+                out.append("  agent offline", style=STATE_STYLES["offline"])
+            else:
+                stamp = time.strftime("%b %d %H:%M:%S", time.localtime(away))
+                out.append("  agent offline", style=STATE_STYLES["offline"])
+                out.append(f" since {stamp} ({age_text(now - away)})")
+        if drain is not None:
+            out.append("\nreason ", style="dim")
+            out.append(visible(drain.reason))
+        self.update(out)
+
+
 class NodesView(TableView):
     COLUMNS = NODE_COLUMNS
     SORTABLE = tuple(key for key, _ in NODE_COLUMNS)
@@ -75,8 +125,8 @@ class NodesView(TableView):
         self.clock = clock
         self.now = clock()
         # The highlighted node in full: its reason uncut, and when its drain began.
-        self.bar = Static(id="node-detail")
-        self.table.give_way = (("reason", 12), ("units", 12), ("by", 5), ("host", 6))
+        self.bar = NodeBar(model)
+        self.table.columns.give_way = (("reason", 12), ("units", 12), ("by", 5), ("host", 6))
         self.state_filter: str | None = None
         self._cells: dict[int, list[Cell]] = {}
         self._hay: dict[int, str] = {}
@@ -98,46 +148,7 @@ class NodesView(TableView):
         self.show_node()
 
     def show_node(self) -> None:
-        rank = self.cursor_key
-        cluster = self.model.cluster
-        if rank is None or cluster is None or rank >= cluster.size:
-            self.bar.update("")
-            return
-        state = self.model.node_state(rank)
-        out = Text.assemble(
-            (visible(cluster.hostname(rank)), "bold"),
-            (f" (rank {rank})  ", "dim"),
-            (state, STATE_STYLES.get(state, "")),
-        )
-        drain = self.model.drains.get(rank)
-        if drain is not None and drain.by is not None:
-            out.append(" by ", style="dim")
-            out.append(visible(drain.by), style="bold")
-        if drain is not None:
-            since = time.strftime("%b %d %H:%M:%S", time.localtime(drain.t))
-            out.append(f"  since {since} ({age_text(self.now - drain.t)})")
-        holders = self.model.holders().get(rank)
-        if holders:
-            out.append("  units ", style="dim")
-            out.append(" ".join(jobid_text(j) for j in sorted(holders)))
-        if rank in self.model.flapping:
-            out.append("  flapping", style=FLAPPING_STYLE)
-            out.append(": its cleanup failed run after run", style="dim")
-        if self.model.agents:
-            # Node agents: is this node's connected, and if not, since when.
-            away = self.model.offline_since.get(rank)
-            if rank not in self.model.offline:
-                out.append("  agent connected", style=STATE_STYLES["idle"])
-            elif away is None:
-                out.append("  agent offline", style=STATE_STYLES["offline"])
-            else:
-                stamp = time.strftime("%b %d %H:%M:%S", time.localtime(away))
-                out.append("  agent offline", style=STATE_STYLES["offline"])
-                out.append(f" since {stamp} ({age_text(self.now - away)})")
-        if drain is not None:
-            out.append("\nreason ", style="dim")
-            out.append(visible(drain.reason))
-        self.bar.update(out)
+        self.bar.show(self.cursor_key, self.now)
 
     def total(self) -> int:
         return self.model.cluster.size if self.model.cluster is not None else 0

@@ -54,7 +54,7 @@ class UnitsView(TableView):
         super().__init__(model, "units", id="units-view")
         # On a narrow terminal a long nodelist gives way first (cut with `…`), then
         # USER, then the room the other headers keep for a sort arrow.
-        self.table.give_way = (
+        self.table.columns.give_way = (
             ("nodelist", 10),
             ("user", 4),
             *((key, len(label)) for key, label in UNIT_COLUMNS[2:7]),
