@@ -7,10 +7,11 @@ the store's own schema: running a million real commands would take hours), then:
 - reports the database size,
 - starts a real hkservice on node[0-16383] with [metrics] and reports when it serves,
   when its runs index is loaded, and how long requests wait meanwhile,
-- times `stats.nodes` requests in the service (wall, service CPU, and the CPU of its event
-  loop's thread alone: what every other request waits behind),
-- sends `housekeeping.list` requests back to back while a `stats.nodes --since 7d` request
-  is being answered, and reports how long they waited (5 rounds),
+- times `stats.nodes` and `stats.users` requests in the service (wall, service CPU, and
+  the CPU of its event loop's thread alone: what every other request waits behind),
+- sends `housekeeping.list` requests back to back while a `stats.nodes --since 7d`,
+  `stats.nodes` or `stats.users --since 60d` request is being answered, and reports how
+  long they waited (5 rounds),
 - times `hkconsole stats nodes` (a fresh process, median of 5; goal <= 1 s), the same with
   `--since 7d`, and `stats users`,
 - puts 8,192 nodes in housekeeping (64 units of 128 `sleep 600`) and 100 drained, and
@@ -153,9 +154,9 @@ def _cpu(stat: Path) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def lists_while_asked(endpoint: str, params: dict[str, Any], rounds: int) -> str:
-    """`housekeeping.list` round trips sent back to back while a `stats.nodes` request
-    with `params` is being answered, `rounds` times. The stats request goes out on a
+def lists_while_asked(endpoint: str, method: str, params: dict[str, Any], rounds: int) -> str:
+    """`housekeeping.list` round trips sent back to back while a `method` request with
+    `params` is being answered, `rounds` times. The stats request goes out on a
     socket of its own and its reply is only read (not decoded) once it is there, so this
     process spends no time on it while the lists are timed."""
     waits: list[float] = []
@@ -168,7 +169,7 @@ def lists_while_asked(endpoint: str, params: dict[str, Any], rounds: int) -> str
             client.call("housekeeping.list")  # connected before the clock starts
             for round_id in range(1, rounds + 1):
                 start = time.perf_counter()
-                sock.send(pack(request("stats.nodes", params, round_id)))
+                sock.send(pack(request(method, params, round_id)))
                 while not sock.poll(0):
                     asked = time.perf_counter()
                     client.call("housekeeping.list")
@@ -178,7 +179,7 @@ def lists_while_asked(endpoint: str, params: dict[str, Any], rounds: int) -> str
     finally:
         sock.close()
     return (
-        f"{len(waits)} lists answered while {rounds} stats.nodes requests were (each "
+        f"{len(waits)} lists answered while {rounds} {method} requests were (each "
         f"answered in {statistics.median(answers) * 1000:.0f} ms, median): median "
         f"{statistics.median(waits) * 1000:.1f} ms, worst {max(waits) * 1000:.1f} ms; {load()}"
     )
@@ -270,26 +271,41 @@ def main() -> int:
         )
 
         hkconsole = [sys.executable, "-m", "hkconsole", "--endpoint", endpoint]
+        week = {"window": 7 * 86400}
+        sixty_days = {"window": 60 * 86400}
+        asked = [
+            ("stats.nodes", "first", {}),
+            ("stats.nodes", "next", {}),
+            ("stats.nodes", "--since 7d", week),
+            ("stats.users", "all", {}),
+            ("stats.users", "--since 7d", week),
+            ("stats.users", "--since 60d", sixty_days),
+        ]
         with Client(endpoint, timeout=30) as client:
-            for which in ("first", "next", "--since 7d"):
-                params = {"window": 7 * 86400} if which.startswith("--") else {}
+            for method, which, params in asked:
                 cpu = service_cpu(proc.pid)
                 on_loop = loop_cpu(proc.pid)
                 start = time.perf_counter()
-                nodes = client.call("stats.nodes", params)["nodes"]
+                rows = client.call(method, params)[method.split(".")[1]]
                 answered = time.perf_counter() - start
                 print(
-                    f"stats.nodes request ({which}): {answered * 1000:.0f} ms wall, "
+                    f"{method} request ({which}): {answered * 1000:.0f} ms wall, "
                     f"{(service_cpu(proc.pid) - cpu) * 1000:.0f} ms of service CPU, "
                     f"{(loop_cpu(proc.pid) - on_loop) * 1000:.1f} ms on the event loop "
-                    f"({len(nodes):,} nodes); {load()}"
+                    f"({len(rows):,} rows); {load()}"
                 )
-        week = {"window": 7 * 86400}
         print(
             f"housekeeping.list while stats.nodes --since 7d: "
-            f"{lists_while_asked(endpoint, week, 5)}"
+            f"{lists_while_asked(endpoint, 'stats.nodes', week, 5)}"
         )
-        print(f"housekeeping.list while stats.nodes: {lists_while_asked(endpoint, {}, 5)}")
+        print(
+            "housekeeping.list while stats.nodes: "
+            f"{lists_while_asked(endpoint, 'stats.nodes', {}, 5)}"
+        )
+        print(
+            "housekeeping.list while stats.users --since 60d: "
+            f"{lists_while_asked(endpoint, 'stats.users', sixty_days, 5)}"
+        )
         print(f"python3 -c pass, for scale: {timed([sys.executable, '-c', 'pass'])}")
         print(f"hkconsole stats nodes: {timed([*hkconsole, 'stats', 'nodes'])} (goal 1 s)")
         failing = timed([*hkconsole, "stats", "nodes", "-o", "failing"])

@@ -271,7 +271,7 @@ class Prometheus(Hooks):
                 counted(start, "EINTERNAL")
                 raise
             if inspect.isawaitable(result):
-                return timed_later(start, result)  # answered later (stats.nodes)
+                return timed_later(start, result)  # answered later (stats.nodes|users)
             counted(start, "ok")
             return result
 

@@ -7,13 +7,16 @@ seconds for percentiles over a million rows). It is loaded once at start, follow
 core's actions, and forgets what [history] keep prunes from the database, in small
 batches between requests.
 
-`stats.nodes` is answered the way /metrics is (hkservice/metrics.py): what it reads is
-copied on the event loop, and the rows are made and packed in a worker thread, so the
-requests that come meanwhile wait a GIL switch interval at most, not for the whole
-answer (`--since` a week over 16,384 nodes held the loop 130-190 ms, bench/stats.py).
-The copy is cheap because it is shallow: a node's runs seen by the thread are never
-changed while it reads them, a run that ends meanwhile goes into a copy of that node's
-Series (History._writable).
+`stats.nodes` and `stats.users` are answered the way /metrics is (hkservice/metrics.py):
+what they read is copied on the event loop, and the rows are made and packed in a worker
+thread, so the requests that come meanwhile wait a GIL switch interval at most, not for
+the whole answer (bench/stats.py, 16,384 nodes: `stats.nodes --since 7d` held the loop
+170 ms, now 3.7 ms of its CPU; `stats.users --since 60d` 125 ms, with its SQLite query).
+The copy is cheap because it is shallow: a node's or user's runs seen by the thread are
+never changed while it reads them, a run that ends meanwhile goes into a copy of that
+Series (History._writable); the units counted per user are read in the thread from a
+snapshot of the database taken on the loop (Store.snapshot), so they are those saved
+when the runs were copied.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any, NamedTuple
 from hkservice import core
 from hkservice.errors import HkError
 from hkservice.protocol import Prepacked, pack
-from hkservice.store import Store
+from hkservice.store import Snapshot, Store
 
 log = logging.getLogger("hkservice")
 
@@ -42,10 +45,10 @@ LOAD_CHUNK = 2000
 WARM_CHUNK = 50_000
 ROW_WORK = 30
 PRUNE_EVERY_SECONDS = 60.0
-# `stats.nodes` requests being answered or waiting their turn: they make their rows one
-# after the other, and beyond this many the next is told to try again (a client sending
-# thousands must not queue hours of work, nor the memory to hold it).
-MAX_NODE_REQUESTS = 8
+# `stats.nodes|users` requests being answered or waiting their turn: they make their
+# rows one after the other, and beyond this many the next is told to try again (a client
+# sending thousands must not queue hours of work, nor the memory to hold it).
+MAX_STATS_REQUESTS = 8
 
 
 class Series:
@@ -110,11 +113,16 @@ class Series:
                 self.by_duration = array("d", sorted(self.duration))
             return len(self.t_end), self.failures, self.by_duration
         self.settle()
-        return self.window_in_order(since)
+        return self.read_window(since)
 
-    def window_in_order(self, since: float) -> tuple[int, int, Sequence[float]]:
-        """window(since) of runs already in time order: what a worker thread may ask,
-        as it must change nothing."""
+    def read_window(self, since: float) -> tuple[int, int, Sequence[float]]:
+        """window(since) changing nothing, as a worker thread must: a bisect if the runs
+        are in time order, else a scan of them all (rare: a run that came in behind a
+        newer one since the last time something put them in order)."""
+        if not self.ordered:
+            kept = [i for i, t in enumerate(self.t_end) if t >= since]
+            failed, duration = self.failed, self.duration
+            return len(kept), sum(failed[i] for i in kept), sorted(duration[i] for i in kept)
         start = bisect_left(self.t_end, since)
         return (
             len(self.t_end) - start,
@@ -177,15 +185,14 @@ class History:
         # with time), until a run of it comes or goes: most of 16,384 nodes' rows stay
         # the same from one request to the next, and making them took 60 ms of the loop.
         self._node_rows: dict[int, dict[str, Any]] = {}
-        # `stats.nodes` requests taken and not yet answered (MAX_NODE_REQUESTS), and the
-        # turn they take one after the other, as pruning does.
-        self._nodes_asked = 0
-        self._nodes_turn = asyncio.Lock()
-        # The nodes' Series a worker thread is reading, None when none is: the loop
-        # changes a copy of any of them instead (_writable).
-        self._reading: dict[int, Series] | None = None
-        # Nodes whose runs may be out of time order: put in order before a thread reads.
-        self._unordered: set[int] = set()
+        # `stats.nodes|users` requests taken and not yet answered (MAX_STATS_REQUESTS),
+        # and the turn they take one after the other, as pruning does.
+        self._asked = 0
+        self._turn = asyncio.Lock()
+        # The nodes' or users' Series a worker thread is reading, None when none is: the
+        # loop changes a copy of any of them instead (_writable).
+        self._reading_nodes: dict[int, Series] | None = None
+        self._reading_users: dict[int, Series] | None = None
 
     # -- following the service ----------------------------------------------
 
@@ -206,7 +213,6 @@ class History:
                 await asyncio.sleep(0)
         # Loaded runs came in behind newer ones: the streaks are counted again, in order.
         self.streaks = {r: n for r, node in self.nodes.items() if (n := node.streak())}
-        self._unordered.clear()  # streak() put them in order
         self._node_rows.clear()
         # The rows of `stats.nodes` made now, and users' durations sorted, requests going
         # first every WARM_CHUNK runs or so, rather than all by the first request (which
@@ -239,13 +245,9 @@ class History:
         """One run; `reason` is None for a success, how it failed otherwise."""
         failed = reason is not None
         self._node_rows.pop(rank, None)
-        node = self._writable(rank)
+        node = _writable(self.nodes, rank, self._reading_nodes)
         node.add(t_end, duration, failed)
-        if not node.ordered:
-            self._unordered.add(rank)
-        user = self.users.get(userid)
-        if user is None:
-            user = self.users[userid] = Series()
+        user = _writable(self.users, userid, self._reading_users)
         user.add(t_end, duration, failed)
         if failed:
             self.streaks[rank] = self.streaks.get(rank, 0) + 1
@@ -254,15 +256,6 @@ class History:
                 self.last_failure[rank] = Failure(t_end, jobid, reason)
         else:
             self.streaks.pop(rank, None)
-
-    def _writable(self, rank: int) -> Series:
-        """The node's Series, to add a run to: a copy of it if a worker thread reads it."""
-        node = self.nodes.get(rank)
-        if node is None:
-            node = self.nodes[rank] = Series()
-        elif self._reading is not None and self._reading.get(rank) is node:
-            node = self.nodes[rank] = node.copy()
-        return node
 
     def observe(self, actions: Iterable[core.Action]) -> None:
         for action in actions:
@@ -290,9 +283,9 @@ class History:
     # -- retention ----------------------------------------------------------
 
     def forget_before(self, cutoff: float) -> None:
-        """Forget the runs that ended before `cutoff`; in the turn of `stats.nodes`
+        """Forget the runs that ended before `cutoff`; in the turn of `stats.nodes|users`
         requests, so that no thread reads what this changes."""
-        assert self._reading is None
+        assert self._reading_nodes is None and self._reading_users is None
         rows = self._node_rows
         for rank, series in list(self.nodes.items()):
             if series.drop_before(cutoff):
@@ -320,7 +313,7 @@ class History:
         every = max(0.1, min(PRUNE_EVERY_SECONDS, self.keep / 4))
         while True:
             cutoff = self.clock() - self.keep
-            async with self._nodes_turn:
+            async with self._turn:
                 self.forget_before(cutoff)
             try:
                 while self.store.prune(cutoff, PRUNE_BATCH):
@@ -350,28 +343,29 @@ class History:
             raise HkError("EINVAL", f"window {window!r} must be a number of seconds above 0")
         return window
 
-    def _since(self, params: dict[str, Any]) -> float | None:
-        window = self._window(params)
-        return None if window is None else self.clock() - window
+    def _take_request(self) -> None:
+        """Count a `stats.nodes|users` request in (MAX_STATS_REQUESTS), or refuse it;
+        the coroutine that answers it counts it out."""
+        if self._asked >= MAX_STATS_REQUESTS:
+            raise HkError(
+                "EAGAIN",
+                f"{self._asked} stats.nodes|users requests are being answered: try again shortly",
+            )
+        self._asked += 1
 
     def node_stats(self, params: dict[str, Any]) -> Awaitable[Prepacked]:
         """Checked now, answered later (the module's docstring)."""
         window = self._window(params)
         only_stuck = _flag(params, "stuck")
         only_flapping = _flag(params, "flapping")
-        if self._nodes_asked >= MAX_NODE_REQUESTS:
-            raise HkError(
-                "EAGAIN",
-                f"{self._nodes_asked} stats.nodes requests are being answered: try again shortly",
-            )
-        self._nodes_asked += 1
+        self._take_request()
         return self._answer_nodes(window, only_stuck, only_flapping)
 
     async def _answer_nodes(
         self, window: float | None, only_stuck: bool, only_flapping: bool
     ) -> Prepacked:
         try:
-            async with self._nodes_turn:
+            async with self._turn:
                 now = self.clock()
                 since = None if window is None else now - window
                 stuck = self.stuck_ranks()
@@ -386,7 +380,7 @@ class History:
                 else:
                     packed = await self._window_rows(since, ranks, set(stuck))
         finally:
-            self._nodes_asked -= 1
+            self._asked -= 1
         return Prepacked(
             {"t_now": now, "since": since, "flapping_after": self.flapping_after},
             "nodes",
@@ -423,16 +417,11 @@ class History:
 
     async def _window_rows(self, since: float, ranks: set[int], stuck: set[int]) -> bytes:
         """The rows of a `--since` request, packed, made in a worker thread."""
-        for rank in self._unordered:
-            series = self.nodes.get(rank)
-            if series is not None:
-                series.settle()
-        self._unordered.clear()
-        self._reading = dict(self.nodes)
+        self._reading_nodes = dict(self.nodes)
         asked = NodesAsked(
             since,
             ranks,
-            self._reading,
+            self._reading_nodes,
             dict(self.last_failure),
             dict(self.streaks),
             stuck,
@@ -441,36 +430,38 @@ class History:
         try:
             return await asyncio.to_thread(_packed_window_rows, asked)
         finally:
-            self._reading = None
+            self._reading_nodes = None
 
-    def user_stats(self, params: dict[str, Any]) -> dict[str, Any]:
-        since = self._since(params)
+    def user_stats(self, params: dict[str, Any]) -> Awaitable[Prepacked]:
+        """Checked now, answered later, in the same turn as `stats.nodes` (the module's
+        docstring)."""
+        window = self._window(params)
         only_stuck = _flag(params, "stuck")
-        stuck_by_user: dict[int, int] = {}
-        for userid in self.stuck_ranks().values():
-            stuck_by_user[userid] = stuck_by_user.get(userid, 0) + 1
-        units = self.store.units_by_user(since)
-        users = set(self.users) | set(stuck_by_user)
-        if only_stuck:
-            users &= set(stuck_by_user)
-        empty = Series()
-        rows: list[dict[str, Any]] = []
-        for userid in sorted(users):
-            runs, failures, durations = self.users.get(userid, empty).window(since)
-            if not runs and userid not in stuck_by_user:
-                continue
-            rows.append(
-                {
-                    "userid": userid,
-                    "units": units.get(userid, 0),
-                    "ranks": runs,
-                    "failures": failures,
-                    "total": math.fsum(durations),
-                    "p95": quantile(durations, 0.95),
-                    "stuck": stuck_by_user.get(userid, 0),
-                }
-            )
-        return {"t_now": self.clock(), "since": since, "users": rows}
+        self._take_request()
+        return self._answer_users(window, only_stuck)
+
+    async def _answer_users(self, window: float | None, only_stuck: bool) -> Prepacked:
+        try:
+            async with self._turn:
+                now = self.clock()
+                since = None if window is None else now - window
+                stuck: dict[int, int] = {}
+                for userid in self.stuck_ranks().values():
+                    stuck[userid] = stuck.get(userid, 0) + 1
+                userids = set(self.users) | set(stuck)
+                if only_stuck:
+                    userids &= set(stuck)
+                self._reading_users = dict(self.users)
+                asked = UsersAsked(since, userids, self._reading_users, stuck)
+                try:
+                    packed = await asyncio.to_thread(
+                        _packed_user_rows, asked, self.store.snapshot()
+                    )
+                finally:
+                    self._reading_users = None
+        finally:
+            self._asked -= 1
+        return Prepacked({"t_now": now, "since": since}, "users", packed)
 
 
 class NodesAsked(NamedTuple):
@@ -478,7 +469,7 @@ class NodesAsked(NamedTuple):
 
     since: float
     ranks: set[int]
-    nodes: dict[int, Series]  # in time order, and left alone while the thread reads
+    nodes: dict[int, Series]  # left alone while the thread reads
     last_failure: dict[int, Failure]
     streaks: dict[int, int]
     stuck: set[int]
@@ -517,7 +508,7 @@ def _packed_window_rows(asked: NodesAsked) -> bytes:
     rows: list[dict[str, Any]] = []
     for rank in sorted(asked.ranks):
         series = asked.nodes.get(rank)
-        runs, failures, durations = (0, 0, ()) if series is None else series.window_in_order(since)
+        runs, failures, durations = (0, 0, ()) if series is None else series.read_window(since)
         streak = asked.streaks.get(rank, 0)
         stuck = rank in asked.stuck
         if not (runs or stuck or streak >= asked.flapping_after):
@@ -530,6 +521,61 @@ def _packed_window_rows(asked: NodesAsked) -> bytes:
             row["stuck"] = True
         rows.append(row)
     return pack(rows)
+
+
+class UsersAsked(NamedTuple):
+    """What a `stats.users` request reads, copied on the loop for the thread."""
+
+    since: float | None
+    userids: set[int]
+    users: dict[int, Series]  # left alone while the thread reads
+    stuck: dict[int, int]  # userid -> its ranks stuck now
+
+
+def _packed_user_rows(asked: UsersAsked, saved: Snapshot) -> bytes:
+    """The rows of a `stats.users` request, packed; in a worker thread, reading only
+    `asked` and `saved`. The one thing it writes is a Series' sorted durations
+    (window(None)), which are those of the runs it reads: they never change."""
+    try:
+        units = saved.units_by_user(asked.since)
+    finally:
+        saved.done()
+    since = asked.since
+    rows: list[dict[str, Any]] = []
+    for userid in sorted(asked.userids):
+        series = asked.users.get(userid)
+        if series is None:
+            runs, failures, durations = 0, 0, ()
+        elif since is None:
+            runs, failures, durations = series.window(None)
+        else:
+            runs, failures, durations = series.read_window(since)
+        stuck = asked.stuck.get(userid, 0)
+        if not runs and not stuck:
+            continue
+        rows.append(
+            {
+                "userid": userid,
+                "units": units.get(userid, 0),
+                "ranks": runs,
+                "failures": failures,
+                "total": math.fsum(durations),
+                "p95": quantile(durations, 0.95),
+                "stuck": stuck,
+            }
+        )
+    return pack(rows)
+
+
+def _writable(series_of: dict[int, Series], key: int, reading: dict[int, Series] | None) -> Series:
+    """The Series of `key`, to add a run to: a copy of it if a worker thread is
+    `reading` it."""
+    series = series_of.get(key)
+    if series is None:
+        series = series_of[key] = Series()
+    elif reading is not None and reading.get(key) is series:
+        series = series_of[key] = series.copy()
+    return series
 
 
 def _flag(params: dict[str, Any], key: str) -> bool:

@@ -176,6 +176,37 @@ class _Checkpointer:
         self._thread.join(10)
 
 
+class Snapshot:
+    """The database as it was when taken, to be read later from a worker thread.
+
+    Taken on the event loop, which alone writes, so what it sees is exactly what the
+    service had saved at that point; read on a connection of its own, so the thread needs
+    nothing of the loop's (in WAL mode a read transaction sees the commits made before
+    its first read, and neither waits for nor holds up the writer or a PASSIVE
+    checkpoint). One at a time: the next is taken once this one is done.
+    """
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
+        self._db = db
+        self._lock = lock
+        with lock:
+            if db.in_transaction:  # the last one's thread never ran (the service stopping)
+                db.execute("ROLLBACK")
+            db.execute("BEGIN")
+            db.execute("SELECT 1 FROM history LIMIT 1").fetchall()  # the snapshot starts
+
+    def units_by_user(self, since: float | None) -> dict[int, int]:
+        """Store.units_by_user, as of the snapshot."""
+        with self._lock:
+            return _units_by_user(self._db, since)
+
+    def done(self) -> None:
+        """Ends the read transaction; the thread calls it once it has read."""
+        with self._lock:
+            if self._db.in_transaction:
+                self._db.execute("COMMIT")
+
+
 class Store:
     """The database of a state directory already checked (hkservice.statedir)."""
 
@@ -183,6 +214,10 @@ class Store:
         self.path = state_dir / DB_NAME
         self.seq_path = state_dir / EVENT_SEQ_NAME
         self._checkpointer: _Checkpointer | None = None
+        # The connection snapshots are read on (opened by the first), and what keeps a
+        # thread reading it and close() apart.
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
         try:
             # Made 0600 before SQLite opens it, whatever the umask: SQLite gives its
             # -wal and -shm files the database's mode.
@@ -215,6 +250,10 @@ class Store:
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
+        with self._reader_lock:  # a thread reading a snapshot finishes its read first
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         self.db.close()
 
     # -- writing ------------------------------------------------------------
@@ -584,12 +623,17 @@ class Store:
 
     def units_by_user(self, since: float | None) -> dict[int, int]:
         """How many finished units each user's jobs made, since `since` (or ever)."""
-        return dict(
-            self.db.execute(
-                "SELECT userid, COUNT(*) FROM history WHERE t_end >= ? GROUP BY userid",
-                (-math.inf if since is None else since,),
-            )
-        )
+        return _units_by_user(self.db, since)
+
+    def snapshot(self) -> Snapshot:
+        """What is saved now, to read from a worker thread (Snapshot); on the event loop,
+        after the last one taken is done."""
+        if self._reader is None:
+            # Read-only: nothing a thread does through it can change the state.
+            reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            reader.execute("PRAGMA query_only=1")
+            self._reader = reader
+        return Snapshot(self._reader, self._reader_lock)
 
     # -- audit ----------------------------------------------------------------
 
@@ -619,6 +663,15 @@ class Store:
             (t, method),
         ).fetchone()
         return dict(zip(("seq", *AUDIT_COLUMNS), row, strict=True)) if row else None
+
+
+def _units_by_user(db: sqlite3.Connection, since: float | None) -> dict[int, int]:
+    return dict(
+        db.execute(
+            "SELECT userid, COUNT(*) FROM history WHERE t_end >= ? GROUP BY userid",
+            (-math.inf if since is None else since,),
+        )
+    )
 
 
 def _why(exc: BaseException) -> str:

@@ -397,11 +397,11 @@ def test_a_since_request_being_made_holds_up_no_request_after_it(
 ) -> None:
     """`stats.nodes --since` makes its rows in a worker thread (tens of milliseconds for
     8,192 nodes): a request the service takes after it is answered first, not behind it;
-    and more than MAX_NODE_REQUESTS at once are told to try again, not queued."""
+    and more than MAX_STATS_REQUESTS at once are told to try again, not queued."""
     import zmq
 
     from hkservice.protocol import pack, request
-    from hkservice.stats import MAX_NODE_REQUESTS
+    from hkservice.stats import MAX_STATS_REQUESTS
 
     size = 8192
     svc = hk_service(hostlist=f"node[0-{size - 1}]", start=False)
@@ -428,18 +428,18 @@ def test_a_since_request_being_made_holds_up_no_request_after_it(
         assert [n["rank"] for n in nodes] == list(range(size))
         assert nodes[size - 1]["runs"] == 1 and nodes[size - 1]["max"] == (size - 1) % 13
 
-        # The first MAX_NODE_REQUESTS are taken; those that come while that many are
+        # The first MAX_STATS_REQUESTS are taken; those that come while that many are
         # still being answered (all of the rest, but for a very slow delivery) are not.
-        burst = range(10, 10 + 2 * MAX_NODE_REQUESTS)
+        burst = range(10, 10 + 2 * MAX_STATS_REQUESTS)
         for req_id in burst:
             sock.send(pack(request("stats.nodes", {"window": 3600}, req_id)))
         replies = {r["id"]: r for r in (unpack(sock.recv()) for _ in burst)}
         refused = {i: r["error"] for i, r in replies.items() if "error" in r}
-        assert refused and min(refused) >= burst[MAX_NODE_REQUESTS]
+        assert refused and min(refused) >= burst[MAX_STATS_REQUESTS]
         for error in refused.values():
             assert error == {
                 "code": "EAGAIN",
-                "message": f"{MAX_NODE_REQUESTS} stats.nodes requests are being answered: "
+                "message": f"{MAX_STATS_REQUESTS} stats.nodes|users requests are being answered: "
                 "try again shortly",
             }
         answered = [r["result"]["nodes"] for i, r in replies.items() if i not in refused]
@@ -498,6 +498,149 @@ async def test_runs_that_end_while_a_since_answer_is_made_are_in_the_next_one(
     assert len(before) == len(after) == size
 
 
+def test_a_list_sent_after_a_users_since_request_is_answered_first(
+    hk_service: ServiceFactory,
+) -> None:
+    """`stats.users` is made in a worker thread, its SQLite count too: a request the
+    service takes after it is answered first, and the answer is whole."""
+    import zmq
+
+    from hkservice.protocol import pack, request
+
+    size = 64
+    svc = hk_service(hostlist=f"node[0-{size - 1}]", start=False)
+    now = time.time()
+    save_runs(
+        svc,
+        (
+            (now - 60 - i % 600, i % size, float(i % 13), 1000 + i % 50, i - (1 << 63), "ok", None)
+            for i in range(5000)
+        ),
+    )
+    svc.start()
+    nodes_when_loaded(svc)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(svc.endpoint)
+    try:
+        sock.send(pack(request("stats.users", {"window": 3600}, 1)))
+        sock.send(pack(request("housekeeping.list", {}, 2)))
+        replies = [unpack(sock.recv()) for _ in range(2)]
+    finally:
+        sock.close()
+    assert [r["id"] for r in replies] == [2, 1]
+    users = replies[1]["result"]["users"]
+    assert [(u["userid"], u["ranks"], u["units"]) for u in users] == [
+        (1000 + i, 100, 0) for i in range(50)
+    ]
+    assert users == svc.call("stats.users", {"window": 3600})["users"]
+
+
+async def test_user_stats_are_those_of_the_runs_and_units_saved_when_asked(
+    tmp_path: Path,
+) -> None:
+    """`stats.users` answered in a worker thread is what the event loop would have said
+    when the request's turn came, counted by hand here: runs that end, and units saved,
+    while the thread waits to run (held here behind another job) are in the next answer
+    only; runs that came out of time order are counted in order."""
+    import random
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hkservice import core
+    from hkservice.stats import History
+    from hkservice.store import Store
+
+    now = 1e9
+    day = 86400.0
+    rnd = random.Random(7)
+    runs: list[tuple[float, float, int, bool]] = []  # t_end, duration, userid, failed
+    units: list[tuple[float, int]] = []  # t_end, userid
+    (tmp_path / "state").mkdir(mode=0o700)
+    store = Store(tmp_path / "state")
+    hk = core.Housekeeping(64, core.Policy())
+    history = History(store, hk, lambda: now, keep=None, flapping_after=3)
+
+    def add_runs(count: int, oldest: float) -> None:
+        ends = [now - rnd.uniform(0, oldest) for _ in range(count)]
+        # (t_end, t_start): the service's duration is their difference.
+        added = [(t, t - rnd.uniform(0, 900), rnd.randrange(1000, 1012)) for t in ends]
+        failed = [rnd.random() < 0.1 for _ in added]
+        runs.extend((t, t - start, u, f) for (t, start, u), f in zip(added, failed, strict=True))
+        history.observe(
+            core.RankFinished(1, rnd.randrange(64), core.Outcome("exit", int(f)), t, start, u)
+            for (t, start, u), f in zip(added, failed, strict=True)
+        )
+
+    def add_units(count: int, oldest: float) -> None:
+        added = [(now - rnd.uniform(0, oldest), rnd.randrange(1000, 1013)) for _ in range(count)]
+        units.extend(added)
+        store.db.executemany(
+            "INSERT INTO history (jobid, userid, t_start, t_end, ranks, failed, releases)"
+            " VALUES (0, ?, ?, ?, '0', '', 1)",
+            [(userid, t - 1, t) for t, userid in added],
+        )
+
+    def by_hand(window: float | None, only_stuck: bool) -> dict[str, Any]:
+        since = None if window is None else now - window
+        stuck = {1003: 2, 2000: 1}
+        userids = {u for _, _, u, _ in runs} | set(stuck)
+        rows = []
+        for userid in sorted(set(stuck) if only_stuck else userids):
+            kept = [r for r in runs if r[2] == userid and (since is None or r[0] >= since)]
+            if not kept and userid not in stuck:
+                continue
+            durations = sorted(d for _, d, _, _ in kept)
+            rows.append(
+                {
+                    "userid": userid,
+                    "units": sum(u == userid and (since is None or t >= since) for t, u in units),
+                    "ranks": len(kept),
+                    "failures": sum(f for _, _, _, f in kept),
+                    "total": math.fsum(durations),
+                    "p95": quantile(durations, 0.95),
+                    "stuck": stuck.get(userid, 0),
+                }
+            )
+        return {"t_now": now, "since": since, "users": rows}
+
+    async def asked(params: dict[str, Any]) -> dict[str, Any]:
+        answer = await history.user_stats(params)
+        return {**answer, answer.key: unpack(answer.packed)}
+
+    gate = threading.Event()
+    executor = ThreadPoolExecutor(1)
+    loop = asyncio.get_running_loop()
+    try:
+        add_runs(3000, 90 * day)
+        add_units(400, 90 * day)
+        await history.load()
+        add_runs(500, 90 * day)  # after loading: out of order again
+        for jobid, userid, ranks in ((7, 1003, [0, 1]), (8, 2000, [5])):
+            hk.start(jobid, userid, ranks, now)
+            hk.units[jobid].stuck = True
+        for window in (None, 7 * day, 60 * day):
+            for only_stuck in (False, True):
+                params = {"window": window, "stuck": only_stuck}
+                assert await asked(params) == by_hand(window, only_stuck), params
+
+        loop.set_default_executor(executor)
+        held = loop.run_in_executor(None, gate.wait)
+        answer = asyncio.ensure_future(asked({"window": 60 * day}))
+        await asyncio.sleep(0)  # its turn taken, its reading copied, the thread waiting
+        expected = by_hand(60 * day, False)
+        add_runs(300, 1 * day)
+        add_units(30, 1 * day)
+        gate.set()
+        await held
+        assert await answer == expected
+        assert await asked({"window": 60 * day}) == by_hand(60 * day, False) != expected
+    finally:
+        gate.set()
+        executor.shutdown()
+        store.close()
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     runs=st.lists(
@@ -515,6 +658,13 @@ def test_a_series_answers_as_its_runs_counted_by_hand(
     series = Series()
     for t_end, duration, failed in runs:
         series.add(t_end, duration, failed)
+    if since is not None:  # as a worker thread reads it: runs in any order, left so
+        ordered = series.ordered
+        window = [r for r in runs if r[0] >= since]
+        count, failures, durations = series.read_window(since)
+        assert (count, failures) == (len(window), sum(f for _, _, f in window))
+        assert list(durations) == sorted(d for _, d, _ in window)
+        assert series.ordered == ordered
     series.drop_before(cutoff)
     kept = [r for r in runs if r[0] >= cutoff]
     window = [r for r in kept if since is None or r[0] >= since]
