@@ -166,8 +166,8 @@ class Service:
         self._caller: auth.Caller | None = None
         self._via: endpoints.Bound | None = None
         self._now = 0.0  # the time of the request being handled
-        # Replies of handlers that answer later (an awaitable: stats.nodes|users, their rows made
-        # in a worker thread), sent when their answer is ready.
+        # Replies of handlers that answer later (an awaitable: stats.nodes|users, their
+        # rows made in a worker thread), sent when their answer is ready.
         self._replying: set[asyncio.Task[None]] = set()
         # housekeeping.list's units, packed: made again after any change.
         self._units_packed: bytes | None = None
