@@ -115,10 +115,16 @@ class Series:
         self.settle()
         return self.read_window(since)
 
-    def read_window(self, since: float) -> tuple[int, int, Sequence[float]]:
+    def read_window(self, since: float | None) -> tuple[int, int, Sequence[float]]:
         """window(since) changing nothing, as a worker thread must: a bisect if the runs
         are in time order, else a scan of them all (rare: a run that came in behind a
-        newer one since the last time something put them in order)."""
+        newer one since the last time something put them in order); the durations are
+        sorted anew if they were not already."""
+        if since is None:
+            durations = self.by_duration
+            if durations is None:
+                durations = sorted(self.duration)
+            return len(self.t_end), self.failures, durations
         if not self.ordered:
             kept = [i for i, t in enumerate(self.t_end) if t >= since]
             failed, duration = self.failed, self.duration
@@ -272,7 +278,7 @@ class History:
 
     def flapping(self) -> set[int]:
         """Nodes whose last `flapping-after` runs all failed."""
-        return {r for r, n in self.streaks.items() if n >= self.flapping_after}
+        return _flapping(self.streaks, self.flapping_after)
 
     def stuck_ranks(self) -> dict[int, int]:
         """Rank -> userid of each rank running past warn-after now."""
@@ -368,17 +374,27 @@ class History:
             async with self._turn:
                 now = self.clock()
                 since = None if window is None else now - window
-                stuck = self.stuck_ranks()
-                flapping = self.flapping()
-                ranks = set(self.nodes) | set(stuck) | flapping
-                if only_stuck:
-                    ranks &= set(stuck)
-                if only_flapping:
-                    ranks &= flapping
-                if since is None:
-                    packed = await asyncio.to_thread(pack, self._kept_rows(ranks, stuck))
-                else:
-                    packed = await self._window_rows(since, ranks, set(stuck))
+                self._reading_nodes = dict(self.nodes)
+                asked = NodesAsked(
+                    since,
+                    only_stuck,
+                    only_flapping,
+                    self._reading_nodes,
+                    dict(self.last_failure),
+                    dict(self.streaks),
+                    set(self.stuck_ranks()),
+                    self.flapping_after,
+                )
+                try:
+                    if since is None:
+                        packed, made = await asyncio.to_thread(
+                            _packed_kept_rows, asked, dict(self._node_rows)
+                        )
+                        self._keep_rows(made, asked.nodes)
+                    else:
+                        packed = await asyncio.to_thread(_packed_window_rows, asked)
+                finally:
+                    self._reading_nodes = None
         finally:
             self._asked -= 1
         return Prepacked(
@@ -387,19 +403,12 @@ class History:
             packed,
         )
 
-    def _kept_rows(self, ranks: set[int], stuck: dict[int, int]) -> list[dict[str, Any]]:
-        """The rows over everything kept, on the loop, from those kept: most are."""
-        kept = self._node_rows
-        rows: list[dict[str, Any]] = []
-        for rank in sorted(ranks):
-            row = kept.get(rank)
-            if row is None:
-                row = kept[rank] = self._node_row(rank)
-            if rank in stuck:
-                rows.append({**row, "stuck": True})
-            elif row["runs"] or row["flapping"]:
-                rows.append(row)  # never changed once made: shared by the replies
-        return rows
+    def _keep_rows(self, made: dict[int, dict[str, Any]], read: dict[int, Series]) -> None:
+        """Keep the rows a thread made from the nodes' Series it `read`, but those of
+        nodes a run of which came or went meanwhile (their Series is another now)."""
+        for rank, row in made.items():
+            if self.nodes.get(rank) is read.get(rank):
+                self._node_rows[rank] = row
 
     def _node_row(self, rank: int) -> dict[str, Any]:
         """A node's row over everything kept, as if it were not stuck."""
@@ -414,23 +423,6 @@ class History:
             self.streaks.get(rank, 0),
             self.flapping_after,
         )
-
-    async def _window_rows(self, since: float, ranks: set[int], stuck: set[int]) -> bytes:
-        """The rows of a `--since` request, packed, made in a worker thread."""
-        self._reading_nodes = dict(self.nodes)
-        asked = NodesAsked(
-            since,
-            ranks,
-            self._reading_nodes,
-            dict(self.last_failure),
-            dict(self.streaks),
-            stuck,
-            self.flapping_after,
-        )
-        try:
-            return await asyncio.to_thread(_packed_window_rows, asked)
-        finally:
-            self._reading_nodes = None
 
     def user_stats(self, params: dict[str, Any]) -> Awaitable[Prepacked]:
         """Checked now, answered later, in the same turn as `stats.nodes` (the module's
@@ -465,10 +457,11 @@ class History:
 
 
 class NodesAsked(NamedTuple):
-    """What a `stats.nodes --since` request reads, copied on the loop for the thread."""
+    """What a `stats.nodes` request reads, copied on the loop for the thread."""
 
-    since: float
-    ranks: set[int]
+    since: float | None
+    only_stuck: bool
+    only_flapping: bool
     nodes: dict[int, Series]  # left alone while the thread reads
     last_failure: dict[int, Failure]
     streaks: dict[int, int]
@@ -502,11 +495,51 @@ def node_row(
     }
 
 
+def _flapping(streaks: dict[int, int], after: int) -> set[int]:
+    return {r for r, n in streaks.items() if n >= after}
+
+
+def _asked_ranks(asked: NodesAsked) -> list[int]:
+    """The ranks a `stats.nodes` request may list, in order."""
+    flapping = _flapping(asked.streaks, asked.flapping_after)
+    ranks = set(asked.nodes) | asked.stuck | flapping
+    if asked.only_stuck:
+        ranks &= asked.stuck
+    if asked.only_flapping:
+        ranks &= flapping
+    return sorted(ranks)
+
+
+def _packed_kept_rows(
+    asked: NodesAsked, kept: dict[int, dict[str, Any]]
+) -> tuple[bytes, dict[int, dict[str, Any]]]:
+    """The rows over everything kept, packed, from the `kept` ones (most are), and the
+    rows made here, to keep; in a worker thread, reading only `asked` and `kept`."""
+    made: dict[int, dict[str, Any]] = {}
+    rows: list[dict[str, Any]] = []
+    for rank in _asked_ranks(asked):
+        row = kept.get(rank)
+        if row is None:
+            series = asked.nodes.get(rank)
+            runs, failures, durations = (0, 0, ()) if series is None else series.read_window(None)
+            last = asked.last_failure.get(rank)
+            streak = asked.streaks.get(rank, 0)
+            row = made[rank] = node_row(
+                rank, runs, failures, durations, last, streak, asked.flapping_after
+            )
+        if rank in asked.stuck:
+            rows.append({**row, "stuck": True})
+        elif row["runs"] or row["flapping"]:
+            rows.append(row)  # never changed once made: shared by the replies
+    return pack(rows), made
+
+
 def _packed_window_rows(asked: NodesAsked) -> bytes:
     """The rows of a `--since` request, packed; in a worker thread, reading only `asked`."""
     since = asked.since
+    assert since is not None
     rows: list[dict[str, Any]] = []
-    for rank in sorted(asked.ranks):
+    for rank in _asked_ranks(asked):
         series = asked.nodes.get(rank)
         runs, failures, durations = (0, 0, ()) if series is None else series.read_window(since)
         streak = asked.streaks.get(rank, 0)

@@ -4,14 +4,17 @@ nodes, retention, and `hkconsole stats` and `list -o stuck` on top of them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
 import shutil
 import sqlite3
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ from hypothesis import strategies as st
 
 from hkconsole.cli import main
 from hkservice.config import ConfigError, parse_config
-from hkservice.protocol import unpack
+from hkservice.protocol import Prepacked, unpack
 from hkservice.stats import Series, quantile
 from tests.conftest import RunningService, ServiceFactory
 from tests.test_service import Events, events  # noqa: F401 - the fixture
@@ -459,6 +462,61 @@ def test_a_since_request_being_made_holds_up_no_request_after_it(
     assert svc.call("housekeeping.list")["units"] == []
 
 
+@contextlib.contextmanager
+def worker_held() -> Iterator[threading.Event]:
+    """The running loop's worker thread held until the event is set: what is handed to
+    asyncio.to_thread meanwhile waits (the loop's only worker from now on)."""
+    gate = threading.Event()
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(1))  # shut down with the loop
+    loop.run_in_executor(None, gate.wait)
+    try:
+        yield gate
+    finally:
+        gate.set()
+
+
+async def test_runs_that_end_while_kept_rows_are_gathered_are_in_the_next_answer(
+    tmp_path: Path,
+) -> None:
+    """`stats.nodes` without a window gathers the rows kept, and makes those of nodes that
+    had a run since, in a worker thread (held here): runs that end meanwhile are in the
+    next answer only, and a row made of a node that had one meanwhile is not kept."""
+    from hkservice import core
+    from hkservice.stats import History
+    from hkservice.store import Store
+
+    size = 4096
+    now = 1e9
+    (tmp_path / "state").mkdir(mode=0o700)
+    store = Store(tmp_path / "state")
+    hk = core.Housekeeping(size, core.Policy())
+    history = History(store, hk, lambda: now, keep=None, flapping_after=3)
+
+    def finished(rank: int, seconds: float, code: int) -> core.RankFinished:
+        return core.RankFinished(1, rank, core.Outcome("exit", code), now, now - seconds, 42)
+
+    def seen(answer: Prepacked) -> list[tuple[int, int, float, int]]:
+        return [(n["rank"], n["runs"], n["max"], n["failures"]) for n in unpack(answer.packed)]
+
+    try:
+        history.observe(finished(rank, 1.0, 0) for rank in range(size))
+        await history.load()  # every row made and kept
+        history.observe(finished(rank, 2.0, 0) for rank in range(0, size, 2))
+        with worker_held() as gate:
+            answer = asyncio.ensure_future(history.node_stats({}))
+            await asyncio.sleep(0)  # its turn taken, its reading copied, the thread held
+            history.observe(finished(rank, 5.0, 3) for rank in reversed(range(size)))
+            gate.set()
+            before = seen(await answer)
+            after = seen(await history.node_stats({}))
+            again = seen(await history.node_stats({}))
+    finally:
+        store.close()
+    assert before == [(r, 1 + (r % 2 == 0), 1.0 + (r % 2 == 0), 0) for r in range(size)]
+    assert after == again == [(r, 2 + (r % 2 == 0), 5.0, 1) for r in range(size)]
+
+
 async def test_runs_that_end_while_a_since_answer_is_made_are_in_the_next_one(
     tmp_path: Path,
 ) -> None:
@@ -544,8 +602,6 @@ async def test_user_stats_are_those_of_the_runs_and_units_saved_when_asked(
     while the thread waits to run (held here behind another job) are in the next answer
     only; runs that came out of time order are counted in order."""
     import random
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
 
     from hkservice import core
     from hkservice.stats import History
@@ -608,9 +664,6 @@ async def test_user_stats_are_those_of_the_runs_and_units_saved_when_asked(
         answer = await history.user_stats(params)
         return {**answer, answer.key: unpack(answer.packed)}
 
-    gate = threading.Event()
-    executor = ThreadPoolExecutor(1)
-    loop = asyncio.get_running_loop()
     try:
         add_runs(3000, 90 * day)
         add_units(400, 90 * day)
@@ -624,20 +677,16 @@ async def test_user_stats_are_those_of_the_runs_and_units_saved_when_asked(
                 params = {"window": window, "stuck": only_stuck}
                 assert await asked(params) == by_hand(window, only_stuck), params
 
-        loop.set_default_executor(executor)
-        held = loop.run_in_executor(None, gate.wait)
-        answer = asyncio.ensure_future(asked({"window": 60 * day}))
-        await asyncio.sleep(0)  # its turn taken, its reading copied, the thread waiting
-        expected = by_hand(60 * day, False)
-        add_runs(300, 1 * day)
-        add_units(30, 1 * day)
-        gate.set()
-        await held
-        assert await answer == expected
-        assert await asked({"window": 60 * day}) == by_hand(60 * day, False) != expected
+        with worker_held() as gate:
+            answer = asyncio.ensure_future(asked({"window": 60 * day}))
+            await asyncio.sleep(0)  # its turn taken, its reading copied, the thread held
+            expected = by_hand(60 * day, False)
+            add_runs(300, 1 * day)
+            add_units(30, 1 * day)
+            gate.set()
+            assert await answer == expected
+            assert await asked({"window": 60 * day}) == by_hand(60 * day, False) != expected
     finally:
-        gate.set()
-        executor.shutdown()
         store.close()
 
 
