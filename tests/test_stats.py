@@ -23,9 +23,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hkconsole.cli import main
+from hkservice import core
 from hkservice.config import ConfigError, parse_config
 from hkservice.protocol import Prepacked, unpack
-from hkservice.stats import Series, quantile
+from hkservice.stats import History, Series, quantile
+from hkservice.store import Store
 from tests.conftest import RunningService, ServiceFactory
 from tests.test_service import Events, events  # noqa: F401 - the fixture
 
@@ -462,6 +464,27 @@ def test_a_since_request_being_made_holds_up_no_request_after_it(
     assert svc.call("housekeeping.list")["units"] == []
 
 
+# The clock of the histories made in this process.
+NOW = 1e9
+
+
+@contextlib.contextmanager
+def history_of(tmp_path: Path, size: int) -> Iterator[History]:
+    """A History over a new store, in this process, for a cluster of `size` nodes."""
+    (tmp_path / "state").mkdir(mode=0o700)
+    store = Store(tmp_path / "state")
+    hk = core.Housekeeping(size, core.Policy())
+    try:
+        yield History(store, hk, lambda: NOW, keep=None, flapping_after=3)
+    finally:
+        store.close()
+
+
+def finished(rank: int, seconds: float, code: int, userid: int = 42) -> core.RankFinished:
+    """A run of `rank` ending at NOW, with exit `code`."""
+    return core.RankFinished(1, rank, core.Outcome("exit", code), NOW, NOW - seconds, userid)
+
+
 @contextlib.contextmanager
 def worker_held() -> Iterator[threading.Event]:
     """The running loop's worker thread held until the event is set: what is handed to
@@ -482,24 +505,12 @@ async def test_runs_that_end_while_kept_rows_are_gathered_are_in_the_next_answer
     """`stats.nodes` without a window gathers the rows kept, and makes those of nodes that
     had a run since, in a worker thread (held here): runs that end meanwhile are in the
     next answer only, and a row made of a node that had one meanwhile is not kept."""
-    from hkservice import core
-    from hkservice.stats import History
-    from hkservice.store import Store
-
     size = 4096
-    now = 1e9
-    (tmp_path / "state").mkdir(mode=0o700)
-    store = Store(tmp_path / "state")
-    hk = core.Housekeeping(size, core.Policy())
-    history = History(store, hk, lambda: now, keep=None, flapping_after=3)
-
-    def finished(rank: int, seconds: float, code: int) -> core.RankFinished:
-        return core.RankFinished(1, rank, core.Outcome("exit", code), now, now - seconds, 42)
 
     def seen(answer: Prepacked) -> list[tuple[int, int, float, int]]:
         return [(n["rank"], n["runs"], n["max"], n["failures"]) for n in unpack(answer.packed)]
 
-    try:
+    with history_of(tmp_path, size) as history:
         history.observe(finished(rank, 1.0, 0) for rank in range(size))
         await history.load()  # every row made and kept
         history.observe(finished(rank, 2.0, 0) for rank in range(0, size, 2))
@@ -511,8 +522,6 @@ async def test_runs_that_end_while_kept_rows_are_gathered_are_in_the_next_answer
             before = seen(await answer)
             after = seen(await history.node_stats({}))
             again = seen(await history.node_stats({}))
-    finally:
-        store.close()
     assert before == [(r, 1 + (r % 2 == 0), 1.0 + (r % 2 == 0), 0) for r in range(size)]
     assert after == again == [(r, 2 + (r % 2 == 0), 5.0, 1) for r in range(size)]
 
@@ -522,31 +531,18 @@ async def test_runs_that_end_while_a_since_answer_is_made_are_in_the_next_one(
 ) -> None:
     """A `--since` answer has the runs there were when its turn came: runs that end while
     the worker thread makes its rows go into copies of their nodes' Series, not under the
-    thread's feet (here every node gets one, last node first, ahead of the thread)."""
-    from hkservice import core
-    from hkservice.stats import History
-    from hkservice.store import Store
-
-    size = 8192
-    now = 1e9
-    (tmp_path / "state").mkdir(mode=0o700)
-    store = Store(tmp_path / "state")
-    hk = core.Housekeeping(size, core.Policy())
-    history = History(store, hk, lambda: now, keep=None, flapping_after=3)
-
-    def finished(rank: int, seconds: float, code: int) -> core.RankFinished:
-        return core.RankFinished(1, rank, core.Outcome("exit", code), now, now - seconds, 42)
-
-    try:
+    thread's feet (here every node gets one, last node first, while the thread is held)."""
+    size = 4096
+    with history_of(tmp_path, size) as history:
         history.observe(finished(rank, 1.0, 0) for rank in range(size))
         await history.load()
-        answer = asyncio.ensure_future(history.node_stats({"window": 60}))
-        await asyncio.sleep(0)  # its turn taken, its reading copied, the thread started
-        history.observe(finished(rank, 5.0, 3) for rank in reversed(range(size)))
-        before = unpack((await answer).packed)
-        after = unpack((await history.node_stats({"window": 60})).packed)
-    finally:
-        store.close()
+        with worker_held() as gate:
+            answer = asyncio.ensure_future(history.node_stats({"window": 60}))
+            await asyncio.sleep(0)  # its turn taken, its reading copied, the thread held
+            history.observe(finished(rank, 5.0, 3) for rank in reversed(range(size)))
+            gate.set()
+            before = unpack((await answer).packed)
+            after = unpack((await history.node_stats({"window": 60})).packed)
     assert {(n["runs"], n["failures"], n["max"], n["last_reason"]) for n in before} == {
         (1, 0, 1.0, "")
     }
@@ -603,19 +599,11 @@ async def test_user_stats_are_those_of_the_runs_and_units_saved_when_asked(
     only; runs that came out of time order are counted in order."""
     import random
 
-    from hkservice import core
-    from hkservice.stats import History
-    from hkservice.store import Store
-
-    now = 1e9
+    now = NOW
     day = 86400.0
     rnd = random.Random(7)
     runs: list[tuple[float, float, int, bool]] = []  # t_end, duration, userid, failed
     units: list[tuple[float, int]] = []  # t_end, userid
-    (tmp_path / "state").mkdir(mode=0o700)
-    store = Store(tmp_path / "state")
-    hk = core.Housekeeping(64, core.Policy())
-    history = History(store, hk, lambda: now, keep=None, flapping_after=3)
 
     def add_runs(count: int, oldest: float) -> None:
         ends = [now - rnd.uniform(0, oldest) for _ in range(count)]
@@ -631,7 +619,7 @@ async def test_user_stats_are_those_of_the_runs_and_units_saved_when_asked(
     def add_units(count: int, oldest: float) -> None:
         added = [(now - rnd.uniform(0, oldest), rnd.randrange(1000, 1013)) for _ in range(count)]
         units.extend(added)
-        store.db.executemany(
+        history.store.db.executemany(
             "INSERT INTO history (jobid, userid, t_start, t_end, ranks, failed, releases)"
             " VALUES (0, ?, ?, ?, '0', '', 1)",
             [(userid, t - 1, t) for t, userid in added],
@@ -664,14 +652,14 @@ async def test_user_stats_are_those_of_the_runs_and_units_saved_when_asked(
         answer = await history.user_stats(params)
         return {**answer, answer.key: unpack(answer.packed)}
 
-    try:
+    with history_of(tmp_path, 64) as history:
         add_runs(3000, 90 * day)
         add_units(400, 90 * day)
         await history.load()
         add_runs(500, 90 * day)  # after loading: out of order again
         for jobid, userid, ranks in ((7, 1003, [0, 1]), (8, 2000, [5])):
-            hk.start(jobid, userid, ranks, now)
-            hk.units[jobid].stuck = True
+            history.hk.start(jobid, userid, ranks, now)
+            history.hk.units[jobid].stuck = True
         for window in (None, 7 * day, 60 * day):
             for only_stuck in (False, True):
                 params = {"window": window, "stuck": only_stuck}
@@ -686,8 +674,6 @@ async def test_user_stats_are_those_of_the_runs_and_units_saved_when_asked(
             gate.set()
             assert await answer == expected
             assert await asked({"window": 60 * day}) == by_hand(60 * day, False) != expected
-    finally:
-        store.close()
 
 
 @settings(max_examples=200, deadline=None)
