@@ -335,18 +335,26 @@ def test_history_and_metrics_defaults_and_inf() -> None:
 Run = tuple[float, int, float, int, int, str, str | None]
 
 
-def save_runs(svc: RunningService, runs: Iterable[Run]) -> None:
-    """Rows of `runs` (t_end, rank, duration, userid, jobid, result, reason) written into
-    a service's new state directory before it starts: as if it had run them."""
-    from hkservice.store import Store
-
+def save_runs(
+    svc: RunningService, runs: Iterable[Run], units: Iterable[tuple[int, float]] = ()
+) -> None:
+    """Rows of `runs` (t_end, rank, duration, userid, jobid, result, reason), and finished
+    `units` (userid, t_end), written into a service's new state directory before it
+    starts: as if it had run them."""
     svc.state_dir.mkdir(mode=0o700)
     store = Store(svc.state_dir)
+    store.db.execute("BEGIN")
     store.db.executemany(
         "INSERT INTO runs (t_end, rank, duration, userid, jobid, result, reason)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         runs,
     )
+    store.db.executemany(
+        "INSERT INTO history (jobid, userid, t_start, t_end, ranks, failed, releases)"
+        " VALUES (0, ?, ?, ?, '0', '', 1)",
+        ((userid, t_end - 1, t_end) for userid, t_end in units),
+    )
+    store.db.execute("COMMIT")
     store.close()
 
 
@@ -555,8 +563,9 @@ async def test_runs_that_end_while_a_since_answer_is_made_are_in_the_next_one(
 def test_a_list_sent_after_a_users_since_request_is_answered_first(
     hk_service: ServiceFactory,
 ) -> None:
-    """`stats.users` is made in a worker thread, its SQLite count too: a request the
-    service takes after it is answered first, and the answer is whole."""
+    """`stats.users` is made in a worker thread, its SQLite count of units too (a scan of
+    100,000 here: tens of milliseconds, as the thread must outlast the list's delivery): a
+    request the service takes after it is answered first, and the answer is whole."""
     import zmq
 
     from hkservice.protocol import pack, request
@@ -570,6 +579,8 @@ def test_a_list_sent_after_a_users_since_request_is_answered_first(
             (now - 60 - i % 600, i % size, float(i % 13), 1000 + i % 50, i - (1 << 63), "ok", None)
             for i in range(5000)
         ),
+        # Half of them in the window, 1,000 a user.
+        ((1000 + i // 2 % 50, now - 60 if i % 2 else now - 86400) for i in range(100_000)),
     )
     svc.start()
     nodes_when_loaded(svc)
@@ -585,7 +596,7 @@ def test_a_list_sent_after_a_users_since_request_is_answered_first(
     assert [r["id"] for r in replies] == [2, 1]
     users = replies[1]["result"]["users"]
     assert [(u["userid"], u["ranks"], u["units"]) for u in users] == [
-        (1000 + i, 100, 0) for i in range(50)
+        (1000 + i, 100, 1000) for i in range(50)
     ]
     assert users == svc.call("stats.users", {"window": 3600})["users"]
 
