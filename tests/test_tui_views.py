@@ -392,3 +392,20 @@ async def test_the_mouse_sorts_by_a_header_picks_a_row_opens_it_and_presses_foot
         line = footer.line().plain
         await pilot.click(footer, offset=(line.index("Nodes"), 0))
         await until(pilot, lambda: app.view == "nodes")
+
+
+def test_scrolling_through_many_rows_keeps_a_bounded_number_of_drawings() -> None:
+    from rich.style import Style
+
+    from hkconsole.tui.cells import Cell
+    from hkconsole.tui.columns import Columns
+    from hkconsole.tui.paint import DRAWN_KEPT, Painter
+
+    columns = Columns()
+    columns.add("node", "NODE NAME")  # wide enough for every name below
+    painter = Painter()
+    styles = (Style(), Style(), Style(reverse=True), Style(bold=True))
+    for index in range(3 * DRAWN_KEPT):
+        strip = painter.row(str(index), index, [Cell(f"n{index}")], columns, styles, False, 20)
+        assert f"n{index}" in strip.text
+        assert len(painter.drawn) <= DRAWN_KEPT

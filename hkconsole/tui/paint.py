@@ -87,8 +87,6 @@ class Painter:
         gone = set(keys)
         for cached in [k for k in self.drawn if k[0] in gone]:
             del self.drawn[cached]
-        if len(self.drawn) > DRAWN_KEPT:
-            self.drawn.clear()
 
     def forget_header(self) -> None:
         self._header = None
@@ -114,6 +112,9 @@ class Painter:
         cached = (key, index % 2, on_cursor)
         strip = self.drawn.get(cached)
         if strip is None:
+            # Scrolling through 16,384 rows must not keep a drawing of each.
+            if len(self.drawn) >= DRAWN_KEPT:
+                self.drawn.clear()
             odd, even, cursor, _ = styles
             base = even if index % 2 == 0 else odd
             over = cursor if on_cursor else None
