@@ -68,6 +68,7 @@ class UnitsView(TableView):
         # The one moment every RUNTIME on screen is taken at (`tick`).
         self.now = clock()
         self._hay: dict[int, str] = {}
+        self._unprepared: set[int] = set()
         self._nodelists: dict[int, str] = {}
         # Rows hidden by the filter keep their cells, to come back cheaply.
         self._stash: dict[int, list[Any]] = {}
@@ -136,7 +137,9 @@ class UnitsView(TableView):
     def prepare(self) -> None:
         """Ready what a filter reads of units that came or changed, while the console
         is idle: the first key stroke of a filter then costs what the others do."""
-        missing = [unit for jobid, unit in self.model.units.items() if jobid not in self._hay]
+        units = self.model.units
+        missing = [units[j] for j in self._unprepared & units.keys() if j not in self._hay]
+        self._unprepared = set()
         with heap_at_rest():
             for unit in missing:
                 self.hay(unit)
@@ -201,6 +204,8 @@ class UnitsView(TableView):
             self._hay.clear()
             self._nodelists.clear()
             self._stash.clear()
+        # What `prepare` has to make again: not a walk over every unit per event.
+        self._unprepared |= units.keys() if full else changed
         for jobid in changed:
             self._hay.pop(jobid, None)
             self._nodelists.pop(jobid, None)
