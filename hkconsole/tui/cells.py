@@ -180,6 +180,11 @@ def natural_key(cell: Any) -> Any:
     return getattr(cell, "natural", None) or 0
 
 
+def failed_cell(failed: int) -> Cell:
+    """How many ranks failed, red; blank when none, so a failure stands out."""
+    return Cell(str(failed) if failed else "", failed, style="bold red", right=True)
+
+
 def runtime_cell(runtime: float, long_running: float, sort_value: Any = None) -> Cell:
     # Units cleaning for longer than the threshold stand out.
     slow = runtime >= long_running

@@ -12,6 +12,7 @@ from hkconsole.tables import Unit
 from hkconsole.tui.cells import (
     Cell,
     Query,
+    failed_cell,
     fold,
     folded_jobid_names,
     heap_at_rest,
@@ -104,12 +105,7 @@ class UnitsView(TableView):
             Cell(str(unit.userid), unit.userid),
             Cell(str(len(unit.allocated)), len(unit.allocated), right=True),
             Cell(str(len(unit.pending)), len(unit.pending), right=True),
-            Cell(
-                str(len(unit.failed)) if unit.failed else "",
-                len(unit.failed),
-                style="bold red",
-                right=True,
-            ),
+            failed_cell(len(unit.failed)),
             self.runtime(unit),
             Cell(self.nodelist(unit), min(unit.allocated, default=-1)),
         ]
