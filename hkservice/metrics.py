@@ -260,15 +260,15 @@ class Prometheus(Hooks):
             duration.observe(time.perf_counter() - start)
             requests.labels(method, code).inc()
 
+        def code_of(exc: BaseException) -> str:
+            return exc.code if isinstance(exc, HkError) else "EINTERNAL"
+
         def timed(params: dict[str, Any]) -> Any:
             start = time.perf_counter()
             try:
                 result = handler(params)
-            except HkError as exc:
-                counted(start, exc.code)
-                raise
-            except BaseException:
-                counted(start, "EINTERNAL")
+            except BaseException as exc:
+                counted(start, code_of(exc))
                 raise
             if inspect.isawaitable(result):
                 return timed_later(start, result)  # answered later (stats.nodes|users)
@@ -278,11 +278,8 @@ class Prometheus(Hooks):
         async def timed_later(start: float, result: Awaitable[Any]) -> Any:
             try:
                 answer = await result
-            except HkError as exc:
-                counted(start, exc.code)
-                raise
-            except BaseException:
-                counted(start, "EINTERNAL")
+            except BaseException as exc:
+                counted(start, code_of(exc))
                 raise
             counted(start, "ok")
             return answer
