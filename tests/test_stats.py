@@ -405,13 +405,35 @@ def test_a_saved_history_larger_than_a_chunk_is_loaded_whole(hk_service: Service
     assert svc.call("resource.status")["flapping"] == "3"
 
 
+@contextlib.contextmanager
+def one_socket(svc: RunningService) -> Iterator[Any]:
+    """One DEALER to the service: it takes the requests in the order they were sent."""
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(svc.endpoint)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def then_a_list(sock: Any, method: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """`method` (id 1), then a housekeeping.list (id 2): the replies, as they came."""
+    from hkservice.protocol import pack, request
+
+    sock.send(pack(request(method, params, 1)))
+    sock.send(pack(request("housekeeping.list", {}, 2)))
+    return [unpack(sock.recv()) for _ in range(2)]
+
+
 def test_a_since_request_being_made_holds_up_no_request_after_it(
     hk_service: ServiceFactory,
 ) -> None:
     """`stats.nodes --since` makes its rows in a worker thread (tens of milliseconds for
     8,192 nodes): a request the service takes after it is answered first, not behind it;
     and more than MAX_STATS_REQUESTS at once are told to try again, not queued."""
-    import zmq
 
     from hkservice.protocol import pack, request
     from hkservice.stats import MAX_STATS_REQUESTS
@@ -428,14 +450,8 @@ def test_a_since_request_being_made_holds_up_no_request_after_it(
     )
     svc.start()
     assert len(nodes_when_loaded(svc)) == size
-    # One socket: the service takes the requests in the order they were sent.
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(svc.endpoint)
-    try:
-        sock.send(pack(request("stats.nodes", {"window": 3600}, 1)))
-        sock.send(pack(request("housekeeping.list", {}, 2)))
-        replies = [unpack(sock.recv()) for _ in range(2)]
+    with one_socket(svc) as sock:
+        replies = then_a_list(sock, "stats.nodes", {"window": 3600})
         assert [r["id"] for r in replies] == [2, 1]
         nodes = replies[1]["result"]["nodes"]
         assert [n["rank"] for n in nodes] == list(range(size))
@@ -467,8 +483,6 @@ def test_a_since_request_being_made_holds_up_no_request_after_it(
                     client.call("housekeeping.list")
                 reply = unpack(sock.recv())
                 assert (reply["id"], reply["result"]["nodes"]) == (req_id, [])
-    finally:
-        sock.close()
     assert svc.call("housekeeping.list")["units"] == []
 
 
@@ -566,9 +580,6 @@ def test_a_list_sent_after_a_users_since_request_is_answered_first(
     """`stats.users` is made in a worker thread, its SQLite count of units too (a scan of
     100,000 here: tens of milliseconds, as the thread must outlast the list's delivery): a
     request the service takes after it is answered first, and the answer is whole."""
-    import zmq
-
-    from hkservice.protocol import pack, request
 
     size = 64
     svc = hk_service(hostlist=f"node[0-{size - 1}]", start=False)
@@ -584,15 +595,8 @@ def test_a_list_sent_after_a_users_since_request_is_answered_first(
     )
     svc.start()
     nodes_when_loaded(svc)
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(svc.endpoint)
-    try:
-        sock.send(pack(request("stats.users", {"window": 3600}, 1)))
-        sock.send(pack(request("housekeeping.list", {}, 2)))
-        replies = [unpack(sock.recv()) for _ in range(2)]
-    finally:
-        sock.close()
+    with one_socket(svc) as sock:
+        replies = then_a_list(sock, "stats.users", {"window": 3600})
     assert [r["id"] for r in replies] == [2, 1]
     users = replies[1]["result"]["users"]
     assert [(u["userid"], u["ranks"], u["units"]) for u in users] == [
